@@ -1,0 +1,3 @@
+from dicomfs.cli import main
+
+raise SystemExit(main())
