@@ -1,0 +1,29 @@
+"""Opening the archive: the data directory, its index (migrated) and its store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from dicomfs.index.db import Database
+from dicomfs.index.schema import migrate
+from dicomfs.ingest import Indexer
+from dicomfs.store import Store
+
+
+@dataclass(slots=True)
+class Archive:
+    db: Database
+    store: Store
+    indexer: Indexer
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def open_archive(data_dir: Path) -> Archive:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(data_dir / "index.sqlite")
+    migrate(db)
+    store = Store(data_dir / "store")
+    return Archive(db, store, Indexer(db, store))

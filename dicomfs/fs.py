@@ -1,0 +1,185 @@
+"""pyfuse3 operations: translate kernel requests into ``Tree`` look-ups and view reads.
+
+No SQL and no pydicom here. Every handler turns failures into ``FUSEError``: pyfuse3 ends
+its main loop on any other exception. The tree is read-only; every writing operation gets
+EROFS, so later writable folders can be added without remounting read-write semantics.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import functools
+import itertools
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+import trio
+
+from dicomfs.tree import Kind, NotFoundError, Tree
+from dicomfs.views import RenderError, render_view
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _fuse_errors(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Map our errors to errno values; log anything unexpected instead of dying."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await handler(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except NotFoundError:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+        except NotADirectoryError:
+            raise pyfuse3.FUSEError(errno.ENOTDIR) from None
+        except RenderError as exc:
+            log.error("%s: cannot render view: %s", handler.__name__, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except OSError as exc:
+            log.error("%s failed: %s", handler.__name__, exc)
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        except Exception:
+            log.exception("%s failed", handler.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+@dataclass(slots=True)
+class _Handle:
+    fd: int = -1  # a stored .dcm, read with pread
+    data: bytes = b""  # a generated view
+
+
+_VIEW_SUFFIX = {Kind.JSON: "json", Kind.JPG: "jpg"}
+
+
+class Operations(pyfuse3.Operations):
+    enable_writeback_cache = False
+
+    def __init__(self, tree: Tree, store_root: Path, *, render_threads: int = 2) -> None:
+        super().__init__()
+        self.tree = tree
+        self.store_root = store_root
+        self.render_limiter = trio.CapacityLimiter(render_threads)
+        self._handles: dict[int, _Handle] = {}
+        self._next_fh = itertools.count(1)
+
+    # ---------------------------------------------------------------- names and attributes
+
+    @_fuse_errors
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        return self.tree.lookup(parent_inode, name).attr
+
+    @_fuse_errors
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        return self.tree.attributes(inode)
+
+    def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        # Inode numbers are derived from row ids, so there is no table to shrink.
+        return None
+
+    @_fuse_errors
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        self.tree.listing(inode)  # ENOTDIR / ENOENT now rather than at readdir
+        return inode
+
+    @_fuse_errors
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        listing = self.tree.listing(fh)
+        # Cookies are inodes: entries that come or go meanwhile never shift the others.
+        for entry in listing.entries[bisect.bisect_right(listing.inodes, start_id):]:
+            if not pyfuse3.readdir_reply(token, entry.name, entry.attr, entry.inode):
+                break
+
+    async def releasedir(self, fh: int) -> None:
+        return None
+
+    @_fuse_errors
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        st = os.statvfs(self.store_root)
+        data = pyfuse3.StatvfsData()
+        for name in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree", "f_favail"):
+            setattr(data, name, getattr(st, name))
+        data.f_namemax = 255
+        return data
+
+    # ---------------------------------------------------------------- reading
+
+    @_fuse_errors
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        kind = Kind(inode & 31)
+        handle = _Handle()
+        info = pyfuse3.FileInfo(keep_cache=True)
+        if kind in (Kind.PATIENT_JSON, Kind.STUDY_JSON, Kind.SERIES_JSON):
+            handle.data = self.tree.summary(inode)
+            info.keep_cache = False  # regenerated as instances arrive
+        else:
+            kind, row = self.tree.instance_row(inode)
+            path = self.store_root / row["file_path"]
+            if kind is Kind.DCM:
+                handle.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            else:
+                handle.data = await trio.to_thread.run_sync(
+                    render_view, _VIEW_SUFFIX[kind], path, limiter=self.render_limiter
+                )
+                expected = row["json_size"] if kind is Kind.JSON else None
+                if expected is not None and len(handle.data) != expected:
+                    handle.data = self._fit(handle.data, expected, row["sop_uid"])
+        fh = next(self._next_fh)
+        self._handles[fh] = handle
+        info.fh = fh
+        return info
+
+    @staticmethod
+    def _fit(data: bytes, size: int, sop_uid: str) -> bytes:
+        """Keep a JSON view at the size that was listed (trailing white space is valid JSON)."""
+        log.error("json view of %s is %d bytes, index says %d", sop_uid, len(data), size)
+        if len(data) < size:
+            return data + b" " * (size - len(data))
+        raise pyfuse3.FUSEError(errno.EIO)
+
+    @_fuse_errors
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        handle = self._handles[fh]
+        if handle.fd >= 0:
+            return os.pread(handle.fd, size, off)
+        return handle.data[off:off + size]
+
+    async def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh, None)
+        if handle is not None and handle.fd >= 0:
+            os.close(handle.fd)
+
+    async def flush(self, fh: int) -> None:
+        # ENOSYS once tells the kernel never to send flush again: one round trip less per close.
+        raise pyfuse3.FUSEError(errno.ENOSYS)
+
+    # ---------------------------------------------------------------- extended attributes
+
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        raise pyfuse3.FUSEError(errno.ENODATA)
+
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        return []
+
+    # ---------------------------------------------------------------- everything that writes
+
+    async def _read_only(self, *args: Any, **kwargs: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = create = write = _read_only  # type: ignore[assignment]
+    setxattr = removexattr = fallocate = _read_only  # type: ignore[assignment]

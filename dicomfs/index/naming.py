@@ -1,0 +1,149 @@
+"""Human names for tree entries, safe on every platform and unique within their folder.
+
+Names come from first-seen index values only, and collisions are settled by row id
+(arrival order), so a name never changes once shown: a newcomer that collides gets the
+suffix, not the entity that was there first.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
+
+MAX_NAME_BYTES = 255
+# Room kept for a collision suffix and a view suffix such as ".json".
+_BASE_BYTES = 200
+
+_UNSAFE = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]')
+_SPACES = re.compile(r"\s+")
+
+T = TypeVar("T")
+
+
+def safe_component(text: str, *, fallback: str) -> str:
+    """Make ``text`` a valid file name on Linux, macOS and Windows, keeping letters intact.
+
+    Replaces separators, control and Windows-reserved characters, collapses white space,
+    strips trailing dots and spaces, and cuts to a UTF-8 byte budget at a character boundary.
+    """
+    text = unicodedata.normalize("NFC", text.encode("utf-8", "replace").decode("utf-8"))
+    text = _SPACES.sub(" ", _UNSAFE.sub("_", text)).strip()
+    text = _truncate(text, _BASE_BYTES).rstrip(". ")
+    if not text or set(text) <= {"."}:
+        return fallback
+    if text.split(".")[0].upper() in _WINDOWS_RESERVED:
+        text = "_" + text
+    return text
+
+
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL"} | {f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10)}
+
+
+def _truncate(text: str, limit: int) -> str:
+    raw = text.encode("utf-8")
+    if len(raw) <= limit:
+        return text
+    return raw[:limit].decode("utf-8", "ignore")
+
+
+def person_name(pn: str) -> str:
+    """The alphabetic group of a DICOM PN ('DOE^JOHN=...' → 'DOE^JOHN'), else the next one."""
+    for group in pn.split("="):
+        if group.strip("^ "):
+            return group.rstrip("^ ")
+    return ""
+
+
+def iso_date(da: str) -> str:
+    """'20240301' → '2024-03-01'; anything else (partial, invalid) → ''."""
+    da = da.strip()
+    if len(da) == 8 and da.isdigit():
+        return f"{da[:4]}-{da[4:6]}-{da[6:]}"
+    if len(da) == 10 and da[4] == "." and da[7] == "." and da.replace(".", "").isdigit():
+        return f"{da[:4]}-{da[5:7]}-{da[8:]}"  # ACR-NEMA style
+    return ""
+
+
+def _join(*parts: str) -> str:
+    return " ".join(p for p in parts if p)
+
+
+def patient_name(name: str, patient_id: str) -> str:
+    """'DOE^JOHN [12345]'; the ID in brackets tells apart namesakes."""
+    shown = person_name(name) or "(no name)"
+    return safe_component(_join(shown, f"[{patient_id}]" if patient_id else ""), fallback="(no name)")
+
+
+def study_name(study_date: str, description: str, accession: str, modalities: str = "") -> str:
+    """'2024-03-01 CT Thorax [ACC123]'."""
+    return safe_component(
+        _join(
+            iso_date(study_date) or "(no date)",
+            description or modalities or "(no description)",
+            f"[{accession}]" if accession else "",
+        ),
+        fallback="(study)",
+    )
+
+
+def dated_study_name(study_time: str, patient: str, description: str, accession: str) -> str:
+    """Name inside a /dates day folder: '0815 DOE^JOHN CT Thorax [ACC123]'."""
+    hhmm = study_time[:4] if len(study_time) >= 4 and study_time[:4].isdigit() else ""
+    return safe_component(
+        _join(hhmm, person_name(patient) or "(no name)", description, f"[{accession}]" if accession else ""),
+        fallback="(study)",
+    )
+
+
+def series_name(number: int | None, modality: str, description: str) -> str:
+    """'003 CT Lung 1.0'."""
+    shown = f"{number:03d}" if number is not None and number >= 0 else (str(number) if number is not None else "")
+    return safe_component(_join(shown, modality, description) or "(series)", fallback="(series)")
+
+
+def instance_stem(number: int | None) -> str:
+    """'007' for Instance Number 7; '-003' for -3; 'nonum' when absent (ties get suffixes)."""
+    if number is None:
+        return "nonum"
+    return f"{number:03d}" if number >= 0 else f"-{-number:03d}"
+
+
+def uid_name(uid: str) -> str:
+    """A UID as a folder or file name (UIDs are digits and dots; anything else is made safe)."""
+    return safe_component(uid, fallback="(no uid)")
+
+
+def unique_names(
+    items: Sequence[T],
+    base: Callable[[T], str],
+    *,
+    suffix: Callable[[str, int], str] | None = None,
+    reserved: Iterable[str] = (),
+) -> list[tuple[str, T]]:
+    """Pair each item with a name unique in its folder, comparing case-insensitively.
+
+    ``items`` must be in a stable order (row id); the first of a colliding group keeps the
+    plain name and later ones get ' (2)', ' (3)', … (or what ``suffix`` makes). Names in
+    ``reserved`` (files that sit beside the items) are never given out.
+    """
+    make = suffix or (lambda name, n: f"{name} ({n})")
+    taken: set[str] = {n.casefold() for n in reserved}
+    counts: dict[str, int] = {}
+    out: list[tuple[str, T]] = []
+    for item in items:
+        name = base(item)
+        key = name.casefold()
+        if key in taken:
+            n = counts.get(key, 1)
+            while True:
+                n += 1
+                candidate = make(name, n)
+                if candidate.casefold() not in taken:
+                    break
+            counts[key] = n
+            name, key = candidate, candidate.casefold()
+        taken.add(key)
+        out.append((name, item))
+    return out

@@ -1,0 +1,176 @@
+"""The index schema, versioned through ``PRAGMA user_version`` with forward migrations.
+
+Row ids come from AUTOINCREMENT columns so they are never reused: the mount derives inode
+numbers from them, and the kernel may hold an inode long after its row is gone.
+Text columns hold values decoded with the instance's Specific Character Set ('' when absent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from dicomfs.index.db import Database
+
+SCHEMA_V1 = """
+CREATE TABLE patients (
+    id                  INTEGER PRIMARY KEY AUTOINCREMENT,
+    patient_key         TEXT NOT NULL UNIQUE,  -- identity: issuer + Patient ID, or the name when the ID is empty
+    patient_id          TEXT NOT NULL,         -- (0010,0020)
+    issuer_of_patient_id TEXT NOT NULL,        -- (0010,0021)
+    patient_name        TEXT NOT NULL,         -- (0010,0010), all component groups, decoded
+    patient_birth_date  TEXT NOT NULL,         -- (0010,0030) YYYYMMDD as received
+    patient_birth_time  TEXT NOT NULL,         -- (0010,0032)
+    patient_sex         TEXT NOT NULL,         -- (0010,0040)
+    other_patient_ids   TEXT NOT NULL,         -- (0010,1000) backslash-separated
+    ethnic_group        TEXT NOT NULL,         -- (0010,2160)
+    patient_comments    TEXT NOT NULL,         -- (0010,4000)
+    num_studies         INTEGER NOT NULL DEFAULT 0,  -- (0020,1200), kept by triggers
+    num_series          INTEGER NOT NULL DEFAULT 0,  -- (0020,1202), kept by triggers
+    num_instances       INTEGER NOT NULL DEFAULT 0,  -- (0020,1204), kept by triggers
+    created_at          REAL NOT NULL,         -- unix time the first instance arrived
+    updated_at          REAL NOT NULL          -- unix time of the last change below this patient
+);
+
+CREATE TABLE studies (
+    id                  INTEGER PRIMARY KEY AUTOINCREMENT,
+    patient_id          INTEGER NOT NULL REFERENCES patients(id),
+    study_uid           TEXT NOT NULL UNIQUE,  -- (0020,000D)
+    study_date          TEXT NOT NULL,         -- (0008,0020) YYYYMMDD or ''
+    study_time          TEXT NOT NULL,         -- (0008,0030) HHMMSS.FFFFFF or ''
+    accession_number    TEXT NOT NULL,         -- (0008,0050)
+    study_id            TEXT NOT NULL,         -- (0020,0010)
+    study_description   TEXT NOT NULL,         -- (0008,1030)
+    referring_physician_name TEXT NOT NULL,    -- (0008,0090)
+    physicians_reading  TEXT NOT NULL,         -- (0008,1060) Name of Physician(s) Reading Study
+    admitting_diagnoses TEXT NOT NULL,         -- (0008,1080) Admitting Diagnoses Description
+    patient_age         TEXT NOT NULL,         -- (0010,1010) at the time of this study
+    patient_size        TEXT NOT NULL,         -- (0010,1020) metres, as received
+    patient_weight      TEXT NOT NULL,         -- (0010,1030) kg, as received
+    institution_name    TEXT NOT NULL,         -- (0008,0080)
+    num_series          INTEGER NOT NULL DEFAULT 0,  -- (0020,1206), kept by triggers
+    num_instances       INTEGER NOT NULL DEFAULT 0,  -- (0020,1208), kept by triggers
+    created_at          REAL NOT NULL,
+    updated_at          REAL NOT NULL
+);
+CREATE INDEX studies_patient ON studies(patient_id);
+CREATE INDEX studies_date ON studies(study_date);
+CREATE INDEX studies_accession ON studies(accession_number);
+
+CREATE TABLE series (
+    id                  INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_id            INTEGER NOT NULL REFERENCES studies(id),
+    series_uid          TEXT NOT NULL UNIQUE,  -- (0020,000E)
+    modality            TEXT NOT NULL,         -- (0008,0060)
+    series_number       INTEGER,               -- (0020,0011); NULL when absent or not a number
+    series_description  TEXT NOT NULL,         -- (0008,103E)
+    series_date         TEXT NOT NULL,         -- (0008,0021)
+    series_time         TEXT NOT NULL,         -- (0008,0031)
+    body_part_examined  TEXT NOT NULL,         -- (0018,0015)
+    protocol_name       TEXT NOT NULL,         -- (0018,1030)
+    laterality          TEXT NOT NULL,         -- (0020,0060)
+    station_name        TEXT NOT NULL,         -- (0008,1010)
+    manufacturer        TEXT NOT NULL,         -- (0008,0070)
+    frame_of_reference_uid TEXT NOT NULL,      -- (0020,0052)
+    pps_start_date      TEXT NOT NULL,         -- (0040,0244) Performed Procedure Step Start Date
+    pps_start_time      TEXT NOT NULL,         -- (0040,0245)
+    num_instances       INTEGER NOT NULL DEFAULT 0,  -- (0020,1209), kept by triggers
+    created_at          REAL NOT NULL,
+    updated_at          REAL NOT NULL
+);
+CREATE INDEX series_study ON series(study_id);
+CREATE INDEX series_modality ON series(modality);
+
+CREATE TABLE instances (
+    id                  INTEGER PRIMARY KEY AUTOINCREMENT,
+    series_id           INTEGER NOT NULL REFERENCES series(id),
+    sop_uid             TEXT NOT NULL UNIQUE,  -- (0008,0018)
+    sop_class_uid       TEXT NOT NULL,         -- (0008,0016)
+    instance_number     INTEGER,               -- (0020,0013); NULL when absent or not a number
+    transfer_syntax_uid TEXT NOT NULL,         -- (0002,0010) of the stored file
+    specific_character_set TEXT NOT NULL,      -- (0008,0005) as received
+    content_date        TEXT NOT NULL,         -- (0008,0023)
+    content_time        TEXT NOT NULL,         -- (0008,0033)
+    acquisition_number  TEXT NOT NULL,         -- (0020,0012)
+    image_type          TEXT NOT NULL,         -- (0008,0008) backslash-separated
+    rows                INTEGER NOT NULL,      -- (0028,0010), 0 for non-images
+    columns             INTEGER NOT NULL,      -- (0028,0011), 0 for non-images
+    number_of_frames    INTEGER NOT NULL,      -- (0028,0008), 1 when absent
+    photometric         TEXT NOT NULL,         -- (0028,0004)
+    has_image           INTEGER NOT NULL,      -- 1 when the object has pixel data we render as .jpg
+    file_path           TEXT NOT NULL,         -- path of the Part 10 file, relative to the store
+    file_size           INTEGER NOT NULL,      -- bytes of that file
+    json_size           INTEGER NOT NULL,      -- bytes of the .json view, computed at ingest
+    json_version        INTEGER NOT NULL,      -- dicom_json.JSON_VERSION that json_size was computed with
+    added_part10_header INTEGER NOT NULL,      -- 1 when the received bytes had no Part 10 header and got one
+    duplicates_seen     INTEGER NOT NULL DEFAULT 0,  -- later arrivals of this SOP Instance UID (kept: first)
+    source              TEXT NOT NULL,         -- where it came from: a file path, or a calling AE title
+    received_at         REAL NOT NULL          -- unix time it was stored
+);
+CREATE INDEX instances_series ON instances(series_id, instance_number);
+CREATE INDEX instances_sop_class ON instances(sop_class_uid);
+
+-- One row per series touched by a committed write; the daemon polls it to refresh the mount.
+CREATE TABLE changes (
+    seq                 INTEGER PRIMARY KEY AUTOINCREMENT,
+    series_id           INTEGER NOT NULL,
+    at                  REAL NOT NULL
+);
+
+-- Count attributes (0020,120x) kept in the same transaction as the rows they count.
+CREATE TRIGGER instances_after_insert AFTER INSERT ON instances BEGIN
+    UPDATE series SET num_instances = num_instances + 1 WHERE id = NEW.series_id;
+    UPDATE studies SET num_instances = num_instances + 1
+        WHERE id = (SELECT study_id FROM series WHERE id = NEW.series_id);
+    UPDATE patients SET num_instances = num_instances + 1
+        WHERE id = (SELECT st.patient_id FROM series se JOIN studies st ON st.id = se.study_id
+                    WHERE se.id = NEW.series_id);
+END;
+CREATE TRIGGER instances_after_delete AFTER DELETE ON instances BEGIN
+    UPDATE series SET num_instances = num_instances - 1 WHERE id = OLD.series_id;
+    UPDATE studies SET num_instances = num_instances - 1
+        WHERE id = (SELECT study_id FROM series WHERE id = OLD.series_id);
+    UPDATE patients SET num_instances = num_instances - 1
+        WHERE id = (SELECT st.patient_id FROM series se JOIN studies st ON st.id = se.study_id
+                    WHERE se.id = OLD.series_id);
+END;
+CREATE TRIGGER series_after_insert AFTER INSERT ON series BEGIN
+    UPDATE studies SET num_series = num_series + 1 WHERE id = NEW.study_id;
+    UPDATE patients SET num_series = num_series + 1
+        WHERE id = (SELECT patient_id FROM studies WHERE id = NEW.study_id);
+END;
+CREATE TRIGGER series_after_delete AFTER DELETE ON series BEGIN
+    UPDATE studies SET num_series = num_series - 1 WHERE id = OLD.study_id;
+    UPDATE patients SET num_series = num_series - 1
+        WHERE id = (SELECT patient_id FROM studies WHERE id = OLD.study_id);
+END;
+CREATE TRIGGER studies_after_insert AFTER INSERT ON studies BEGIN
+    UPDATE patients SET num_studies = num_studies + 1 WHERE id = NEW.patient_id;
+END;
+CREATE TRIGGER studies_after_delete AFTER DELETE ON studies BEGIN
+    UPDATE patients SET num_studies = num_studies - 1 WHERE id = OLD.patient_id;
+END;
+"""
+
+# Each entry upgrades the schema from version i to i + 1.
+MIGRATIONS: list[Callable[[Database], None]] = [
+    lambda db: db.conn.execute(SCHEMA_V1),
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaTooNewError(RuntimeError):
+    """The index was written by a newer dicomfs; refuse rather than corrupt it."""
+
+
+def migrate(db: Database) -> None:
+    """Bring the index to SCHEMA_VERSION, one transaction per step."""
+    version = int(db.get_val("PRAGMA user_version"))
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNewError(
+            f"index {db.path} has schema version {version}; this dicomfs knows up to {SCHEMA_VERSION}"
+        )
+    for step in range(version, SCHEMA_VERSION):
+        with db.transaction():
+            MIGRATIONS[step](db)
+            db.execute(f"PRAGMA user_version = {step + 1}")

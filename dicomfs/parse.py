@@ -1,0 +1,237 @@
+"""Received bytes → a Part 10 file and the attributes the index keeps, or a clear refusal.
+
+Runs in import worker processes and in the SCP thread: pure, no database, no I/O.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from dicomfs.views.dicom_json import JSON_VERSION, dataset_json
+from dicomfs.views.jpeg import renders_image
+
+log = logging.getLogger(__name__)
+
+IMPLEMENTATION_CLASS_UID = "2.25.15999370779564626808213533548537831983"
+IMPLEMENTATION_VERSION_NAME = "DICOMFS_010"
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+
+
+class NotDicomError(ValueError):
+    """The bytes are not DICOM at all (skipped by an import, not an error)."""
+
+
+class InvalidInstanceError(ValueError):
+    """DICOM, but unusable: malformed, truncated, or missing an identifying UID."""
+
+
+@dataclass(slots=True)
+class ParsedInstance:
+    """One instance ready to be stored and indexed; the dicts map index columns to values."""
+
+    data: bytes
+    added_part10_header: bool
+    patient: dict[str, Any] = field(default_factory=dict)
+    study: dict[str, Any] = field(default_factory=dict)
+    series: dict[str, Any] = field(default_factory=dict)
+    instance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sop_uid(self) -> str:
+        return str(self.instance["sop_uid"])
+
+
+def looks_like_dicom(head: bytes) -> bool:
+    """Cheap test on the first 132 bytes: Part 10 preamble, or a bare little-endian dataset."""
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return True
+    if head[:4] == b"DICM":
+        return True
+    # A bare dataset starts with a group 0x0000-0x0008 tag in little endian.
+    return len(head) >= 8 and head[1] == 0 and head[0] <= 0x08 and head[3] == 0
+
+
+def parse_instance(raw: bytes, *, source: str = "") -> ParsedInstance:
+    """Validate ``raw``, give it a Part 10 header if it lacks one, and extract index values.
+
+    Raises NotDicomError or InvalidInstanceError with a message fit for the user.
+    """
+    if not looks_like_dicom(raw[:132]):
+        raise NotDicomError("not a DICOM file (no DICM marker, not a DICOM dataset)")
+    data, added = _as_part10(raw)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(io.BytesIO(data))
+            values = _extract(ds)
+            json_size = len(dataset_json(ds))
+            has_image = renders_image(ds)
+    except (NotDicomError, InvalidInstanceError):
+        raise
+    except Exception as exc:  # pydicom raises many types on malformed input
+        raise InvalidInstanceError(f"malformed DICOM: {type(exc).__name__}: {exc}") from exc
+    parsed = ParsedInstance(data=data, added_part10_header=added, **values)
+    parsed.instance.update(
+        json_size=json_size,
+        json_version=JSON_VERSION,
+        has_image=int(has_image),
+        file_size=len(data),
+        added_part10_header=int(added),
+        source=source,
+        transfer_syntax_uid=str(ds.file_meta.get("TransferSyntaxUID", "")),
+    )
+    return parsed
+
+
+def _as_part10(raw: bytes) -> tuple[bytes, bool]:
+    """Return Part 10 bytes; a bare dataset keeps its bytes, behind a new preamble and meta."""
+    if len(raw) >= 132 and raw[128:132] == b"DICM":
+        return raw, False
+    if raw[:4] == b"DICM":
+        # Meta present without preamble: only the preamble is missing.
+        return b"\0" * 128 + raw, True
+    body = raw
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(io.BytesIO(body), force=True, stop_before_pixels=True)
+        sop_class = str(ds.SOPClassUID)
+        sop_uid = str(ds.SOPInstanceUID)
+    except Exception as exc:
+        raise NotDicomError(f"not a DICOM file ({type(exc).__name__}: {exc})") from exc
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ImplicitVRLittleEndian if _implicit_vr(body) else ExplicitVRLittleEndian
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    out = io.BytesIO()
+    out.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(out, meta, enforce_standard=True)
+    out.write(body)
+    return out.getvalue(), True
+
+
+def _implicit_vr(body: bytes) -> bool:
+    """Explicit VR datasets carry two upper-case letters after the first tag."""
+    vr = body[4:6]
+    return not (len(vr) == 2 and 65 <= vr[0] <= 90 and 65 <= vr[1] <= 90)
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    """The decoded value as text, '' when absent or unreadable; never raises."""
+    try:
+        elem = ds.get(keyword)
+        if elem is None or elem.value is None:
+            return ""
+        value = elem.value
+        if isinstance(value, bytes):
+            return value.decode("latin-1").rstrip("\0 ")
+        if isinstance(value, list | pydicom.multival.MultiValue):
+            return "\\".join(str(v) for v in value)
+        return str(value).strip()
+    except Exception:
+        return ""
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    text = _text(ds, keyword).split("\\")[0].strip()
+    try:
+        return int(float(text)) if text else None
+    except ValueError:
+        return None
+
+
+def _uid(ds: Dataset, keyword: str, required: bool = True) -> str:
+    uid = _text(ds, keyword).strip("\0 ")
+    if required and not uid:
+        raise InvalidInstanceError(f"missing {keyword}: cannot identify the object")
+    return uid
+
+
+def _extract(ds: Dataset) -> dict[str, dict[str, Any]]:
+    sop_class = _uid(ds, "SOPClassUID", required=False) or str(
+        ds.file_meta.get("MediaStorageSOPClassUID", "")
+    )
+    if sop_class == MEDIA_STORAGE_DIRECTORY:
+        raise NotDicomError("a DICOMDIR (media directory), not an instance")
+    sop_uid = _uid(ds, "SOPInstanceUID", required=False) or str(
+        ds.file_meta.get("MediaStorageSOPInstanceUID", "")
+    )
+    if not sop_uid:
+        raise InvalidInstanceError("missing SOPInstanceUID: cannot identify the object")
+    patient_id = _text(ds, "PatientID")
+    issuer = _text(ds, "IssuerOfPatientID")
+    name = _text(ds, "PatientName")
+    birth = _text(ds, "PatientBirthDate")
+    key = f"{issuer}\x1f{patient_id}" if patient_id else f"\x1e{name}\x1f{birth}"
+    rows = _int(ds, "Rows") or 0
+    columns = _int(ds, "Columns") or 0
+    return {
+        "patient": {
+            "patient_key": key,
+            "patient_id": patient_id,
+            "issuer_of_patient_id": issuer,
+            "patient_name": name,
+            "patient_birth_date": birth,
+            "patient_birth_time": _text(ds, "PatientBirthTime"),
+            "patient_sex": _text(ds, "PatientSex"),
+            "other_patient_ids": _text(ds, "OtherPatientIDs"),
+            "ethnic_group": _text(ds, "EthnicGroup"),
+            "patient_comments": _text(ds, "PatientComments"),
+        },
+        "study": {
+            "study_uid": _uid(ds, "StudyInstanceUID"),
+            "study_date": _text(ds, "StudyDate"),
+            "study_time": _text(ds, "StudyTime"),
+            "accession_number": _text(ds, "AccessionNumber"),
+            "study_id": _text(ds, "StudyID"),
+            "study_description": _text(ds, "StudyDescription"),
+            "referring_physician_name": _text(ds, "ReferringPhysicianName"),
+            "physicians_reading": _text(ds, "NameOfPhysiciansReadingStudy"),
+            "admitting_diagnoses": _text(ds, "AdmittingDiagnosesDescription"),
+            "patient_age": _text(ds, "PatientAge"),
+            "patient_size": _text(ds, "PatientSize"),
+            "patient_weight": _text(ds, "PatientWeight"),
+            "institution_name": _text(ds, "InstitutionName"),
+        },
+        "series": {
+            "series_uid": _uid(ds, "SeriesInstanceUID"),
+            "modality": _text(ds, "Modality"),
+            "series_number": _int(ds, "SeriesNumber"),
+            "series_description": _text(ds, "SeriesDescription"),
+            "series_date": _text(ds, "SeriesDate"),
+            "series_time": _text(ds, "SeriesTime"),
+            "body_part_examined": _text(ds, "BodyPartExamined"),
+            "protocol_name": _text(ds, "ProtocolName"),
+            "laterality": _text(ds, "Laterality"),
+            "station_name": _text(ds, "StationName"),
+            "manufacturer": _text(ds, "Manufacturer"),
+            "frame_of_reference_uid": _uid(ds, "FrameOfReferenceUID", required=False),
+            "pps_start_date": _text(ds, "PerformedProcedureStepStartDate"),
+            "pps_start_time": _text(ds, "PerformedProcedureStepStartTime"),
+        },
+        "instance": {
+            "sop_uid": sop_uid,
+            "sop_class_uid": sop_class,
+            "instance_number": _int(ds, "InstanceNumber"),
+            "specific_character_set": _text(ds, "SpecificCharacterSet"),
+            "content_date": _text(ds, "ContentDate"),
+            "content_time": _text(ds, "ContentTime"),
+            "acquisition_number": _text(ds, "AcquisitionNumber"),
+            "image_type": _text(ds, "ImageType"),
+            "rows": rows,
+            "columns": columns,
+            "number_of_frames": max(_int(ds, "NumberOfFrames") or 1, 1),
+            "photometric": _text(ds, "PhotometricInterpretation"),
+        },
+    }

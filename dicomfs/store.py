@@ -1,0 +1,111 @@
+"""Where instance files live: Part 10 files under ``<data>/store``, written atomically.
+
+Paths are built only from UIDs that pass ``uid_component`` (digits and dots, at most 64
+characters); anything else is replaced by a hash, so no received value can steer a path.
+A write is temporary file + fsync + rename + fsync of the directory: a crash leaves either
+the complete file or nothing at its final path.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+
+_UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+def uid_component(uid: str) -> str:
+    """A path component for ``uid``: the UID itself when it is well-formed, else a hash."""
+    if len(uid) <= 64 and _UID_RE.fullmatch(uid):
+        return uid
+    return "x" + hashlib.sha1(uid.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+class Store:
+    """The directory of instance files; the index records each file's relative path."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.tmp_dir = self.root / ".tmp"
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def relpath_for(study_uid: str, series_uid: str, sop_uid: str) -> str:
+        return "/".join(
+            (uid_component(study_uid), uid_component(series_uid), uid_component(sop_uid) + ".dcm")
+        )
+
+    def path(self, relpath: str) -> Path:
+        return self.root / relpath
+
+    def write_temp(self, data: bytes) -> Path:
+        """Write ``data`` durably to a temporary file in the store; returns its path."""
+        fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix=f"{os.getpid()}-", suffix=".part")
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(name)
+            raise
+        os.close(fd)
+        return Path(name)
+
+    def commit(self, temp: Path, relpath: str) -> None:
+        """Move a temporary file to its final place (replacing an unindexed leftover)."""
+        final = self.root / relpath
+        parent = final.parent
+        if not parent.is_dir():
+            parent.mkdir(parents=True, exist_ok=True)
+            _fsync_dir(parent.parent)
+            _fsync_dir(parent.parent.parent)
+        os.replace(temp, final)
+        _fsync_dir(parent)
+
+    def discard(self, temp: Path) -> None:
+        try:
+            temp.unlink()
+        except FileNotFoundError:
+            pass
+
+    def same_content(self, relpath: str, other: Path) -> bool:
+        """True when the stored file at ``relpath`` holds exactly the bytes of ``other``."""
+        try:
+            return filecmp.cmp(self.root / relpath, other, shallow=False)
+        except OSError:
+            return False
+
+    def clean_temporaries(self) -> int:
+        """Remove temporaries whose writing process has died; returns how many."""
+        count = 0
+        for leftover in self.tmp_dir.glob("*.part"):
+            pid = leftover.name.partition("-")[0]
+            if pid.isdigit() and _alive(int(pid)):
+                continue
+            leftover.unlink(missing_ok=True)
+            count += 1
+        return count
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

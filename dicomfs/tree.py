@@ -1,0 +1,531 @@
+"""The mounted tree as data: which entries each folder has, and what the kernel sees of them.
+
+Inode numbers are computed, not allocated: ``row id << 5 | kind``. Row ids come from
+AUTOINCREMENT columns, so a number is never reused, needs no table, and survives remounts.
+A folder that appears in several layouts gets one kind per layout (the kernel allows a
+directory only one parent); an instance file shares one inode across layouts.
+
+Listings are built with one query per folder, cached in memory (most recently used kept),
+and dropped when the index reports a change below them. Sizes are known without rendering:
+``.dcm`` is the stored file, ``.json`` was measured at ingest, ``.jpg`` has a size fixed by
+the image geometry (see ``views.jpeg``), summaries are generated with the listing.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import stat
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyfuse3
+
+from dicomfs.index import naming
+from dicomfs.index.db import Database, NoSuchRowError
+from dicomfs.views.jpeg import is_color, jpeg_size
+from dicomfs.views.summary import summary_json
+
+log = logging.getLogger(__name__)
+
+KIND_BITS = 5
+ROOT_INODE = pyfuse3.ROOT_INODE  # == 1: kind TOP, id 0
+
+
+class Kind(enum.IntEnum):
+    TOP = 1  # id 0: the root; 1 /patients, 2 /studies, 3 /dates
+    PATIENT = 2  # /patients/<patient>
+    P_STUDY = 3  # /patients/<patient>/<study>
+    U_STUDY = 4  # /studies/<StudyInstanceUID>
+    D_STUDY = 5  # /dates/<year>/<day>/<study>
+    P_SERIES = 6
+    U_SERIES = 7
+    D_SERIES = 8
+    YEAR = 9  # id: the year, 0 for studies without a valid date
+    DAY = 10  # id: YYYYMMDD
+    DCM = 11  # files: id is the instance row id
+    JSON = 12
+    JPG = 13
+    PATIENT_JSON = 14  # id is the patient, study or series row id
+    STUDY_JSON = 15
+    SERIES_JSON = 16
+
+
+TOP_PATIENTS, TOP_STUDIES, TOP_DATES = 1, 2, 3
+_TOP_NAMES = {TOP_PATIENTS: "patients", TOP_STUDIES: "studies", TOP_DATES: "dates"}
+UNKNOWN_YEAR_NAME = "unknown"
+
+_STUDY_KIND = {Kind.PATIENT: Kind.P_STUDY, Kind.TOP: Kind.U_STUDY, Kind.DAY: Kind.D_STUDY, Kind.YEAR: Kind.D_STUDY}
+_SERIES_KIND = {Kind.P_STUDY: Kind.P_SERIES, Kind.U_STUDY: Kind.U_SERIES, Kind.D_STUDY: Kind.D_SERIES}
+STUDY_KINDS = frozenset(_SERIES_KIND)
+SERIES_KINDS = frozenset(_SERIES_KIND.values())
+DIR_KINDS = frozenset({Kind.TOP, Kind.PATIENT, Kind.YEAR, Kind.DAY}) | STUDY_KINDS | SERIES_KINDS
+INSTANCE_VIEW_KINDS = frozenset({Kind.DCM, Kind.JSON, Kind.JPG})
+SUMMARY_KINDS = frozenset({Kind.PATIENT_JSON, Kind.STUDY_JSON, Kind.SERIES_JSON})
+
+SUMMARY_NAMES = {Kind.PATIENT_JSON: "patient.json", Kind.STUDY_JSON: "study.json", Kind.SERIES_JSON: "series.json"}
+
+ENTRY_TIMEOUT = 300.0  # names and most attributes never change; changes are invalidated explicitly
+SUMMARY_ATTR_TIMEOUT = 1.0  # summaries change size as instances arrive
+
+
+def inode_of(kind: Kind, row_id: int) -> int:
+    return (row_id << KIND_BITS) | kind
+
+
+def split_inode(inode: int) -> tuple[Kind, int]:
+    """Kind and id of an inode; ValueError for a number this tree never hands out."""
+    return Kind(inode & ((1 << KIND_BITS) - 1)), inode >> KIND_BITS
+
+
+class NotFoundError(LookupError):
+    """No such entry (maps to ENOENT)."""
+
+
+@dataclass(slots=True)
+class Entry:
+    name: bytes
+    attr: pyfuse3.EntryAttributes
+
+    @property
+    def inode(self) -> int:
+        return self.attr.st_ino
+
+
+@dataclass(slots=True)
+class Listing:
+    """A folder's entries, sorted by inode: the inode is the stable readdir cookie."""
+
+    entries: list[Entry]
+    by_name: dict[bytes, Entry] = field(default_factory=dict)
+    inodes: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.entries.sort(key=lambda e: e.inode)
+        self.by_name = {e.name: e for e in self.entries}
+        self.inodes = [e.inode for e in self.entries]
+
+
+class Tree:
+    """Answers "what is in this folder" and "what is this inode" from the index."""
+
+    def __init__(self, db: Database, *, max_listings: int = 20_000) -> None:
+        self.db = db
+        self.uid = os.getuid()
+        self.gid = os.getgid()
+        self.mounted_at_ns = time.time_ns()
+        self.max_listings = max_listings
+        self._listings: OrderedDict[int, Listing] = OrderedDict()
+        self._summaries: dict[int, bytes] = {}
+
+    # ----------------------------------------------------------------- queries from fs.py
+
+    def listing(self, inode: int) -> Listing:
+        cached = self._listings.get(inode)
+        if cached is not None:
+            self._listings.move_to_end(inode)
+            return cached
+        kind, row_id = self._split(inode)
+        if kind not in DIR_KINDS:
+            raise NotADirectoryError(inode)
+        listing = Listing(self._build(kind, row_id))
+        self._listings[inode] = listing
+        if len(self._listings) > self.max_listings:
+            self._listings.popitem(last=False)
+        return listing
+
+    def lookup(self, parent: int, name: bytes) -> Entry:
+        entry = self.listing(parent).by_name.get(name)
+        if entry is None:
+            raise NotFoundError(name)
+        return entry
+
+    def attributes(self, inode: int) -> pyfuse3.EntryAttributes:
+        """Attributes of any inode, without knowing its parent (getattr after a timeout)."""
+        kind, row_id = self._split(inode)
+        try:
+            if kind is Kind.TOP:
+                return self._dir_attr(inode, self.mounted_at_ns / 1e9)
+            if kind in (Kind.YEAR, Kind.DAY):
+                return self._dir_attr(inode, self._dates_mtime())
+            if kind is Kind.PATIENT:
+                return self._dir_attr(inode, self.db.get_val("SELECT updated_at FROM patients WHERE id=?", (row_id,)))
+            if kind in STUDY_KINDS:
+                return self._dir_attr(inode, self.db.get_val("SELECT updated_at FROM studies WHERE id=?", (row_id,)))
+            if kind in SERIES_KINDS:
+                return self._dir_attr(inode, self.db.get_val("SELECT updated_at FROM series WHERE id=?", (row_id,)))
+            if kind in INSTANCE_VIEW_KINDS:
+                row = self.db.get_row(
+                    "SELECT file_size, json_size, rows, columns, photometric, has_image, received_at "
+                    "FROM instances WHERE id = ?",
+                    (row_id,),
+                )
+                return self._instance_attr(kind, row_id, *row)
+            if kind in SUMMARY_KINDS:
+                return self._file_attr(inode, len(self.summary(inode)), time.time(), SUMMARY_ATTR_TIMEOUT)
+        except NoSuchRowError:
+            pass
+        raise NotFoundError(inode)
+
+    def instance_row(self, inode: int) -> tuple[Kind, dict[str, Any]]:
+        """For opening an instance view: its kind and the instance's index row."""
+        kind, row_id = self._split(inode)
+        if kind not in INSTANCE_VIEW_KINDS:
+            raise NotFoundError(inode)
+        try:
+            row = self.db.get_row(
+                "SELECT file_path, file_size, json_size, json_version, rows, columns, photometric, "
+                "has_image, sop_uid FROM instances WHERE id = ?",
+                (row_id,),
+            )
+        except NoSuchRowError:
+            raise NotFoundError(inode) from None
+        keys = ("file_path", "file_size", "json_size", "json_version", "rows", "columns", "photometric",
+                "has_image", "sop_uid")
+        return kind, dict(zip(keys, row, strict=True))
+
+    def summary(self, inode: int) -> bytes:
+        """Bytes of a patient/study/series summary, generated once per change."""
+        data = self._summaries.get(inode)
+        if data is None:
+            kind, row_id = self._split(inode)
+            data = self._make_summary(kind, row_id)
+            self._summaries[inode] = data
+        return data
+
+    # ----------------------------------------------------------------- change handling
+
+    def changed_series(self, series_ids: Iterable[int]) -> list[int]:
+        """Forget what depends on these series; returns the inodes the kernel should refresh."""
+        stale: set[int] = {inode_of(Kind.TOP, t) for t in (0, TOP_PATIENTS, TOP_STUDIES, TOP_DATES)}
+        for series_id in set(series_ids):
+            try:
+                study_id, patient_id, study_date = self.db.get_row(
+                    "SELECT st.id, st.patient_id, st.study_date FROM series se "
+                    "JOIN studies st ON st.id = se.study_id WHERE se.id = ?",
+                    (series_id,),
+                )
+            except NoSuchRowError:
+                continue
+            stale.update(inode_of(k, series_id) for k in (*SERIES_KINDS, Kind.SERIES_JSON))
+            stale.update(inode_of(k, study_id) for k in (*STUDY_KINDS, Kind.STUDY_JSON))
+            stale.update(inode_of(k, patient_id) for k in (Kind.PATIENT, Kind.PATIENT_JSON))
+            year, day = _date_ids(study_date)
+            stale.add(inode_of(Kind.YEAR, year))
+            if day:
+                stale.add(inode_of(Kind.DAY, day))
+        for inode in stale:
+            self._listings.pop(inode, None)
+            self._summaries.pop(inode, None)
+        return sorted(stale)
+
+    def forget_all(self) -> None:
+        self._listings.clear()
+        self._summaries.clear()
+
+    # ----------------------------------------------------------------- building listings
+
+    def _split(self, inode: int) -> tuple[Kind, int]:
+        try:
+            return split_inode(inode)
+        except ValueError:
+            raise NotFoundError(inode) from None
+
+    def _build(self, kind: Kind, row_id: int) -> list[Entry]:
+        if kind is Kind.TOP:
+            return self._build_top(row_id)
+        if kind is Kind.PATIENT:
+            rows = self.db.query(_STUDY_ROWS + "WHERE st.patient_id = ? ORDER BY st.id", (row_id,))
+            entries = self._study_entries(Kind.P_STUDY, rows, reserved=["patient.json"])
+            return [*entries, self._summary_entry(Kind.PATIENT_JSON, row_id)]
+        if kind is Kind.YEAR:
+            return self._build_year(row_id)
+        if kind is Kind.DAY:
+            rows = [r for r in self.db.query(_STUDY_ROWS + "ORDER BY st.id") if _date_ids(r[1])[1] == row_id]
+            return self._study_entries(Kind.D_STUDY, rows)
+        if kind in STUDY_KINDS:
+            return self._build_study(kind, row_id)
+        return self._build_series(kind, row_id)
+
+    def _build_top(self, top: int) -> list[Entry]:
+        if top == 0:
+            now = self.mounted_at_ns / 1e9
+            return [self._dir_entry(name, inode_of(Kind.TOP, t), now) for t, name in _TOP_NAMES.items()]
+        if top == TOP_PATIENTS:
+            rows = self.db.query("SELECT id, patient_name, patient_id, updated_at FROM patients ORDER BY id")
+            named = naming.unique_names(rows, lambda r: naming.patient_name(r[1], r[2]))
+            return [self._dir_entry(n, inode_of(Kind.PATIENT, r[0]), r[3]) for n, r in named]
+        if top == TOP_STUDIES:
+            rows = self.db.query("SELECT id, study_uid, updated_at FROM studies ORDER BY id")
+            named = naming.unique_names(rows, lambda r: naming.uid_name(r[1]))
+            return [self._dir_entry(n, inode_of(Kind.U_STUDY, r[0]), r[2]) for n, r in named]
+        if top == TOP_DATES:
+            years: dict[int, float] = {}
+            for study_date, updated in self.db.query("SELECT study_date, updated_at FROM studies"):
+                year = _date_ids(study_date)[0]
+                years[year] = max(years.get(year, 0.0), updated)
+            return [
+                self._dir_entry(str(y) if y else UNKNOWN_YEAR_NAME, inode_of(Kind.YEAR, y), t)
+                for y, t in years.items()
+            ]
+        raise NotFoundError(top)
+
+    def _build_year(self, year: int) -> list[Entry]:
+        if year == 0:  # studies without a usable date sit directly in /dates/unknown
+            rows = [r for r in self.db.query(_STUDY_ROWS + "ORDER BY st.id") if _date_ids(r[1])[0] == 0]
+            return self._study_entries(Kind.D_STUDY, rows)
+        days: dict[int, float] = {}
+        for study_date, updated in self.db.query("SELECT study_date, updated_at FROM studies"):
+            y, day = _date_ids(study_date)
+            if y == year:
+                days[day] = max(days.get(day, 0.0), updated)
+        return [
+            self._dir_entry(naming.iso_date(str(d)), inode_of(Kind.DAY, d), t) for d, t in days.items()
+        ]
+
+    def _study_entries(self, kind: Kind, rows: list[Any], reserved: Iterable[str] = ()) -> list[Entry]:
+        if kind is Kind.D_STUDY:
+            def base(r: Any) -> str:
+                return naming.dated_study_name(r[2], r[6], r[3], r[4])
+        else:
+            def base(r: Any) -> str:
+                return naming.study_name(r[1], r[3], r[4], r[7] or "")
+        named = naming.unique_names(rows, base, reserved=reserved)
+        return [self._dir_entry(n, inode_of(kind, r[0]), r[5]) for n, r in named]
+
+    def _build_study(self, kind: Kind, study_id: int) -> list[Entry]:
+        rows = self.db.query(
+            "SELECT id, series_uid, series_number, modality, series_description, updated_at "
+            "FROM series WHERE study_id = ? ORDER BY id",
+            (study_id,),
+        )
+        if not rows and not self.db.query("SELECT 1 FROM studies WHERE id = ?", (study_id,)):
+            raise NotFoundError(study_id)
+        series_kind = _SERIES_KIND[kind]
+        if kind is Kind.U_STUDY:
+            named = naming.unique_names(rows, lambda r: naming.uid_name(r[1]), reserved=["study.json"])
+        else:
+            named = naming.unique_names(
+                rows, lambda r: naming.series_name(r[2], r[3], r[4]), reserved=["study.json"]
+            )
+        entries = [self._dir_entry(n, inode_of(series_kind, r[0]), r[5]) for n, r in named]
+        return [*entries, self._summary_entry(Kind.STUDY_JSON, study_id)]
+
+    def _build_series(self, kind: Kind, series_id: int) -> list[Entry]:
+        entries = [self._summary_entry(Kind.SERIES_JSON, series_id)]
+        for stem, row in self._instance_names(kind, series_id):
+            instance_id, _, _, *attrs = row
+            entries.append(Entry(f"{stem}.dcm".encode(), self._instance_attr(Kind.DCM, instance_id, *attrs)))
+            entries.append(Entry(f"{stem}.json".encode(), self._instance_attr(Kind.JSON, instance_id, *attrs)))
+            if row[-2]:  # has_image
+                entries.append(Entry(f"{stem}.jpg".encode(), self._instance_attr(Kind.JPG, instance_id, *attrs)))
+        return entries
+
+    def _instance_names(self, kind: Kind, series_id: int) -> list[tuple[str, Any]]:
+        """Instances of a series with their file stems ('007', '007_2', or the SOP UID)."""
+        rows = self.db.query(
+            "SELECT id, instance_number, sop_uid, file_size, json_size, rows, columns, photometric, "
+            "has_image, received_at FROM instances WHERE series_id = ? ORDER BY id",
+            (series_id,),
+        )
+        if kind is Kind.U_SERIES:
+            return naming.unique_names(rows, lambda r: naming.uid_name(r[2]))
+        return naming.unique_names(rows, lambda r: naming.instance_stem(r[1]), suffix=lambda n, i: f"{n}_{i}")
+
+    # ----------------------------------------------------------------- summaries
+
+    def _summary_entry(self, kind: Kind, row_id: int) -> Entry:
+        inode = inode_of(kind, row_id)
+        return Entry(
+            SUMMARY_NAMES[kind].encode(),
+            self._file_attr(inode, len(self.summary(inode)), time.time(), SUMMARY_ATTR_TIMEOUT),
+        )
+
+    def _make_summary(self, kind: Kind, row_id: int) -> bytes:
+        try:
+            if kind is Kind.PATIENT_JSON:
+                return self._patient_summary(row_id)
+            if kind is Kind.STUDY_JSON:
+                return self._study_summary(row_id)
+            if kind is Kind.SERIES_JSON:
+                return self._series_summary(row_id)
+        except NoSuchRowError:
+            pass
+        raise NotFoundError(row_id)
+
+    def _patient_summary(self, patient_id: int) -> bytes:
+        p = self._row_dict("patients", patient_id)
+        studies = self.db.query(_STUDY_ROWS + "WHERE st.patient_id = ? ORDER BY st.id", (patient_id,))
+        named = naming.unique_names(
+            studies, lambda r: naming.study_name(r[1], r[3], r[4], r[7] or ""), reserved=["patient.json"]
+        )
+        children = [
+            {"name": n, "StudyInstanceUID": r[8], "StudyDate": r[1], "StudyDescription": r[3],
+             "AccessionNumber": r[4], "ModalitiesInStudy": (r[7] or "").split("\\") if r[7] else []}
+            for n, r in named
+        ]
+        return summary_json("PATIENT", _patient_attributes(p), "Studies", children)
+
+    def _study_summary(self, study_id: int) -> bytes:
+        s = self._row_dict("studies", study_id)
+        p = self._row_dict("patients", s["patient_id"])
+        series = self.db.query(
+            "SELECT id, series_uid, series_number, modality, series_description, num_instances "
+            "FROM series WHERE study_id = ? ORDER BY id",
+            (study_id,),
+        )
+        named = naming.unique_names(series, lambda r: naming.series_name(r[2], r[3], r[4]), reserved=["study.json"])
+        children = [
+            {"name": n, "SeriesInstanceUID": r[1], "SeriesNumber": r[2], "Modality": r[3],
+             "SeriesDescription": r[4], "NumberOfSeriesRelatedInstances": r[5]}
+            for n, r in named
+        ]
+        modalities = sorted({r[3] for r in series if r[3]})
+        sop_classes = [r[0] for r in self.db.query(
+            "SELECT DISTINCT i.sop_class_uid FROM instances i JOIN series se ON se.id = i.series_id "
+            "WHERE se.study_id = ? ORDER BY 1", (study_id,))]
+        attributes = {
+            **_patient_attributes(p),
+            **_study_attributes(s),
+            "ModalitiesInStudy": modalities,
+            "SOPClassesInStudy": sop_classes,
+        }
+        return summary_json("STUDY", attributes, "Series", children)
+
+    def _series_summary(self, series_id: int) -> bytes:
+        se = self._row_dict("series", series_id)
+        s = self._row_dict("studies", se["study_id"])
+        named = self._instance_names(Kind.P_SERIES, series_id)
+        details = dict(self.db.query(
+            "SELECT id, sop_class_uid FROM instances WHERE series_id = ?", (series_id,)))
+        children = [
+            {"name": f"{stem}.dcm", "SOPInstanceUID": r[2], "SOPClassUID": details.get(r[0], ""),
+             "InstanceNumber": r[1], "size": r[3], "jpg": f"{stem}.jpg" if r[8] else None}
+            for stem, r in named
+        ]
+        attributes = {
+            "PatientID": self.db.get_val("SELECT patient_id FROM patients WHERE id = ?", (s["patient_id"],)),
+            "StudyInstanceUID": s["study_uid"],
+            "SeriesInstanceUID": se["series_uid"],
+            "Modality": se["modality"],
+            "SeriesNumber": se["series_number"],
+            "SeriesDescription": se["series_description"],
+            "SeriesDate": se["series_date"],
+            "SeriesTime": se["series_time"],
+            "BodyPartExamined": se["body_part_examined"],
+            "ProtocolName": se["protocol_name"],
+            "Laterality": se["laterality"],
+            "StationName": se["station_name"],
+            "Manufacturer": se["manufacturer"],
+            "FrameOfReferenceUID": se["frame_of_reference_uid"],
+            "NumberOfSeriesRelatedInstances": se["num_instances"],
+        }
+        return summary_json("SERIES", attributes, "Instances", children)
+
+    def _row_dict(self, table: str, row_id: int) -> dict[str, Any]:
+        cursor = self.db.conn.execute(f"SELECT * FROM {table} WHERE id = ?", (row_id,))
+        names = [d[0] for d in cursor.getdescription()]
+        for row in cursor:
+            return dict(zip(names, row, strict=True))
+        raise NoSuchRowError(table)
+
+    # ----------------------------------------------------------------- attributes
+
+    def _dates_mtime(self) -> float:
+        return float(self.db.get_val_or(None, "SELECT max(updated_at) FROM studies") or self.mounted_at_ns / 1e9)
+
+    def _dir_entry(self, name: str, inode: int, mtime: float) -> Entry:
+        return Entry(name.encode("utf-8"), self._dir_attr(inode, mtime))
+
+    def _dir_attr(self, inode: int, mtime: float) -> pyfuse3.EntryAttributes:
+        attr = self._base_attr(inode, mtime, ENTRY_TIMEOUT)
+        attr.st_mode = stat.S_IFDIR | 0o555
+        return attr
+
+    def _file_attr(self, inode: int, size: int, mtime: float, timeout: float) -> pyfuse3.EntryAttributes:
+        attr = self._base_attr(inode, mtime, timeout)
+        attr.st_mode = stat.S_IFREG | 0o444
+        attr.st_size = size
+        attr.st_blocks = (size + 511) // 512
+        return attr
+
+    def _instance_attr(
+        self, kind: Kind, instance_id: int, file_size: int, json_size: int, rows: int, columns: int,
+        photometric: str, has_image: int, received_at: float,
+    ) -> pyfuse3.EntryAttributes:
+        if kind is Kind.DCM:
+            size = file_size
+        elif kind is Kind.JSON:
+            size = json_size
+        elif has_image:
+            size = jpeg_size(rows, columns, is_color(photometric))
+        else:
+            raise NotFoundError(instance_id)
+        return self._file_attr(inode_of(kind, instance_id), size, received_at, ENTRY_TIMEOUT)
+
+    def _base_attr(self, inode: int, mtime: float, timeout: float) -> pyfuse3.EntryAttributes:
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = inode
+        attr.generation = 0
+        attr.entry_timeout = timeout
+        attr.attr_timeout = timeout
+        attr.st_nlink = 1
+        attr.st_uid = self.uid
+        attr.st_gid = self.gid
+        attr.st_blksize = 131072
+        ns = int(mtime * 1e9)
+        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = ns
+        return attr
+
+
+# Columns: id, study_date, study_time, study_description, accession_number, updated_at,
+# patient name, modalities (backslash-joined), study_uid.
+_STUDY_ROWS = (
+    "SELECT st.id, st.study_date, st.study_time, st.study_description, st.accession_number, "
+    "st.updated_at, p.patient_name, "
+    "(SELECT group_concat(m, '\\') FROM (SELECT DISTINCT modality AS m FROM series "
+    "  WHERE study_id = st.id AND modality != '' ORDER BY modality)), st.study_uid "
+    "FROM studies st JOIN patients p ON p.id = st.patient_id "
+)
+
+
+def _date_ids(study_date: str) -> tuple[int, int]:
+    """(year, YYYYMMDD) of a DA value, (0, 0) when it is not a usable date."""
+    iso = naming.iso_date(study_date)
+    if not iso:
+        return 0, 0
+    return int(iso[:4]), int(iso.replace("-", ""))
+
+
+def _patient_attributes(p: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "PatientName": p["patient_name"],
+        "PatientID": p["patient_id"],
+        "IssuerOfPatientID": p["issuer_of_patient_id"],
+        "PatientBirthDate": p["patient_birth_date"],
+        "PatientSex": p["patient_sex"],
+        "OtherPatientIDs": p["other_patient_ids"],
+        "NumberOfPatientRelatedStudies": p["num_studies"],
+        "NumberOfPatientRelatedSeries": p["num_series"],
+        "NumberOfPatientRelatedInstances": p["num_instances"],
+    }
+
+
+def _study_attributes(s: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "StudyInstanceUID": s["study_uid"],
+        "StudyDate": s["study_date"],
+        "StudyTime": s["study_time"],
+        "AccessionNumber": s["accession_number"],
+        "StudyID": s["study_id"],
+        "StudyDescription": s["study_description"],
+        "ReferringPhysicianName": s["referring_physician_name"],
+        "InstitutionName": s["institution_name"],
+        "PatientAge": s["patient_age"],
+        "NumberOfStudyRelatedSeries": s["num_series"],
+        "NumberOfStudyRelatedInstances": s["num_instances"],
+    }
