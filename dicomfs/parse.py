@@ -130,10 +130,9 @@ def _implicit_vr(body: bytes) -> bool:
 def _text(ds: Dataset, keyword: str) -> str:
     """The decoded value as text, '' when absent or unreadable; never raises."""
     try:
-        elem = ds.get(keyword)
-        if elem is None or elem.value is None:
+        value = ds.get(keyword)
+        if value is None:
             return ""
-        value = elem.value
         if isinstance(value, bytes):
             return value.decode("latin-1").rstrip("\0 ")
         if isinstance(value, list | pydicom.multival.MultiValue):
