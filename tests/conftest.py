@@ -1,0 +1,132 @@
+"""Fixtures: real archives, real daemons on real FUSE mounts, always cleaned up."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+DICOMFS = [sys.executable, "-m", "dicomfs"]
+MOUNT_TIMEOUT = 20.0
+
+
+def cli_env() -> dict[str, str]:
+    """The environment for dicomfs processes: no user configuration leaks into tests."""
+    env = {k: v for k, v in os.environ.items() if k != "DICOMFS_CONFIG"}
+    env["XDG_CONFIG_HOME"] = "/nonexistent/dicomfs-tests"
+    return env
+
+
+def run_cli(*args: str | os.PathLike[str], check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run ``dicomfs ARGS`` as a separate process, as a user would."""
+    proc = subprocess.run(
+        [*DICOMFS, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+        env=cli_env(),
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"dicomfs {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr}")
+    return proc
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Daemon:
+    """A ``dicomfs serve`` process with its mount; ``stop()`` checks its log for surprises."""
+
+    data_dir: Path
+    mount: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    expected_errors: list[str] = field(default_factory=list)
+
+    def start(self, *extra: str) -> Daemon:
+        self.mount.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [*DICOMFS, "serve", "--data-dir", str(self.data_dir), "--mount", str(self.mount), *extra],
+            stdout=log, stderr=subprocess.STDOUT, env=cli_env(),
+        )
+        log.close()
+        wait_for(lambda: os.path.ismount(self.mount) or self.proc.poll() is not None, MOUNT_TIMEOUT, "the mount")
+        if self.proc.poll() is not None:
+            raise AssertionError(f"dicomfs serve exited {self.proc.returncode}:\n{self.log()}")
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> int | None:
+        """SIGTERM, then wait; returns the exit status. Falls back to kill + lazy unmount."""
+        if self.proc is None:
+            return None
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if os.path.ismount(self.mount):
+            subprocess.run(["fusermount3", "-u", "-z", str(self.mount)], check=False)
+        return proc.returncode
+
+    def unexpected_errors(self) -> list[str]:
+        bad = []
+        for line in self.log().splitlines():
+            if ("ERROR" in line or "Traceback" in line or "CRITICAL" in line) and not any(
+                e in line for e in self.expected_errors
+            ):
+                bad.append(line)
+        return bad
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, data_dir: Path) -> Iterator[Daemon]:
+    """A daemon (not yet started: call ``daemon.start()``) whose log must stay clean."""
+    d = Daemon(data_dir=data_dir, mount=tmp_path / "mnt", log_path=tmp_path / "daemon.log")
+    try:
+        yield d
+    finally:
+        status = d.stop()
+    assert status in (None, 0), f"daemon exited {status}:\n{d.log()}"
+    assert not d.unexpected_errors(), "daemon logged errors:\n" + "\n".join(d.unexpected_errors())
+
+
+@pytest.fixture(scope="session")
+def pydicom_files() -> Path:
+    """pydicom's bundled test files (a varied, real-world-like corpus)."""
+    from pydicom.data import get_testdata_file
+
+    return Path(get_testdata_file("CT_small.dcm")).parent
+
+
+def copy_testdata(names: list[str], dest: Path) -> list[Path]:
+    from pydicom.data import get_testdata_file
+
+    dest.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name in names:
+        src = Path(get_testdata_file(name))
+        out.append(Path(shutil.copy(src, dest / src.name)))
+    return out

@@ -1,0 +1,83 @@
+"""Tree names: safe on every platform, letters intact, unique, stable."""
+
+from __future__ import annotations
+
+import pytest
+
+from dicomfs.index import naming
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("DOE/JOHN", "DOE_JOHN"),
+        ("a\x00b\x1fc\x7f", "a_b_c_"),
+        ("..", "(x)"),
+        (".", "(x)"),
+        ("", "(x)"),
+        ("   ", "(x)"),
+        ("trailing dot. ", "trailing dot"),
+        ('win<>:"\\|?*', "win________"),
+        ("CON", "_CON"),
+        ("nul.txt", "_nul.txt"),
+        ("Müller^Jürgen", "Müller^Jürgen"),
+        ("山田^太郎", "山田^太郎"),
+        ("Ωμέγα", "Ωμέγα"),
+        ("tab\tand\nnewline", "tab_and_newline"),
+    ],
+)
+def test_safe_component(raw: str, expected: str) -> None:
+    assert naming.safe_component(raw, fallback="(x)") == expected
+
+
+def test_long_names_are_cut_at_a_character_boundary() -> None:
+    name = naming.safe_component("é" * 400, fallback="x")
+    assert len(name.encode()) <= 200
+    assert name == "é" * 100
+    assert len(naming.study_name("20240101", "ü" * 1000, "A" * 64).encode()) <= naming.MAX_NAME_BYTES
+
+
+def test_undecodable_surrogates_do_not_break_names() -> None:
+    # Text decoded with errors may carry lone surrogates; they must not reach the kernel.
+    assert naming.safe_component("bad\udcffname", fallback="x") == "bad_name"
+
+
+def test_level_names() -> None:
+    assert naming.patient_name("DOE^JOHN", "12345") == "DOE^JOHN [12345]"
+    assert naming.patient_name("", "12345") == "(no name) [12345]"
+    assert naming.patient_name("", "") == "(no name)"
+    assert naming.patient_name("Yamada^Tarou=山田^太郎=やまだ^たろう", "1") == "Yamada^Tarou [1]"
+    assert naming.patient_name("=山田^太郎", "1") == "山田^太郎 [1]"
+    assert naming.patient_name("../../etc", "x/y") == ".._.._etc [x_y]"
+    assert naming.study_name("20240301", "CT Thorax", "ACC123") == "2024-03-01 CT Thorax [ACC123]"
+    assert naming.study_name("", "", "", "CT\\PT") == "(no date) CT_PT"
+    assert naming.study_name("2024", "", "") == "(no date) (no description)"
+    assert naming.series_name(3, "CT", "Lung 1.0") == "003 CT Lung 1.0"
+    assert naming.series_name(None, "", "") == "(series)"
+    assert naming.series_name(1234, "MR", "") == "1234 MR"
+    assert naming.instance_stem(7) == "007"
+    assert naming.instance_stem(12345) == "12345"
+    assert naming.instance_stem(-3) == "-003"
+    assert naming.instance_stem(None) == "nonum"
+    assert naming.dated_study_name("081500", "DOE^JOHN", "CT", "A1") == "0815 DOE^JOHN CT [A1]"
+
+
+def test_unique_names_first_come_keeps_the_plain_name() -> None:
+    items = ["a", "A", "b", "a", "a (2)"]
+    named = naming.unique_names(items, lambda s: s)
+    assert [n for n, _ in named] == ["a", "A (2)", "b", "a (3)", "a (2) (2)"]
+    assert len({n.casefold() for n, _ in named}) == len(items)
+
+
+def test_unique_names_respects_reserved_and_suffix() -> None:
+    named = naming.unique_names(["study.json", "007", "007"], lambda s: s, reserved=["study.json"],
+                                suffix=lambda n, i: f"{n}_{i}")
+    assert [n for n, _ in named] == ["study.json_2", "007", "007_2"]
+
+
+def test_iso_date() -> None:
+    assert naming.iso_date("20240301") == "2024-03-01"
+    assert naming.iso_date("2024.03.01") == "2024-03-01"
+    assert naming.iso_date("") == ""
+    assert naming.iso_date("2024") == ""
+    assert naming.iso_date("garbage!") == ""
