@@ -42,6 +42,10 @@ def make_dataset(*, rows: int = 16, columns: int = 16, **attrs: Any) -> Dataset:
         ds.PixelRepresentation = 0
         ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
         ds.WindowCenter, ds.WindowWidth = 40, 400
+        ds.PixelSpacing = [0.7, 0.7]
+        ds.SliceThickness = 1.0
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [0, 0, 0]
         ramp = (np.arange(rows * columns, dtype=np.uint16).reshape(rows, columns) * 7) % 4096
         ds.PixelData = ramp.tobytes()
     for key, value in attrs.items():
@@ -76,9 +80,10 @@ def write(path: Path, ds: Dataset, *, part10: bool = True) -> Path:
 
 def series(directory: Path, count: int, **attrs: Any) -> list[Path]:
     """``count`` instances of one series (numbered 1..count) written under ``directory``."""
-    study, series_uid = generate_uid(), generate_uid()
+    study, series_uid, frame = generate_uid(), generate_uid(), generate_uid()
     paths = []
     for n in range(1, count + 1):
-        ds = make_dataset(StudyInstanceUID=study, SeriesInstanceUID=series_uid, InstanceNumber=n, **attrs)
+        ds = make_dataset(StudyInstanceUID=study, SeriesInstanceUID=series_uid, InstanceNumber=n,
+                          FrameOfReferenceUID=frame, ImagePositionPatient=[0, 0, float(n)], **attrs)
         paths.append(write(directory / f"IM{n:05d}.dcm", ds))
     return paths

@@ -81,3 +81,6 @@ def test_iso_date() -> None:
     assert naming.iso_date("") == ""
     assert naming.iso_date("2024") == ""
     assert naming.iso_date("garbage!") == ""
+    assert naming.iso_date("20241345") == ""
+    assert naming.iso_date("20230229") == ""
+    assert naming.iso_date("20240229") == "2024-02-29"

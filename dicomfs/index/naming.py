@@ -7,6 +7,7 @@ suffix, not the entity that was there first.
 
 from __future__ import annotations
 
+import datetime
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
@@ -57,13 +58,16 @@ def person_name(pn: str) -> str:
 
 
 def iso_date(da: str) -> str:
-    """'20240301' → '2024-03-01'; anything else (partial, invalid) → ''."""
+    """'20240301' → '2024-03-01'; anything else (partial, not a real date) → ''."""
     da = da.strip()
-    if len(da) == 8 and da.isdigit():
-        return f"{da[:4]}-{da[4:6]}-{da[6:]}"
-    if len(da) == 10 and da[4] == "." and da[7] == "." and da.replace(".", "").isdigit():
-        return f"{da[:4]}-{da[5:7]}-{da[8:]}"  # ACR-NEMA style
-    return ""
+    if len(da) == 10 and da[4] == "." and da[7] == ".":
+        da = da.replace(".", "")  # ACR-NEMA style
+    if len(da) != 8 or not da.isdigit():
+        return ""
+    try:
+        return datetime.date(int(da[:4]), int(da[4:6]), int(da[6:])).isoformat()
+    except ValueError:
+        return ""
 
 
 def _join(*parts: str) -> str:
