@@ -245,7 +245,9 @@ class Tree:
         if kind is Kind.YEAR:
             return self._build_year(row_id)
         if kind is Kind.DAY:
-            rows = [r for r in self.db.query(_STUDY_ROWS + "ORDER BY st.id") if _date_ids(r[1])[1] == row_id]
+            day = str(row_id)
+            acr_nema = f"{day[:4]}.{day[4:6]}.{day[6:]}"
+            rows = self.db.query(_STUDY_ROWS + "WHERE st.study_date IN (?, ?) ORDER BY st.id", (day, acr_nema))
             return self._study_entries(Kind.D_STUDY, rows)
         if kind in STUDY_KINDS:
             return self._build_study(kind, row_id)
@@ -279,7 +281,10 @@ class Tree:
             rows = [r for r in self.db.query(_STUDY_ROWS + "ORDER BY st.id") if _date_ids(r[1])[0] == 0]
             return self._study_entries(Kind.D_STUDY, rows)
         days: dict[int, float] = {}
-        for study_date, updated in self.db.query("SELECT study_date, updated_at FROM studies"):
+        for study_date, updated in self.db.query(
+            "SELECT study_date, updated_at FROM studies WHERE study_date >= ? AND study_date < ?",
+            (str(year), str(year + 1)),
+        ):
             y, day = _date_ids(study_date)
             if y == year:
                 days[day] = max(days.get(day, 0.0), updated)
