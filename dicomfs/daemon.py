@@ -36,6 +36,9 @@ def serve(settings: Settings) -> None:
         removed = archive.store.clean_temporaries()
         if removed:
             log.info("removed %d unfinished temporary files from an earlier crash", removed)
+        refreshed = archive.indexer.refresh_json_sizes()
+        if refreshed:
+            log.info("re-measured the .json views of %d instances after an upgrade", refreshed)
         trio.run(_serve, settings, archive)
     finally:
         archive.close()

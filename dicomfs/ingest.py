@@ -18,6 +18,8 @@ from pathlib import Path
 from dicomfs.index.db import Database, NoSuchRowError
 from dicomfs.parse import ParsedInstance
 from dicomfs.store import Store
+from dicomfs.views import render_view
+from dicomfs.views.dicom_json import JSON_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,27 @@ class Indexer:
             {"t": now, "s": series_id},
         )
         return Ingested(sop_uid, Outcome.STORED, series_id)
+
+    def refresh_json_sizes(self) -> int:
+        """Re-measure ``.json`` views measured by another JSON_VERSION (after an upgrade).
+
+        The mount lists the stored size, so it must match what the current code generates.
+        """
+        stale = self.db.query(
+            "SELECT id, file_path FROM instances WHERE json_version != ?", (JSON_VERSION,)
+        )
+        for instance_id, relpath in stale:
+            try:
+                size = len(render_view("json", self.store.path(relpath)))
+            except Exception as exc:
+                log.error("cannot re-measure the json view of %s: %s", relpath, exc)
+                continue
+            with self.db.transaction():
+                self.db.execute(
+                    "UPDATE instances SET json_size = ?, json_version = ? WHERE id = ?",
+                    (size, JSON_VERSION, instance_id),
+                )
+        return len(stale)
 
     def _upsert(self, table: str, key: str, values: dict[str, object], now: float) -> int:
         """Row id for ``values[key]``; the first values seen are kept so tree names stay stable."""
