@@ -13,21 +13,26 @@ from dicomfs import __version__, config
 log = logging.getLogger("dicomfs")
 
 
-def _common_options() -> argparse.ArgumentParser:
+def _common_options(default: object) -> argparse.ArgumentParser:
+    """Options every command takes, before or after the command name.
+
+    Subcommands use ``argparse.SUPPRESS`` as default so that an option given before the
+    command name is not overwritten by the subcommand's default.
+    """
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", type=Path, metavar="DIR",
+    common.add_argument("--data-dir", type=Path, metavar="DIR", default=default,
                         help="archive location (default: $XDG_DATA_HOME/dicomfs)")
-    common.add_argument("--config", type=Path, metavar="FILE",
+    common.add_argument("--config", type=Path, metavar="FILE", default=default,
                         help="TOML configuration (default: $DICOMFS_CONFIG or $XDG_CONFIG_HOME/dicomfs/config.toml)")
-    common.add_argument("--log-level", metavar="LEVEL", type=str.upper,
+    common.add_argument("--log-level", metavar="LEVEL", type=str.upper, default=default,
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="DEBUG, INFO, WARNING or ERROR")
     return common
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = _common_options()
+    common = _common_options(argparse.SUPPRESS)
     parser = argparse.ArgumentParser(
-        prog="dicomfs", parents=[common],
+        prog="dicomfs", parents=[_common_options(None)],
         description="A DICOM archive that you use as a filesystem.",
         epilog="Run 'dicomfs COMMAND --help' for the options of a command.",
     )
