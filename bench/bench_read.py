@@ -1,0 +1,134 @@
+"""Reading a whole CT series (.dcm) through the mount vs straight from the store.
+
+One series of N (default 2,000) 512x512 instances is generated, imported, and mounted.
+The same files are then read two ways, in one Python process with ``open().read()``:
+``MOUNT/patients/<patient>/<study>/<series>/NNN.dcm`` and ``DATA/store/<study>/<series>/
+<sop>.dcm``. Warm: each set is read once first, then the two ways alternate for
+``--repeat`` rounds and the medians are compared. Cold (for information): the page cache
+is dropped before each round. ``--cat`` adds the same reads done by one ``cat`` process.
+
+Target: warm throughput through the mount ≥ 0.8 of native.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import common, synth
+from bench.common import info, report
+
+TARGET_WARM = 0.8
+
+
+def read_all(paths: list[Path]) -> int:
+    total = 0
+    for path in paths:
+        with open(path, "rb") as f:
+            total += len(f.read())
+    return total
+
+
+def cat_all(paths: list[Path]) -> None:
+    common.run(["cat", *map(str, paths)])
+
+
+def mount_files(mount_point: Path) -> list[Path]:
+    """Every NNN.dcm of the patients layout, in name order (instance order)."""
+    return sorted(mount_point.glob("patients/*/*/*/*.dcm"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--instances", type=int, default=2000, metavar="N",
+                        help="instances in the series (default 2000)")
+    parser.add_argument("--matrix", type=int, default=512, metavar="PX")
+    parser.add_argument("--cold-repeat", type=int, default=3, metavar="N")
+    parser.add_argument("--cat", action="store_true", help="also read with one cat process")
+    common.add_common_options(parser)
+    args = parser.parse_args(argv)
+
+    need = args.instances * (args.matrix**2 * 2 + 4096) * 2.2 / 2**30  # source + store
+    with common.scratch(args.scratch, keep=args.keep, need_gib=need) as work:
+        info(common.machine_summary(work))
+        sources = synth.generate(work / "src", instances=args.instances, matrix=args.matrix, seed=1)
+        data = work / "data"
+        common.import_archive([work / "src"], data)
+        native = sorted((data / "store").glob("*/*/*.dcm"))
+        with common.mount(data, work / "mnt") as daemon:
+            mounted = mount_files(daemon.mount_point)
+            if len(mounted) != len(native) or len(native) != len(sources):
+                raise RuntimeError(f"{len(sources)} generated, {len(native)} in the store, "
+                                   f"{len(mounted)} .dcm in the mount")
+            size = sum(p.stat().st_size for p in native)
+            mib = size / 2**20
+            info(f"{len(native)} files, {mib:.0f} MiB; "
+                 f"mount read-ahead {daemon.read_ahead_kb()} KB")
+
+            # Warm: both sets in the page cache (the mount's own pages, and the store's).
+            common.warm(native)
+            common.warm(mounted)
+            warm_native: list[float] = []
+            warm_mount: list[float] = []
+            with common.Profiler(args.profile, daemon, "read-warm"):
+                for _ in range(args.repeat):
+                    warm_native += common.timed(lambda: read_all(native), 1).runs
+                    warm_mount += common.timed(lambda: read_all(mounted), 1).runs
+            _report("read.warm", mib, warm_native, warm_mount, target=TARGET_WARM)
+            files_per_s = len(native) / common.Timing(warm_mount).median
+            info(f"warm through the mount: {files_per_s:.0f} files/s; "
+                 f"native {common.Timing(warm_native).spread()}, "
+                 f"mount {common.Timing(warm_mount).spread()}")
+
+            if args.cat:
+                cat_native = common.timed(lambda: cat_all(native), args.repeat).runs
+                cat_mount = common.timed(lambda: cat_all(mounted), args.repeat).runs
+                _report("read.warm.cat", mib, cat_native, cat_mount)
+
+            # Cold: nothing cached; the mount's reads also fetch the store's pages from disk.
+            if args.cold_repeat > 0:
+                cold_native: list[float] = []
+                cold_mount: list[float] = []
+                with common.Profiler(args.profile, daemon, "read-cold"):
+                    for _ in range(args.cold_repeat):
+                        cold_native += common.timed(lambda: read_all(native), 1,
+                                                    before=common.drop_caches).runs
+                        cold_mount += common.timed(lambda: read_all(mounted), 1,
+                                                   before=common.drop_caches).runs
+                _report("read.cold", mib, cold_native, cold_mount)
+
+            # Opening without reading: the per-file cost of lookup + open + release.
+            started = time.perf_counter()
+            for path in mounted:
+                with open(path, "rb"):
+                    pass
+            per_open = (time.perf_counter() - started) / len(mounted)
+            started = time.perf_counter()
+            for path in native:
+                with open(path, "rb"):
+                    pass
+            native_open = (time.perf_counter() - started) / len(native)
+            report("read.open_close", f"{per_open * 1e3:.3f} ms per file through the mount",
+                   baseline=f"native {native_open * 1e3:.3f} ms")
+    return 0
+
+
+def _report(name: str, mib: float, native: list[float], mount: list[float], target: float = 0.0,
+            ) -> None:
+    native_rate = mib / common.Timing(native).median
+    mount_rate = mib / common.Timing(mount).median
+    verdict = ""
+    if target:
+        met = mount_rate / native_rate >= target
+        verdict = f", target ≥ {target:.1f}: {'met' if met else 'MISSED'}"
+    report(name, f"{mount_rate:.0f} MiB/s through the mount", ratio=mount_rate / native_rate,
+           baseline=f"native {native_rate:.0f} MiB/s{verdict}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
