@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--matrix", type=int, default=512, metavar="PX")
     parser.add_argument("--cold-repeat", type=int, default=3, metavar="N")
     parser.add_argument("--cat", action="store_true", help="also read with one cat process")
+    parser.add_argument("--read-ahead-kb", type=int, default=1024, metavar="KB",
+                        help="when the daemon left another read-ahead on the mount, measure again "
+                             "with this one set (0: don't; default 1024)")
     common.add_common_options(parser)
     args = parser.parse_args(argv)
 
@@ -67,40 +70,17 @@ def main(argv: list[str] | None = None) -> int:
                                    f"{len(mounted)} .dcm in the mount")
             size = sum(p.stat().st_size for p in native)
             mib = size / 2**20
-            info(f"{len(native)} files, {mib:.0f} MiB; "
-                 f"mount read-ahead {daemon.read_ahead_kb()} KB")
+            info(f"{len(native)} files, {mib:.0f} MiB")
 
-            # Warm: both sets in the page cache (the mount's own pages, and the store's).
-            common.warm(native)
-            common.warm(mounted)
-            warm_native: list[float] = []
-            warm_mount: list[float] = []
-            with common.Profiler(args.profile, daemon, "read-warm"):
-                for _ in range(args.repeat):
-                    warm_native += common.timed(lambda: read_all(native), 1).runs
-                    warm_mount += common.timed(lambda: read_all(mounted), 1).runs
-            _report("read.warm", mib, warm_native, warm_mount, target=TARGET_WARM)
-            files_per_s = len(native) / common.Timing(warm_mount).median
-            info(f"warm through the mount: {files_per_s:.0f} files/s; "
-                 f"native {common.Timing(warm_native).spread()}, "
-                 f"mount {common.Timing(warm_mount).spread()}")
-
-            if args.cat:
-                cat_native = common.timed(lambda: cat_all(native), args.repeat).runs
-                cat_mount = common.timed(lambda: cat_all(mounted), args.repeat).runs
-                _report("read.warm.cat", mib, cat_native, cat_mount)
-
-            # Cold: nothing cached; the mount's reads also fetch the store's pages from disk.
-            if args.cold_repeat > 0:
-                cold_native: list[float] = []
-                cold_mount: list[float] = []
-                with common.Profiler(args.profile, daemon, "read-cold"):
-                    for _ in range(args.cold_repeat):
-                        cold_native += common.timed(lambda: read_all(native), 1,
-                                                    before=common.drop_caches).runs
-                        cold_mount += common.timed(lambda: read_all(mounted), 1,
-                                                   before=common.drop_caches).runs
-                _report("read.cold", mib, cold_native, cold_mount)
+            setups = [("", daemon.read_ahead_kb())]
+            if args.read_ahead_kb and daemon.read_ahead_kb() != str(args.read_ahead_kb):
+                setups.append((f".ra{args.read_ahead_kb}", str(args.read_ahead_kb)))
+            for suffix, kb in setups:
+                if suffix and not daemon.set_read_ahead_kb(int(kb)):
+                    info(f"cannot set the mount's read-ahead to {kb} KB")
+                    break
+                info(f"mount read-ahead {daemon.read_ahead_kb()} KB")
+                _measure(args, daemon, native, mounted, mib, suffix)
 
             # Opening without reading: the per-file cost of lookup + open + release.
             started = time.perf_counter()
@@ -116,6 +96,42 @@ def main(argv: list[str] | None = None) -> int:
             report("read.open_close", f"{per_open * 1e3:.3f} ms per file through the mount",
                    baseline=f"native {native_open * 1e3:.3f} ms")
     return 0
+
+
+def _measure(args: argparse.Namespace, daemon: common.Daemon, native: list[Path],
+             mounted: list[Path], mib: float, suffix: str) -> None:
+    # Warm: both sets in the page cache (the mount's own pages, and the store's).
+    common.drop_caches()
+    common.warm(native)
+    common.warm(mounted)
+    warm_native: list[float] = []
+    warm_mount: list[float] = []
+    with common.Profiler(args.profile, daemon, f"read-warm{suffix}"):
+        for _ in range(args.repeat):
+            warm_native += common.timed(lambda: read_all(native), 1).runs
+            warm_mount += common.timed(lambda: read_all(mounted), 1).runs
+    _report(f"read.warm{suffix}", mib, warm_native, warm_mount, target=TARGET_WARM)
+    files_per_s = len(native) / common.Timing(warm_mount).median
+    info(f"warm through the mount: {files_per_s:.0f} files/s; "
+         f"native {common.Timing(warm_native).spread()}, "
+         f"mount {common.Timing(warm_mount).spread()}")
+
+    if args.cat:
+        cat_native = common.timed(lambda: cat_all(native), args.repeat).runs
+        cat_mount = common.timed(lambda: cat_all(mounted), args.repeat).runs
+        _report(f"read.warm.cat{suffix}", mib, cat_native, cat_mount)
+
+    # Cold: nothing cached; the mount's reads also fetch the store's pages from disk.
+    if args.cold_repeat > 0:
+        cold_native: list[float] = []
+        cold_mount: list[float] = []
+        with common.Profiler(args.profile, daemon, f"read-cold{suffix}"):
+            for _ in range(args.cold_repeat):
+                cold_native += common.timed(lambda: read_all(native), 1,
+                                            before=common.drop_caches).runs
+                cold_mount += common.timed(lambda: read_all(mounted), 1,
+                                           before=common.drop_caches).runs
+        _report(f"read.cold{suffix}", mib, cold_native, cold_mount)
 
 
 def _report(name: str, mib: float, native: list[float], mount: list[float], target: float = 0.0,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import shlex
 import shutil
 import signal
 import statistics
@@ -44,6 +45,9 @@ __all__ = [
 
 DEFAULT_SCRATCH = Path("/var/tmp")
 MOUNT_TIMEOUT = 60.0
+# The command to run; e.g. DICOMFS_BENCH_CMD="python -m dicomfs" with PYTHONPATH set to
+# benchmark another checkout than the installed one.
+DICOMFS = shlex.split(os.environ.get("DICOMFS_BENCH_CMD", "dicomfs"))
 
 
 # ----------------------------------------------------------------------------- output
@@ -238,7 +242,7 @@ def _isolated_env() -> dict[str, str]:
 
 def import_archive(paths: Sequence[Path], data_dir: Path, *, workers: int | None = None) -> float:
     """``dicomfs import`` of ``paths`` into ``data_dir``; returns the wall time in seconds."""
-    cmd = ["dicomfs", "--log-level", "WARNING", "import", *map(str, paths),
+    cmd = [*DICOMFS, "--log-level", "WARNING", "import", *map(str, paths),
            "--data-dir", str(data_dir), "--no-progress"]
     if workers is not None:
         cmd += ["--workers", str(workers)]
@@ -266,14 +270,31 @@ class Daemon:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         return ""
 
-    def read_ahead_kb(self) -> str:
-        """The kernel read-ahead of this mount, as the daemon left it."""
+    def _bdi(self) -> Path | None:
         with contextlib.suppress(OSError), open("/proc/self/mountinfo") as f:
             for line in f:
                 fields = line.split()
                 if fields[4] == str(self.mount_point):
-                    return Path(f"/sys/class/bdi/{fields[2]}/read_ahead_kb").read_text().strip()
+                    return Path(f"/sys/class/bdi/{fields[2]}/read_ahead_kb")
+        return None
+
+    def read_ahead_kb(self) -> str:
+        """The kernel read-ahead of this mount, as the daemon left it."""
+        path = self._bdi()
+        with contextlib.suppress(OSError):
+            return path.read_text().strip() if path else "?"
         return "?"
+
+    def set_read_ahead_kb(self, kb: int) -> bool:
+        """Set the mount's kernel read-ahead (root only); False when refused."""
+        path = self._bdi()
+        try:
+            if path is None:
+                return False
+            path.write_text(str(kb))
+        except OSError:
+            return False
+        return self.read_ahead_kb() == str(kb)
 
 
 @contextlib.contextmanager
@@ -283,7 +304,7 @@ def mount(data_dir: Path, mount_point: Path, *, log_level: str = "WARNING") -> I
     log_path = data_dir.parent / f"serve-{mount_point.name}.log"
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
-            ["dicomfs", "--log-level", log_level, "serve", "--data-dir", str(data_dir),
+            [*DICOMFS, "--log-level", log_level, "serve", "--data-dir", str(data_dir),
              "--mount", str(mount_point)],
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
             env=_isolated_env(),
