@@ -100,7 +100,7 @@ def _profile_import(src: Path, data: Path, out_dir: Path) -> None:
     output = out_dir / "import-workers1.collapsed"
     started = time.perf_counter()
     common.run(["py-spy", "record", "--format", "raw", "--rate", "250", "--output", str(output),
-                "--", "dicomfs", "--log-level", "WARNING", "import", str(src), "--data-dir",
+                "--", *common.DICOMFS, "--log-level", "WARNING", "import", str(src), "--data-dir",
                 str(data), "--no-progress", "--workers", "1"])
     info(f"profiled import in {time.perf_counter() - started:.1f} s → {output}\n"
          f"{common.summarize_profile(output)}")
