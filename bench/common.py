@@ -36,6 +36,7 @@ __all__ = [
     "import_archive",
     "machine_summary",
     "mount",
+    "mount_reference",
     "report",
     "scratch",
     "summarize_profile",
@@ -300,14 +301,29 @@ class Daemon:
 @contextlib.contextmanager
 def mount(data_dir: Path, mount_point: Path, *, log_level: str = "WARNING") -> Iterator[Daemon]:
     """Start ``dicomfs serve`` on ``mount_point``, wait until it is mounted, stop it afterwards."""
+    cmd = [*DICOMFS, "--log-level", log_level, "serve", "--data-dir", str(data_dir),
+           "--mount", str(mount_point)]
+    with _mounted(cmd, mount_point, data_dir.parent / f"serve-{mount_point.name}.log") as daemon:
+        yield daemon
+
+
+@contextlib.contextmanager
+def mount_reference(source: Path, mount_point: Path) -> Iterator[Daemon]:
+    """Mount ``source`` with the minimal pyfuse3 passthrough (``bench.minimal_fs``)."""
+    cmd = [sys.executable, "-m", "bench.minimal_fs", str(source), str(mount_point)]
+    log_path = mount_point.parent / f"minimal-{mount_point.name}.log"
+    with _mounted(cmd, mount_point, log_path, cwd=Path(__file__).resolve().parent.parent) as fs:
+        yield fs
+
+
+@contextlib.contextmanager
+def _mounted(cmd: list[str], mount_point: Path, log_path: Path, cwd: Path | None = None,
+             ) -> Iterator[Daemon]:
     mount_point.mkdir(parents=True, exist_ok=True)
-    log_path = data_dir.parent / f"serve-{mount_point.name}.log"
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
-            [*DICOMFS, "--log-level", log_level, "serve", "--data-dir", str(data_dir),
-             "--mount", str(mount_point)],
-            stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-            env=_isolated_env(),
+            cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+            env=_isolated_env(), cwd=cwd,
         )
     daemon = Daemon(process, mount_point, log_path)
     try:
@@ -315,7 +331,7 @@ def mount(data_dir: Path, mount_point: Path, *, log_level: str = "WARNING") -> I
         while not os.path.ismount(mount_point):
             if process.poll() is not None:
                 raise RuntimeError(
-                    f"dicomfs serve exited with {process.returncode}:\n{daemon.log_tail()}")
+                    f"{cmd[0]} exited with {process.returncode}:\n{daemon.log_tail()}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{mount_point} not mounted after {MOUNT_TIMEOUT:.0f} s")
             time.sleep(0.02)
@@ -325,7 +341,7 @@ def mount(data_dir: Path, mount_point: Path, *, log_level: str = "WARNING") -> I
     warnings = [line for line in daemon.log_tail(200).splitlines()
                 if " WARNING " in line or " ERROR " in line or "Traceback" in line]
     if warnings:
-        info(f"daemon log ({log_path}) has {len(warnings)} warning/error lines, e.g. {warnings[0]}")
+        info(f"log {log_path} has {len(warnings)} warning/error lines, e.g. {warnings[0]}")
 
 
 def _stop(daemon: Daemon) -> None:
