@@ -11,7 +11,9 @@ then stops asking), inodes from the underlying ``st_ino``.
 
 from __future__ import annotations
 
+import bisect
 import errno
+import itertools
 import os
 import signal
 import stat
@@ -32,6 +34,8 @@ class Passthrough(pyfuse3.Operations):
         self.paths: dict[int, str] = {pyfuse3.ROOT_INODE: source}
         self.root_ino = os.lstat(source).st_ino
         self.fds: dict[int, int] = {}
+        self.listings: dict[int, tuple[str, list[Any], list[int]]] = {}
+        self.dir_handles = itertools.count(1)
 
     def _attr(self, st: os.stat_result, inode: int) -> pyfuse3.EntryAttributes:
         attr = pyfuse3.EntryAttributes()
@@ -67,22 +71,26 @@ class Passthrough(pyfuse3.Operations):
         return self._attr(os.lstat(self.paths[inode]), inode)
 
     async def opendir(self, inode: int, ctx: Any) -> int:
-        return inode
+        # One scan per opendir, kept until releasedir: readdir is called once per buffer.
+        path = self.paths[inode]
+        entries = []
+        for entry in os.scandir(path):
+            st = entry.stat(follow_symlinks=False)
+            entries.append((st.st_ino, entry.name, st))
+        entries.sort()
+        fh = next(self.dir_handles)
+        self.listings[fh] = (path, entries, [e[0] for e in entries])
+        return fh
 
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        path = self.paths[fh]
-        entries = sorted((e.inode(), e.name) for e in os.scandir(path))
-        for ino, name in entries:
-            if ino <= start_id:
-                continue
-            child = os.path.join(path, name)
-            st = os.lstat(child)
+        path, entries, inodes = self.listings[fh]
+        for ino, name, st in entries[bisect.bisect_right(inodes, start_id):]:
             if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attr(st, ino), ino):
                 break
-            self.paths[ino] = child
+            self.paths[ino] = os.path.join(path, name)
 
     async def releasedir(self, fh: int) -> None:
-        return None
+        self.listings.pop(fh, None)
 
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         fd = os.open(self.paths[inode], os.O_RDONLY | os.O_CLOEXEC)
