@@ -434,3 +434,14 @@ def test_big_endian_file_agrees_with_little_endian_one() -> None:
     little = dcmread(get_testdata_file("MR_small.dcm"))
     assert big.file_meta.TransferSyntaxUID == ExplicitVRBigEndian
     assert dataset_json(big) == dataset_json(little)
+
+
+def test_strict_pydicom_settings_never_make_it_raise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With pydicom set to raise on bad values, the element keeps its bytes as UN instead."""
+    monkeypatch.setattr(config.settings, "reading_validation_mode", config.RAISE)
+    value = b"Caf\xc3\xa9 \xff\xfe"
+    body = _element(0x00080005, "CS", b"ISO_IR 192") + _element(0x00100010, "PN", value)
+    body += _element(0x00200013, "IS", b"1A")
+    out = _parsed(_read_raw(body))
+    assert out["00100010"] == {"vr": "UN", "InlineBinary": base64.b64encode(value).decode()}
+    assert out["00200013"] == {"vr": "IS", "Value": ["1A"]}

@@ -121,9 +121,7 @@ def _members(ds: pydicom.Dataset, fast: bool, *, top_level: bool = False) -> lis
             continue
         if type(elem) is RawDataElement:
             if ascii_text is None:
-                # The character set Dataset.__getitem__ would decode this dataset with.
-                encoding = ds.original_character_set or ds._character_set
-                ascii_text = fast and _ascii_compatible(encoding)
+                ascii_text = fast and _ascii_compatible(_encoding(ds))
             body = _raw_element(ds, tag, elem, swap, ascii_text)
         else:
             body = _element(elem.VR, elem.value, swap)
@@ -149,13 +147,23 @@ def _is_bulk(tag: int) -> bool:
     return tag in _BULK_TAGS or (0x60003000 <= tag <= 0x601E3000 and tag & 0x1FFFF == 0x3000)
 
 
+def _encoding(ds: pydicom.Dataset) -> Any:
+    """The character set Dataset.__getitem__ would decode this dataset's text with."""
+    try:
+        return ds.original_character_set or ds._character_set
+    except Exception:
+        return None  # e.g. an unusable (0008,0005) in strict mode: let pydicom decide
+
+
 def _ascii_compatible(encoding: Any) -> bool:
     """True if ASCII bytes without ESC decode to themselves in `encoding`.
 
     That holds for every character set DICOM defines (pydicom maps them to
     ASCII supersets); an unexpected name disables the fast path instead.
     """
-    names = [encoding] if isinstance(encoding, str) else list(encoding or ())
+    if encoding is None:
+        return False
+    names = [encoding] if isinstance(encoding, str) else list(encoding)
     return all(_is_ascii_superset(name) for name in names)
 
 

@@ -111,7 +111,7 @@ def renders_image(ds: pydicom.Dataset) -> bool:
     SR, RTSTRUCT, RTPLAN, waveforms and video (MPEG/HEVC, no decoder) give False.
     """
     elem = next((ds.get_item(t, keep_deferred=True) for t in _PIXEL_TAGS if t in ds), None)
-    if elem is None or _value_length(elem) == 0:
+    if elem is None or not _has_value(elem):
         return False
     try:
         if int(ds.Rows) <= 0 or int(ds.Columns) <= 0:
@@ -143,11 +143,12 @@ def render_jpeg(ds: pydicom.Dataset, *, frame: int = 0) -> bytes:
 # --- decoding ---------------------------------------------------------------------------------
 
 
-def _value_length(elem: Any) -> int:
+def _has_value(elem: Any) -> bool:
+    """Non-empty pixel data, judged without reading a deferred value."""
     if isinstance(elem, RawDataElement):
-        return 0 if elem.length in (0, None) else 1  # deferred values have value None
+        return bool(elem.length)
     value = elem.value
-    return len(value) if isinstance(value, bytes | bytearray) else int(value is not None)
+    return bool(value) if isinstance(value, bytes | bytearray) else value is not None
 
 
 def _transfer_syntax(ds: Dataset) -> UID:
@@ -279,8 +280,9 @@ def _frame_sources(ds: Dataset, frame: int) -> tuple[Dataset, Dataset, str]:
         return None
 
     transform, window = first("PixelValueTransformationSequence"), first("FrameVOILUTSequence")
-    origin = "functional groups" if window is not None else "header"
-    return transform or ds, window or ds, origin
+    if window is None:
+        return (ds if transform is None else transform), ds, "header"
+    return (ds if transform is None else transform), window, "functional groups"
 
 
 def _modality_dataset(ds: Dataset, source: Dataset) -> Dataset | None:
