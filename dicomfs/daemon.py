@@ -84,7 +84,7 @@ def _prepare_mount_point(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        if exc.errno != errno.ENOTCONN:
+        if exc.errno not in (errno.EEXIST, errno.ENOTCONN):  # a stale mount: handled below
             raise MountError(f"cannot create mount point {path}: {exc.strerror}") from exc
     try:
         os.stat(path)

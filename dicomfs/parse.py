@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -72,6 +73,7 @@ def parse_instance(raw: bytes, *, source: str = "") -> ParsedInstance:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(io.BytesIO(data))
+            _check_complete(ds, data)
             values = _extract(ds)
             json_size = len(dataset_json(ds))
             has_image = renders_image(ds)
@@ -121,6 +123,27 @@ def _as_part10(raw: bytes) -> tuple[bytes, bool]:
     return out.getvalue(), True
 
 
+_SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+def _check_complete(ds: Dataset, data: bytes) -> None:
+    """Refuse a truncated file: pydicom reads one silently, with a short last value."""
+    last = None
+    for tag in ds.keys():
+        elem = ds.get_item(tag)
+        if not isinstance(elem, RawDataElement):
+            continue
+        if elem.length != _UNDEFINED_LENGTH and elem.value_tell + elem.length > len(data):
+            raise InvalidInstanceError(
+                f"truncated file: element {tag} declares {elem.length} bytes, "
+                f"{max(len(data) - elem.value_tell, 0)} are present"
+            )
+        last = elem
+    if last is not None and last.length == _UNDEFINED_LENGTH and not data.endswith(_SEQUENCE_DELIMITER):
+        raise InvalidInstanceError(f"truncated file: element {last.tag} ends without its delimiter")
+
+
 def _implicit_vr(body: bytes) -> bool:
     """Explicit VR datasets carry two upper-case letters after the first tag."""
     vr = body[4:6]
@@ -163,11 +186,7 @@ def _extract(ds: Dataset) -> dict[str, dict[str, Any]]:
     )
     if sop_class == MEDIA_STORAGE_DIRECTORY:
         raise NotDicomError("a DICOMDIR (media directory), not an instance")
-    sop_uid = _uid(ds, "SOPInstanceUID", required=False) or str(
-        ds.file_meta.get("MediaStorageSOPInstanceUID", "")
-    )
-    if not sop_uid:
-        raise InvalidInstanceError("missing SOPInstanceUID: cannot identify the object")
+    sop_uid = _uid(ds, "SOPInstanceUID")  # the dataset must identify itself, not just its header
     patient_id = _text(ds, "PatientID")
     issuer = _text(ds, "IssuerOfPatientID")
     name = _text(ds, "PatientName")

@@ -69,6 +69,8 @@ SUMMARY_KINDS = frozenset({Kind.PATIENT_JSON, Kind.STUDY_JSON, Kind.SERIES_JSON}
 
 SUMMARY_NAMES = {Kind.PATIENT_JSON: "patient.json", Kind.STUDY_JSON: "study.json", Kind.SERIES_JSON: "series.json"}
 
+_SUMMARY_TABLE = {Kind.PATIENT_JSON: "patients", Kind.STUDY_JSON: "studies", Kind.SERIES_JSON: "series"}
+
 ENTRY_TIMEOUT = 300.0  # names and most attributes never change; changes are invalidated explicitly
 SUMMARY_ATTR_TIMEOUT = 1.0  # summaries change size as instances arrive
 
@@ -166,7 +168,7 @@ class Tree:
                 )
                 return self._instance_attr(kind, row_id, *row)
             if kind in SUMMARY_KINDS:
-                return self._file_attr(inode, len(self.summary(inode)), time.time(), SUMMARY_ATTR_TIMEOUT)
+                return self._summary_attr(kind, row_id)
         except NoSuchRowError:
             pass
         raise NotFoundError(inode)
@@ -344,11 +346,14 @@ class Tree:
     # ----------------------------------------------------------------- summaries
 
     def _summary_entry(self, kind: Kind, row_id: int) -> Entry:
+        return Entry(SUMMARY_NAMES[kind].encode(), self._summary_attr(kind, row_id))
+
+    def _summary_attr(self, kind: Kind, row_id: int) -> pyfuse3.EntryAttributes:
+        """A summary changes exactly when its level does: its mtime is the level's."""
         inode = inode_of(kind, row_id)
-        return Entry(
-            SUMMARY_NAMES[kind].encode(),
-            self._file_attr(inode, len(self.summary(inode)), time.time(), SUMMARY_ATTR_TIMEOUT),
-        )
+        size = len(self.summary(inode))
+        mtime = self.db.get_val(f"SELECT updated_at FROM {_SUMMARY_TABLE[kind]} WHERE id = ?", (row_id,))
+        return self._file_attr(inode, size, mtime, SUMMARY_ATTR_TIMEOUT)
 
     def _make_summary(self, kind: Kind, row_id: int) -> bytes:
         try:

@@ -55,27 +55,35 @@ class Daemon:
     expected_errors: list[str] = field(default_factory=list)
 
     def start(self, *extra: str) -> Daemon:
-        self.mount.mkdir(parents=True, exist_ok=True)
+        try:
+            self.mount.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass  # a stale mount left by a killed daemon: the daemon itself must cope
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [*DICOMFS, "serve", "--data-dir", str(self.data_dir), "--mount", str(self.mount), *extra],
             stdout=log, stderr=subprocess.STDOUT, env=cli_env(),
         )
         log.close()
-        wait_for(lambda: os.path.ismount(self.mount) or self.proc.poll() is not None, MOUNT_TIMEOUT, "the mount")
+        wait_for(lambda: self._live() or self.proc.poll() is not None, MOUNT_TIMEOUT, "the mount")
         if self.proc.poll() is not None:
             raise AssertionError(f"dicomfs serve exited {self.proc.returncode}:\n{self.log()}")
         return self
+
+    def _live(self) -> bool:
+        """Mounted and answering (a stale mount left by a killed daemon is a mount point too)."""
+        try:
+            return os.path.ismount(self.mount) and "patients" in os.listdir(self.mount)
+        except OSError:
+            return False
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> int | None:
         """SIGTERM, then wait; returns the exit status. Falls back to kill + lazy unmount."""
-        if self.proc is None:
-            return None
         proc, self.proc = self.proc, None
-        if proc.poll() is None:
+        if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=15)
@@ -84,7 +92,7 @@ class Daemon:
                 proc.wait()
         if os.path.ismount(self.mount):
             subprocess.run(["fusermount3", "-u", "-z", str(self.mount)], check=False)
-        return proc.returncode
+        return None if proc is None else proc.returncode
 
     def unexpected_errors(self) -> list[str]:
         bad = []

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
+from pydicom.dataelem import RawDataElement
+from pydicom.tag import Tag
 from pydicom.uid import generate_uid
 
 import dicomgen
@@ -19,6 +21,14 @@ def _undecodable():
     ds = dicomgen.make_dataset(PatientID="UNDEC", SpecificCharacterSet="ISO_IR 192")
     ds.add_new(0x00100010, "PN", b"Bad\xff\xfe^Bytes")
     ds.add_new(0x00081030, "LO", b"Desc\xc3\x28ription")
+    return ds
+
+
+def _invalid_numbers():
+    ds = dicomgen.make_dataset(PatientID="NUM2")
+    # Raw elements: pydicom refuses to create such values, but modalities send them.
+    ds[0x00200013] = RawDataElement(Tag(0x00200013), "IS", 4, b"abc ", 0, False, True)
+    ds[0x00200011] = RawDataElement(Tag(0x00200011), "IS", 2, b"x1", 0, False, True)
     return ds
 
 
@@ -40,7 +50,7 @@ CASES = {
     "no_numbers": lambda: dicomgen.make_dataset(
         PatientID="NUM", SeriesNumber=REMOVE, InstanceNumber=REMOVE, Modality=REMOVE
     ),
-    "bad_numbers": lambda: dicomgen.make_dataset(PatientID="NUM2", InstanceNumber="abc", SeriesNumber="x1"),
+    "bad_numbers": lambda: _invalid_numbers(),
     "undecodable": _undecodable,
     "unknown_charset": lambda: dicomgen.make_dataset(PatientName="Müller", PatientID="CS", SpecificCharacterSet="ISO_IR 999"),
     "letters_in_uids": lambda: dicomgen.make_dataset(

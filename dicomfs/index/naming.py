@@ -23,7 +23,7 @@ _SPACES = re.compile(r"\s+")
 T = TypeVar("T")
 
 
-def safe_component(text: str, *, fallback: str) -> str:
+def safe_component(text: str, *, fallback: str, max_bytes: int = _BASE_BYTES) -> str:
     """Make ``text`` a valid file name on Linux, macOS and Windows, keeping letters intact.
 
     Replaces separators, control and Windows-reserved characters, collapses white space,
@@ -31,7 +31,7 @@ def safe_component(text: str, *, fallback: str) -> str:
     """
     text = unicodedata.normalize("NFC", text.encode("utf-8", "replace").decode("utf-8"))
     text = _SPACES.sub(" ", _UNSAFE.sub("_", text)).strip()
-    text = _truncate(text, _BASE_BYTES).rstrip(". ")
+    text = _truncate(text, max_bytes).rstrip(". ")
     if not text or set(text) <= {"."}:
         return fallback
     if text.split(".")[0].upper() in _WINDOWS_RESERVED:
@@ -74,10 +74,23 @@ def _join(*parts: str) -> str:
     return " ".join(p for p in parts if p)
 
 
+# Free text (names, descriptions) is cut to this many bytes so that identifiers after it
+# (patient ID, accession number) always survive.
+_TEXT_BYTES = 120
+
+
+def _free(text: str) -> str:
+    return _truncate(text, _TEXT_BYTES).rstrip()
+
+
+def _ident(value: str) -> str:
+    return f"[{_truncate(value, 64)}]" if value else ""
+
+
 def patient_name(name: str, patient_id: str) -> str:
     """'DOE^JOHN [12345]'; the ID in brackets tells apart namesakes."""
-    shown = person_name(name) or "(no name)"
-    return safe_component(_join(shown, f"[{patient_id}]" if patient_id else ""), fallback="(no name)")
+    shown = _free(person_name(name)) or "(no name)"
+    return safe_component(_join(shown, _ident(patient_id)), fallback="(no name)")
 
 
 def study_name(study_date: str, description: str, accession: str, modalities: str = "") -> str:
@@ -85,8 +98,8 @@ def study_name(study_date: str, description: str, accession: str, modalities: st
     return safe_component(
         _join(
             iso_date(study_date) or "(no date)",
-            description or modalities or "(no description)",
-            f"[{accession}]" if accession else "",
+            _free(description or modalities) or "(no description)",
+            _ident(accession),
         ),
         fallback="(study)",
     )
@@ -96,7 +109,7 @@ def dated_study_name(study_time: str, patient: str, description: str, accession:
     """Name inside a /dates day folder: '0815 DOE^JOHN CT Thorax [ACC123]'."""
     hhmm = study_time[:4] if len(study_time) >= 4 and study_time[:4].isdigit() else ""
     return safe_component(
-        _join(hhmm, person_name(patient) or "(no name)", description, f"[{accession}]" if accession else ""),
+        _join(hhmm, _free(person_name(patient)) or "(no name)", _free(description), _ident(accession)),
         fallback="(study)",
     )
 
@@ -104,7 +117,7 @@ def dated_study_name(study_time: str, patient: str, description: str, accession:
 def series_name(number: int | None, modality: str, description: str) -> str:
     """'003 CT Lung 1.0'."""
     shown = f"{number:03d}" if number is not None and number >= 0 else (str(number) if number is not None else "")
-    return safe_component(_join(shown, modality, description) or "(series)", fallback="(series)")
+    return safe_component(_join(shown, _free(modality), _free(description)) or "(series)", fallback="(series)")
 
 
 def instance_stem(number: int | None) -> str:
