@@ -85,7 +85,9 @@ def _setup_logging(level: str) -> None:
     fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else \
         "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
-    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    from dicomfs.parse import quiet_pydicom
+
+    quiet_pydicom()
 
 
 def _import(settings: config.Settings, args: argparse.Namespace) -> int:

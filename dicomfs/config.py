@@ -100,7 +100,7 @@ def _apply(target: Any, doc: dict[str, Any], where: str, sections: dict[str, str
 
 
 def _convert(current: Any, value: Any, where: str) -> Any:
-    if isinstance(current, Path) or current is None and isinstance(value, str):
+    if isinstance(current, Path) or (current is None and isinstance(value, str)):
         return Path(os.path.expanduser(str(value)))
     if isinstance(current, bool):
         if not isinstance(value, bool):

@@ -133,6 +133,7 @@ class Operations(pyfuse3.Operations):
             if kind is Kind.DCM:
                 handle.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             else:
+                log.debug("rendering %s view of %s", _VIEW_SUFFIX[kind], row["sop_uid"])
                 handle.data = await trio.to_thread.run_sync(
                     render_view, _VIEW_SUFFIX[kind], path, limiter=self.render_limiter
                 )

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from dicomfs.archive import Archive
 from dicomfs.ingest import Outcome
-from dicomfs.parse import InvalidInstanceError, NotDicomError, ParsedInstance, parse_instance
+from dicomfs.parse import InvalidInstanceError, NotDicomError, ParsedInstance, parse_instance, quiet_pydicom
 from dicomfs.store import Store
 
 log = logging.getLogger(__name__)
@@ -185,5 +185,5 @@ def _executor(workers: int, n_files: int) -> concurrent.futures.Executor:
     if workers <= 1 or n_files < _IN_PROCESS_BELOW:
         return _InProcess()
     return concurrent.futures.ProcessPoolExecutor(
-        max_workers=workers, mp_context=multiprocessing.get_context("forkserver")
+        max_workers=workers, mp_context=multiprocessing.get_context("forkserver"), initializer=quiet_pydicom
     )

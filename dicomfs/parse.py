@@ -27,6 +27,17 @@ IMPLEMENTATION_VERSION_NAME = "DICOMFS_010"
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 
 
+def quiet_pydicom() -> None:
+    """Silence pydicom's complaints about received values, once per process.
+
+    Received data is what it is: we report what makes an object unusable and keep the
+    rest. A process-wide filter, because ``warnings.catch_warnings`` is not thread-safe.
+    """
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+    warnings.filterwarnings("ignore", module=r"pylibjpeg|libjpeg|openjpeg|rle")
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+
+
 class NotDicomError(ValueError):
     """The bytes are not DICOM at all (skipped by an import, not an error)."""
 
@@ -70,13 +81,11 @@ def parse_instance(raw: bytes, *, source: str = "") -> ParsedInstance:
         raise NotDicomError("not a DICOM file (no DICM marker, not a DICOM dataset)")
     data, added = _as_part10(raw)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(io.BytesIO(data))
-            _check_complete(ds, data)
-            values = _extract(ds)
-            json_size = len(dataset_json(ds))
-            has_image = renders_image(ds)
+        ds = pydicom.dcmread(io.BytesIO(data))
+        _check_complete(ds, data)
+        values = _extract(ds)
+        json_size = len(dataset_json(ds))
+        has_image = renders_image(ds)
     except (NotDicomError, InvalidInstanceError):
         raise
     except Exception as exc:  # pydicom raises many types on malformed input
@@ -103,9 +112,7 @@ def _as_part10(raw: bytes) -> tuple[bytes, bool]:
         return b"\0" * 128 + raw, True
     body = raw
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(io.BytesIO(body), force=True, stop_before_pixels=True)
+        ds = pydicom.dcmread(io.BytesIO(body), force=True, stop_before_pixels=True)
         sop_class = str(ds.SOPClassUID)
         sop_uid = str(ds.SOPInstanceUID)
     except Exception as exc:
@@ -130,7 +137,7 @@ _UNDEFINED_LENGTH = 0xFFFFFFFF
 def _check_complete(ds: Dataset, data: bytes) -> None:
     """Refuse a truncated file: pydicom reads one silently, with a short last value."""
     last = None
-    for tag in ds.keys():
+    for tag in ds.keys():  # noqa: SIM118 -- iterating a Dataset yields converted elements, not tags
         elem = ds.get_item(tag)
         if not isinstance(elem, RawDataElement):
             continue

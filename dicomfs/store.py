@@ -69,10 +69,7 @@ class Store:
         _fsync_dir(parent)
 
     def discard(self, temp: Path) -> None:
-        try:
-            temp.unlink()
-        except FileNotFoundError:
-            pass
+        temp.unlink(missing_ok=True)
 
     def same_content(self, relpath: str, other: Path) -> bool:
         """True when the stored file at ``relpath`` holds exactly the bytes of ``other``."""

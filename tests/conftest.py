@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -25,7 +26,9 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str | os.PathLike[str], check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str | os.PathLike[str], check: bool = True, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     """Run ``dicomfs ARGS`` as a separate process, as a user would."""
     proc = subprocess.run(
         [*DICOMFS, *map(str, args)], capture_output=True, text=True, timeout=timeout,
@@ -55,16 +58,13 @@ class Daemon:
     expected_errors: list[str] = field(default_factory=list)
 
     def start(self, *extra: str) -> Daemon:
-        try:
+        with contextlib.suppress(OSError):  # a stale mount left by a killed daemon: the daemon must cope
             self.mount.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            pass  # a stale mount left by a killed daemon: the daemon itself must cope
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [*DICOMFS, "serve", "--data-dir", str(self.data_dir), "--mount", str(self.mount), *extra],
-            stdout=log, stderr=subprocess.STDOUT, env=cli_env(),
-        )
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [*DICOMFS, "serve", "--data-dir", str(self.data_dir), "--mount", str(self.mount), *extra],
+                stdout=log, stderr=subprocess.STDOUT, env=cli_env(),
+            )
         wait_for(lambda: self._live() or self.proc.poll() is not None, MOUNT_TIMEOUT, "the mount")
         if self.proc.poll() is not None:
             raise AssertionError(f"dicomfs serve exited {self.proc.returncode}:\n{self.log()}")

@@ -6,13 +6,12 @@ import json
 import os
 from pathlib import Path
 
+import dicomgen
 import pytest
+from conftest import Daemon, run_cli
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 from pydicom.uid import generate_uid
-
-import dicomgen
-from conftest import Daemon, run_cli
 
 REMOVE = dicomgen.REMOVE
 
@@ -52,7 +51,9 @@ CASES = {
     ),
     "bad_numbers": lambda: _invalid_numbers(),
     "undecodable": _undecodable,
-    "unknown_charset": lambda: dicomgen.make_dataset(PatientName="Müller", PatientID="CS", SpecificCharacterSet="ISO_IR 999"),
+    "unknown_charset": lambda: dicomgen.make_dataset(
+        PatientName="Müller", PatientID="CS", SpecificCharacterSet="ISO_IR 999"
+    ),
     "letters_in_uids": lambda: dicomgen.make_dataset(
         PatientID="UIDS", StudyInstanceUID="1.2.abc/../x", SeriesInstanceUID="9" * 80
     ),
@@ -123,6 +124,10 @@ def test_undecodable_text_is_served_with_replacement_characters(mounted: Daemon)
     assert model["00100010"]["Value"][0]["Alphabetic"].startswith("Bad")
 
 
+def _sop_uid(dcm: Path) -> str:
+    return json.loads(dcm.with_suffix(".json").read_text())["00080018"]["Value"][0]
+
+
 def test_duplicate_instance_numbers_get_stable_suffixes(daemon: Daemon, data_dir: Path, tmp_path: Path) -> None:
     study, series = generate_uid(), generate_uid()
     for i, number in enumerate([1, 1, 2, 1]):
@@ -130,11 +135,11 @@ def test_duplicate_instance_numbers_get_stable_suffixes(daemon: Daemon, data_dir
         dicomgen.write(tmp_path / "in" / f"{i}.dcm", ds)
         run_cli("import", "--data-dir", data_dir, tmp_path / "in" / f"{i}.dcm")  # arrival order
     daemon.start()
-    folder = daemon.mount / "patients" / "DOE^JOHN [12345]" / "2024-03-01 CT Thorax [ACC123]" / "003 CT Lung 1.0"
+    folder = daemon.mount / "patients/DOE^JOHN [12345]/2024-03-01 CT Thorax [ACC123]/003 CT Lung 1.0"
     stems = sorted(p.stem for p in folder.glob("*.dcm"))
     assert stems == ["001", "001_2", "001_3", "002"]
-    sop_of = {p.stem: json.loads(p.with_suffix(".json").read_text())["00080018"]["Value"][0] for p in folder.glob("*.dcm")}
+    sop_of = {p.stem: _sop_uid(p) for p in folder.glob("*.dcm")}
     daemon.stop()
     daemon.start()
-    again = {p.stem: json.loads(p.with_suffix(".json").read_text())["00080018"]["Value"][0] for p in folder.glob("*.dcm")}
+    again = {p.stem: _sop_uid(p) for p in folder.glob("*.dcm")}
     assert again == sop_of

@@ -7,12 +7,12 @@ import signal
 import subprocess
 from pathlib import Path
 
+import dicomgen
 import pydicom
 import pytest
+from conftest import DICOMFS, cli_env, run_cli, wait_for
 from pydicom.fileset import FileSet
 
-import dicomgen
-from conftest import DICOMFS, cli_env, run_cli, wait_for
 from dicomfs.archive import Archive, open_archive
 from dicomfs.importer import run_import
 from dicomfs.index.db import Database

@@ -10,12 +10,11 @@ import subprocess
 import time
 from pathlib import Path
 
+import dicomgen
 import pydicom
 import pytest
-from PIL import Image
-
-import dicomgen
 from conftest import Daemon, copy_testdata, run_cli, wait_for
+from PIL import Image
 
 PATIENT = "DOE^JOHN [12345]"
 STUDY = "2024-03-01 CT Thorax [ACC123]"
@@ -100,8 +99,8 @@ def test_non_image_objects_get_no_jpeg(mounted: Daemon) -> None:
 @pytest.mark.parametrize(
     "attempt",
     [
-        lambda d: open(d / "001.dcm", "r+b"),
-        lambda d: open(d / "new.dcm", "wb"),
+        lambda d: os.open(d / "001.dcm", os.O_RDWR),
+        lambda d: os.open(d / "new.dcm", os.O_WRONLY | os.O_CREAT, 0o644),
         lambda d: os.mkdir(d / "sub"),
         lambda d: os.unlink(d / "001.dcm"),
         lambda d: os.rename(d / "001.dcm", d / "x.dcm"),
@@ -179,3 +178,30 @@ def test_refuses_a_mount_point_that_is_not_empty(daemon: Daemon, data_dir: Path)
     assert proc.returncode == 1
     assert "not empty" in proc.stderr
     assert (daemon.mount / "precious.txt").read_text() == "keep me"
+
+
+def test_listing_a_large_series_renders_nothing(daemon: Daemon, data_dir: Path, tmp_path: Path) -> None:
+    dicomgen.series(tmp_path / "big", 1000, rows=8, columns=8)
+    run_cli("import", "--data-dir", data_dir, tmp_path / "big")
+    daemon.start("--log-level", "DEBUG")
+    series_dir = daemon.mount / "patients" / PATIENT / STUDY / SERIES
+    listing = subprocess.run(["ls", "-l", series_dir], capture_output=True, text=True, check=True).stdout
+    lines = [line for line in listing.splitlines() if line.startswith("-")]
+    assert len(lines) == 3001
+    jpg_sizes = {int(line.split()[4]) for line in lines if line.endswith(".jpg")}
+    assert len(jpg_sizes) == 1 and jpg_sizes.pop() > 0  # known from the geometry alone
+    for entry in os.scandir(series_dir):
+        entry.stat()
+    assert "rendering" not in daemon.log()
+    data = (series_dir / "500.jpg").read_bytes()  # opening is what renders
+    assert data[:2] == b"\xff\xd8" and len(data) == (series_dir / "500.jpg").stat().st_size
+    assert daemon.log().count("rendering jpg view") == 1
+
+
+def test_sigint_unmounts_cleanly(daemon: Daemon, data_dir: Path, ct_series: list[Path]) -> None:
+    run_cli("import", "--data-dir", data_dir, ct_series[0].parent)
+    daemon.start()
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGINT)
+    assert daemon.proc.wait(timeout=15) == 0
+    assert not os.path.ismount(daemon.mount)

@@ -10,12 +10,11 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+import dicomgen
 import pydicom
 import pytest
-from PIL import Image
-
-import dicomgen
 from conftest import Daemon, run_cli
+from PIL import Image
 
 SERIES = Path("patients/DOE^JOHN [12345]/2024-03-01 CT Thorax [ACC123]/003 CT Lung 1.0")
 

@@ -7,7 +7,6 @@ were fixed before anyone opened the file (see ``tree``), and the kernel may cach
 from __future__ import annotations
 
 import io
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,17 +19,16 @@ __all__ = ["VIEWS", "RenderError", "render_view"]
 
 
 def _json(path: Path) -> bytes:
-    return dataset_json(_read(path, stop_before_pixels=False))
+    return dataset_json(_read(path))
 
 
 def _jpg(path: Path) -> bytes:
-    return render_jpeg(_read(path, stop_before_pixels=False))
+    return render_jpeg(_read(path))
 
 
-def _read(path: Path, *, stop_before_pixels: bool) -> pydicom.Dataset:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pydicom.dcmread(io.BytesIO(path.read_bytes()), stop_before_pixels=stop_before_pixels)
+def _read(path: Path) -> pydicom.Dataset:
+    """Parse exactly as ``parse.parse_instance`` did, so the JSON bytes match its measure."""
+    return pydicom.dcmread(io.BytesIO(path.read_bytes()))
 
 
 VIEWS: dict[str, Callable[[Path], bytes]] = {"json": _json, "jpg": _jpg}
