@@ -170,7 +170,9 @@ def test_specific_character_sets_are_decoded(archive: Archive) -> None:
     assert "Люкceмбypг" in names  # Cyrillic
     assert "שרון^דבורה" in names  # Hebrew
     assert any("قباني^لنزار" in n for n in names)  # Arabic
-    assert any("Wang^XiaoDong=王^小東" in n for n in names)  # GB18030 / UTF-8
+    assert "ﾔﾏﾀﾞ^ﾀﾛｳ=山田^太郎=やまだ^たろう" in names  # ISO 2022 IR 13 + IR 87
+    assert "Wang^XiaoDong=王^小東" in names  # UTF-8 (ISO_IR 192)
+    assert "Wang^XiaoDong=王^小东" in names  # GB18030
 
 
 def test_parallel_import_uses_worker_processes(archive: Archive, tmp_path: Path) -> None:
