@@ -205,3 +205,20 @@ def test_sigint_unmounts_cleanly(daemon: Daemon, data_dir: Path, ct_series: list
     daemon.proc.send_signal(signal.SIGINT)
     assert daemon.proc.wait(timeout=15) == 0
     assert not os.path.ismount(daemon.mount)
+
+
+def test_names_in_every_character_set_reach_the_tree(daemon: Daemon, data_dir: Path) -> None:
+    from pydicom.data import get_charset_files
+
+    from dicomfs.index.naming import person_name
+
+    result = run_cli("import", "--data-dir", data_dir, *get_charset_files("chr*.dcm"), check=False)
+    assert "rejected 2" in result.stdout  # the two chrSQEncoding samples carry no UIDs
+    daemon.start()
+    shown = {name.rsplit(" [", 1)[0] for name in os.listdir(daemon.mount / "patients")}
+    expected = {"Buc^Jérôme", "Äneas^Rüdiger", "Διονυσιος", "Люкceмбypг", "שרון^דבורה", "قباني^لنزار",
+                "Yamada^Tarou", "ﾔﾏﾀﾞ^ﾀﾛｳ", "Hong^Gildong", "Wang^XiaoDong", "やまだ^たろう", "김희중"}
+    assert expected <= shown, expected - shown
+    for patient in (daemon.mount / "patients").iterdir():
+        summary = json.loads((patient / "patient.json").read_text(encoding="utf-8"))
+        assert patient.name.startswith(person_name(summary["PatientName"]))
