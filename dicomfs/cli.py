@@ -76,8 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if settings.log_level == "DEBUG":
             raise
-        print(f"dicomfs: {type(exc).__name__}: {exc}", file=sys.stderr)
+        for leaf in _leaves(exc):
+            print(f"dicomfs: {type(leaf).__name__}: {leaf}", file=sys.stderr)
         return 1
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The errors inside (nested) exception groups, which trio's nurseries produce."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
 
 
 def _setup_logging(level: str) -> None:

@@ -31,6 +31,8 @@ class MountError(RuntimeError):
 
 
 def serve(settings: Settings) -> None:
+    if settings.mount.enabled:  # fail early and plainly, before anything runs
+        settings.mount.path = _prepare_mount_point(settings.mount.path)
     archive = open_archive(settings.data_dir)
     try:
         removed = archive.store.clean_temporaries()
@@ -58,7 +60,7 @@ async def _mount(
     settings: Settings, archive: Archive, daemon_scope: trio.CancelScope,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    mount_point = _prepare_mount_point(settings.mount.path)
+    mount_point = settings.mount.path
     tree = Tree(archive.db)
     ops = Operations(tree, archive.store.root, render_threads=settings.mount.render_threads)
     options = set(pyfuse3.default_options) | {"fsname=dicomfs", "subtype=dicomfs"}
