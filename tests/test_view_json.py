@@ -128,13 +128,24 @@ def _parsed(ds: Dataset | bytes) -> dict[str, Any]:
 # --- agreement with pydicom ----------------------------------------------------------------
 
 
+def _pydicom_json(path: str) -> dict[str, Any] | None:
+    """pydicom's own JSON of a file, or None where pydicom cannot make one."""
+    try:
+        return json.loads(json.dumps(dcmread(path).to_json_dict()))
+    except Exception:
+        return None
+
+
 @pytest.mark.parametrize("path", ALL_FILES, ids=_id)
 def test_matches_pydicom_to_json_dict(path: str) -> None:
     ds = dcmread(path)
-    try:
-        reference = json.loads(json.dumps(dcmread(path).to_json_dict()))
-    except Exception as exc:
-        pytest.skip(f"pydicom's to_json_dict fails on this file: {exc}")
+    reference = _pydicom_json(path)
+    if reference is None:
+        # pydicom gives up on invalid values (badVR.dcm has IS '1A'); we keep them as strings.
+        model = _parsed(ds)
+        assert model and all(set(e) <= {"vr", "Value", "InlineBinary"} for e in model.values())
+        assert any(isinstance(v, str) for e in model.values() if e["vr"] in ("IS", "DS") for v in e.get("Value", []))
+        return
     big_endian = ds.original_encoding[1] is False
     assert _parsed(ds) == normalise(reference, big_endian=big_endian, top=True)
 
