@@ -2,9 +2,10 @@
 
 Benchmarks mount a folder with it next to dicomfs, so a gap can be split into what FUSE and
 pyfuse3 cost by themselves and what dicomfs adds. It does the least possible per request,
-with the settings FUSE-NOTES recommends: long entry/attr timeouts, ``keep_cache``, a
-blocking ``os.pread`` in the handler, ENOSYS for flush and extended attributes (the kernel
-then stops asking), inodes from the underlying ``st_ino``.
+with the settings FUSE-NOTES recommends: long entry/attr timeouts, ``keep_cache``, folder
+listings kept in memory after the first scan, a blocking ``os.pread`` in the handler,
+ENOSYS for flush and extended attributes (the kernel then stops asking), inodes from the
+underlying ``st_ino``.
 
     python -m bench.minimal_fs SOURCE MOUNT     # foreground; SIGTERM/SIGINT unmounts
 """
@@ -34,8 +35,7 @@ class Passthrough(pyfuse3.Operations):
         self.paths: dict[int, str] = {pyfuse3.ROOT_INODE: source}
         self.root_ino = os.lstat(source).st_ino
         self.fds: dict[int, int] = {}
-        self.listings: dict[int, tuple[str, list[Any], list[int]]] = {}
-        self.dir_handles = itertools.count(1)
+        self.listings: dict[int, tuple[list[Any], list[int]]] = {}
 
     def _attr(self, st: os.stat_result, inode: int) -> pyfuse3.EntryAttributes:
         attr = pyfuse3.EntryAttributes()
@@ -71,26 +71,29 @@ class Passthrough(pyfuse3.Operations):
         return self._attr(os.lstat(self.paths[inode]), inode)
 
     async def opendir(self, inode: int, ctx: Any) -> int:
-        # One scan per opendir, kept until releasedir: readdir is called once per buffer.
-        path = self.paths[inode]
-        entries = []
-        for entry in os.scandir(path):
-            st = entry.stat(follow_symlinks=False)
-            entries.append((st.st_ino, entry.name, st))
-        entries.sort()
-        fh = next(self.dir_handles)
-        self.listings[fh] = (path, entries, [e[0] for e in entries])
-        return fh
+        # Scanned once, then answered from memory (like dicomfs's listing cache): the source
+        # is read-only for the life of the mount.
+        if inode not in self.listings:
+            path = self.paths[inode]
+            entries = []
+            for entry in os.scandir(path):
+                st = entry.stat(follow_symlinks=False)
+                entries.append((st.st_ino, os.fsencode(entry.name), self._attr(st, st.st_ino),
+                                os.path.join(path, entry.name)))
+            entries.sort()
+            self.listings[inode] = (entries, [e[0] for e in entries])
+        return inode
 
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        path, entries, inodes = self.listings[fh]
-        for ino, name, st in entries[bisect.bisect_right(inodes, start_id):]:
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attr(st, ino), ino):
+        entries, inodes = self.listings[fh]
+        for ino, name, attr, child in itertools.islice(
+                entries, bisect.bisect_right(inodes, start_id), None):
+            if not pyfuse3.readdir_reply(token, name, attr, ino):
                 break
-            self.paths[ino] = os.path.join(path, name)
+            self.paths[ino] = child
 
     async def releasedir(self, fh: int) -> None:
-        self.listings.pop(fh, None)
+        return None
 
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         fd = os.open(self.paths[inode], os.O_RDONLY | os.O_CLOEXEC)
