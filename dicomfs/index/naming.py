@@ -129,7 +129,12 @@ def instance_stem(number: int | None) -> str:
 
 def uid_name(uid: str) -> str:
     """A UID as a folder or file name (UIDs are digits and dots; anything else is made safe)."""
+    if len(uid) <= 64 and _UID.fullmatch(uid):
+        return uid
     return safe_component(uid, fallback="(no uid)")
+
+
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 def unique_names(
