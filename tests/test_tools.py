@@ -101,3 +101,17 @@ def test_mmap_of_generated_views(mounted: Daemon) -> None:
         path = mounted.mount / SERIES / name
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
             assert m[:] == path.read_bytes()
+
+
+def test_extended_attributes_are_not_supported(mounted: Daemon) -> None:
+    import errno
+
+    path = mounted.mount / SERIES / "001.dcm"
+    for _ in range(2):  # the second answer comes from the kernel, which stopped asking us
+        with pytest.raises(OSError) as err:
+            os.getxattr(path, "user.comment")
+        assert err.value.errno == errno.EOPNOTSUPP
+    with pytest.raises(OSError) as err:
+        os.listxattr(path)
+    assert err.value.errno == errno.EOPNOTSUPP
+    assert subprocess.run(["ls", "-l", path], capture_output=True, check=True).returncode == 0
