@@ -52,18 +52,20 @@ class Indexer:
         """
         results: list[Ingested] = []
         touched: set[int] = set()
+        folders: set[Path] = set()
         now = time.time()
         with self.db.transaction():
             for parsed, temp in batch:
-                result = self._add_one(parsed, temp, now)
+                result = self._add_one(parsed, temp, now, folders)
                 results.append(result)
                 if result.outcome is Outcome.STORED:
                     touched.add(result.series_id)
             for series_id in touched:
                 self.db.execute("INSERT INTO changes (series_id, at) VALUES (?, ?)", (series_id, now))
+            self.store.sync_dirs(folders)  # the files are durable before the index names them
         return results
 
-    def _add_one(self, parsed: ParsedInstance, temp: Path, now: float) -> Ingested:
+    def _add_one(self, parsed: ParsedInstance, temp: Path, now: float, folders: set[Path]) -> Ingested:
         sop_uid = parsed.sop_uid
         try:
             instance_id, series_id, relpath = self.db.get_row(
@@ -90,7 +92,7 @@ class Indexer:
         study_id = self._upsert("studies", "study_uid", {**parsed.study, "patient_id": patient_id}, now)
         series_id = self._upsert("series", "series_uid", {**parsed.series, "study_id": study_id}, now)
         relpath = self.store.relpath_for(parsed.study["study_uid"], parsed.series["series_uid"], sop_uid)
-        self.store.commit(temp, relpath)
+        folders.add(self.store.commit(temp, relpath))
         row = {**parsed.instance, "series_id": series_id, "file_path": relpath, "received_at": now}
         self.db.execute(
             f"INSERT INTO instances ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import filecmp
 import hashlib
+import itertools
 import os
 import re
-import tempfile
 from pathlib import Path
 
+_counter = itertools.count()
 _UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
@@ -44,7 +45,9 @@ class Store:
 
     def write_temp(self, data: bytes) -> Path:
         """Write ``data`` durably to a temporary file in the store; returns its path."""
-        fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix=f"{os.getpid()}-", suffix=".part")
+        # pid + counter: unique without mkstemp's random names; the pid tells a crash apart.
+        name = str(self.tmp_dir / f"{os.getpid()}-{next(_counter)}.part")
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             view = memoryview(data)
             while view:
@@ -57,8 +60,12 @@ class Store:
         os.close(fd)
         return Path(name)
 
-    def commit(self, temp: Path, relpath: str) -> None:
-        """Move a temporary file to its final place (replacing an unindexed leftover)."""
+    def commit(self, temp: Path, relpath: str) -> Path:
+        """Move a temporary file to its final place (replacing an unindexed leftover).
+
+        Returns the folder whose entry changed: pass it to ``sync_dirs`` before recording
+        the file anywhere, so that a batch costs one directory fsync, not one per file.
+        """
         final = self.root / relpath
         parent = final.parent
         if not parent.is_dir():
@@ -66,7 +73,13 @@ class Store:
             _fsync_dir(parent.parent)
             _fsync_dir(parent.parent.parent)
         os.replace(temp, final)
-        _fsync_dir(parent)
+        return parent
+
+    @staticmethod
+    def sync_dirs(folders: set[Path]) -> None:
+        """Make the renames into ``folders`` durable."""
+        for folder in folders:
+            _fsync_dir(folder)
 
     def discard(self, temp: Path) -> None:
         temp.unlink(missing_ok=True)
