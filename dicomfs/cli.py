@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Run in the foreground until Ctrl-C or SIGTERM, which unmount cleanly.")
     srv.add_argument("--mount", type=Path, metavar="DIR", help="mount point (default: ~/dicom)")
     srv.add_argument("--no-mount", action="store_true", help="do not mount the archive")
+    srv.add_argument("--ae-title", metavar="AET", help="our DICOM AE title (default: DICOMFS)")
+    srv.add_argument("--port", type=int, metavar="N", help="DICOM port (default: 11112)")
+    srv.add_argument("--bind", metavar="ADDR", help="address to listen on (default: 0.0.0.0)")
+    srv.add_argument("--no-dicom", action="store_true", help="do not run the DICOM node")
     return parser
 
 
@@ -128,6 +132,14 @@ def _serve(settings: config.Settings, args: argparse.Namespace) -> int:
         settings.mount.path = args.mount
     if args.no_mount:
         settings.mount.enabled = False
+    if args.no_dicom:
+        settings.dicom.enabled = False
+    if args.ae_title:
+        settings.dicom.ae_title = args.ae_title
+    if args.port is not None:
+        settings.dicom.port = args.port
+    if args.bind:
+        settings.dicom.bind = args.bind
     try:
         serve(settings)
     except MountError as exc:

@@ -21,6 +21,9 @@ import trio
 from dicomfs.archive import Archive, open_archive
 from dicomfs.config import Settings
 from dicomfs.fs import Operations
+from dicomfs.ingest import Ingested
+from dicomfs.net.scp import NodeServer
+from dicomfs.parse import ParsedInstance
 from dicomfs.tree import DIR_KINDS, Tree, split_inode
 
 log = logging.getLogger(__name__)
@@ -47,13 +50,31 @@ def serve(settings: Settings) -> None:
 
 
 async def _serve(settings: Settings, archive: Archive) -> None:
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_on_signals, nursery.cancel_scope)
-        if settings.mount.enabled:
-            await nursery.start(_mount, settings, archive, nursery.cancel_scope)
-        else:
-            log.info("serving without a mount (--no-mount)")
-        _notify_systemd("READY=1")
+    node = _start_node(settings, archive) if settings.dicom.enabled else None
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_on_signals, nursery.cancel_scope, node)
+            if settings.mount.enabled:
+                await nursery.start(_mount, settings, archive, nursery.cancel_scope)
+            else:
+                log.info("serving without a mount (--no-mount)")
+            _notify_systemd("READY=1")
+    finally:
+        if node is not None:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(node.stop)
+
+
+def _start_node(settings: Settings, archive: Archive) -> NodeServer:
+    """The DICOM node; its association threads hand instances to this loop for indexing."""
+    token = trio.lowlevel.current_trio_token()
+
+    def submit(batch: list[tuple[ParsedInstance, Path]]) -> list[Ingested]:
+        return trio.from_thread.run_sync(archive.indexer.add_batch, batch, trio_token=token)
+
+    node = NodeServer(settings.dicom, archive.store, submit)
+    node.start()
+    return node
 
 
 async def _mount(
@@ -151,11 +172,13 @@ def _invalidate(inodes: list[int]) -> None:
                 log.debug("invalidate_inode(%d): %s", inode, exc)
 
 
-async def _on_signals(cancel_scope: trio.CancelScope) -> None:
+async def _on_signals(cancel_scope: trio.CancelScope, node: NodeServer | None) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             log.info("received %s, shutting down", signal.Signals(signum).name)
             _notify_systemd("STOPPING=1")
+            if node is not None:  # no association may outlive the loop it hands work to
+                await trio.to_thread.run_sync(node.stop)
             cancel_scope.cancel()
             return
 

@@ -16,7 +16,7 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicomfs.views.dicom_json import JSON_VERSION, dataset_json
 from dicomfs.views.jpeg import renders_image
@@ -73,14 +73,16 @@ def looks_like_dicom(head: bytes) -> bool:
     return len(head) >= 8 and head[1] == 0 and head[0] <= 0x08 and head[3] == 0
 
 
-def parse_instance(raw: bytes, *, source: str = "") -> ParsedInstance:
+def parse_instance(raw: bytes, *, source: str = "", received: bool = False) -> ParsedInstance:
     """Validate ``raw``, give it a Part 10 header if it lacks one, and extract index values.
 
+    ``received``: the bytes came over the network, where the Part 10 header is always ours.
     Raises NotDicomError or InvalidInstanceError with a message fit for the user.
     """
     if not looks_like_dicom(raw[:132]):
         raise NotDicomError("not a DICOM file (no DICM marker, not a DICOM dataset)")
     data, added = _as_part10(raw)
+    added = added or received
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
         _check_complete(ds, data)
@@ -136,7 +138,13 @@ _UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
 def _check_complete(ds: Dataset, data: bytes) -> None:
-    """Refuse a truncated file: pydicom reads one silently, with a short last value."""
+    """Refuse a truncated file: pydicom reads one silently, with a short last value.
+
+    Deflated data is inflated while read (offsets no longer match the bytes; zlib itself
+    fails on a truncated stream).
+    """
+    if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+        return
     last = None
     for tag in ds.keys():  # noqa: SIM118 -- iterating a Dataset yields converted elements, not tags
         elem = ds.get_item(tag)

@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -39,6 +40,20 @@ def run_cli(
     return proc
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now (the kernel picks it; no fixed test ports)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def dcmtk(tool: str, *args: str | os.PathLike[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run a DCMTK tool by absolute path (pynetdicom puts same-named apps on PATH)."""
+    env = {**os.environ, "TCP_NODELAY": "1"}  # DCMTK stalls ~45 ms per object without it
+    return subprocess.run([f"/usr/bin/{tool}", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
 def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -56,13 +71,16 @@ class Daemon:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     expected_errors: list[str] = field(default_factory=list)
+    port: int = 0  # the DICOM node's port, chosen at start
 
     def start(self, *extra: str) -> Daemon:
         with contextlib.suppress(OSError):  # a stale mount left by a killed daemon: the daemon must cope
             self.mount.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [*DICOMFS, "serve", "--data-dir", str(self.data_dir), "--mount", str(self.mount), *extra],
+                [*DICOMFS, "serve", "--data-dir", str(self.data_dir), "--mount", str(self.mount),
+                 "--bind", "127.0.0.1", "--port", str(self.port), *extra],
                 stdout=log, stderr=subprocess.STDOUT, env=cli_env(),
             )
         wait_for(lambda: self._live() or self.proc.poll() is not None, MOUNT_TIMEOUT, "the mount")

@@ -1,0 +1,114 @@
+"""The DICOM node with real DCMTK peers: echo and store."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import dicomgen
+import pydicom
+import pytest
+from conftest import Daemon, copy_testdata, dcmtk, wait_for
+
+SERIES = Path("patients/DOE^JOHN [12345]/2024-03-01 CT Thorax [ACC123]/003 CT Lung 1.0")
+
+
+def test_echoscu(daemon: Daemon) -> None:
+    daemon.start()
+    result = dcmtk("echoscu", "-aec", "DICOMFS", "127.0.0.1", daemon.port)
+    assert result.returncode == 0, result.stderr
+
+
+def test_storescu_many_files_one_association(daemon: Daemon, tmp_path: Path) -> None:
+    paths = dicomgen.series(tmp_path / "in", 20, rows=32, columns=32)
+    daemon.start()
+    result = dcmtk("storescu", "-aec", "DICOMFS", "-aet", "MODALITY", "127.0.0.1", daemon.port, *paths)
+    assert result.returncode == 0, result.stderr
+    series_dir = daemon.mount / SERIES
+    wait_for(lambda: series_dir.exists() and len(list(series_dir.glob("*.dcm"))) == 20, 2.0, "the series")
+    for n, path in enumerate(paths, start=1):
+        stored = (series_dir / f"{n:03d}.dcm").read_bytes()
+        original = path.read_bytes()
+        # Our Part 10 header, then exactly the dataset bytes that were sent.
+        sent = pydicom.dcmread(path)
+        assert stored[128:132] == b"DICM"
+        assert stored.endswith(original[original.index(b"\x08\x00\x05\x00"):])
+        assert pydicom.dcmread(series_dir / f"{n:03d}.dcm").SOPInstanceUID == sent.SOPInstanceUID
+
+
+@pytest.mark.parametrize(
+    ("option", "files", "stored_as"),
+    [
+        ("-xi", ["CT_small.dcm"], "1.2.840.10008.1.2"),
+        ("-xe", ["CT_small.dcm"], "1.2.840.10008.1.2.1"),
+        ("-xd", ["CT_small.dcm"], "1.2.840.10008.1.2.1.99"),  # deflated by storescu on the way
+        ("-xy", ["SC_rgb_jpeg_dcmtk.dcm", "SC_rgb_small_odd_jpeg.dcm"], "1.2.840.10008.1.2.4.50"),
+        ("-xx", ["JPGExtended.dcm"], "1.2.840.10008.1.2.4.51"),
+        ("-xs", ["SC_rgb_jpeg_gdcm.dcm"], "1.2.840.10008.1.2.4.70"),
+        ("-xt", ["MR_small_jpeg_ls_lossless.dcm"], "1.2.840.10008.1.2.4.80"),
+        ("-xu", ["JPEGLSNearLossless_08.dcm"], "1.2.840.10008.1.2.4.81"),
+        ("-xv", ["GDCMJ2K_TextGBR.dcm"], "1.2.840.10008.1.2.4.90"),
+        ("-xw", ["693_J2KI.dcm"], "1.2.840.10008.1.2.4.91"),
+        ("-xr", ["SC_rgb_rle.dcm"], "1.2.840.10008.1.2.5"),
+    ],
+    ids=["implicit", "explicit", "deflated", "jpeg-baseline", "jpeg-extended", "jpeg-lossless", "jpeg-ls",
+         "jpeg-ls-near-lossless", "jpeg2000-lossless", "jpeg2000", "rle"],
+)
+def test_storescu_transfer_syntaxes(
+    daemon: Daemon, tmp_path: Path, option: str, files: list[str], stored_as: str
+) -> None:
+    paths = [_with_uids(p) for p in copy_testdata(files, tmp_path / "in")]
+    daemon.start()
+    result = dcmtk("storescu", option, "-aec", "DICOMFS", "127.0.0.1", daemon.port, *paths)
+    assert result.returncode == 0, result.stderr
+    for path in paths:
+        sent = pydicom.dcmread(path)
+        name = f"{sent.SOPInstanceUID}.dcm"
+        wait_for(lambda name=name: _find(daemon, name) is not None, 2.0, name)
+        stored = pydicom.dcmread(_find(daemon, name))
+        assert stored.SOPInstanceUID == sent.SOPInstanceUID
+        assert stored.file_meta.TransferSyntaxUID == stored_as
+        if stored_as == sent.file_meta.TransferSyntaxUID:  # compressed data is kept exactly as sent
+            assert stored.PixelData == sent.PixelData
+
+
+def _find(daemon: Daemon, name: str) -> Path | None:
+    return next((daemon.mount / "studies").rglob(name), None)
+
+
+def _with_uids(path: Path) -> Path:
+    """Some of pydicom's codec samples lack Study/Series UIDs; add them, pixel data untouched."""
+    ds = pydicom.dcmread(path)
+    if "StudyInstanceUID" not in ds or "SeriesInstanceUID" not in ds:
+        ds.StudyInstanceUID = ds.get("StudyInstanceUID") or pydicom.uid.generate_uid()
+        ds.SeriesInstanceUID = ds.get("SeriesInstanceUID") or pydicom.uid.generate_uid()
+        ds.save_as(path)
+    return path
+
+
+def test_store_refuses_an_object_without_uids(daemon: Daemon, tmp_path: Path) -> None:
+    daemon.start()
+    ds = dicomgen.make_dataset(StudyInstanceUID=dicomgen.REMOVE)
+    path = dicomgen.write(tmp_path / "bad.dcm", ds)
+    result = dcmtk("storescu", "-aec", "DICOMFS", "127.0.0.1", daemon.port, path)
+    assert "0xc000" in (result.stdout + result.stderr).lower() or result.returncode != 0
+    assert not list((daemon.data_dir / "store").rglob("*.dcm"))
+    assert not list((daemon.data_dir / "store" / ".tmp").iterdir())
+    assert "refused C-STORE" in daemon.log()
+
+
+def test_several_concurrent_storers(daemon: Daemon, tmp_path: Path) -> None:
+    import concurrent.futures
+
+    batches = [dicomgen.series(tmp_path / f"in{i}", 10, rows=16, columns=16, PatientID=f"P{i}") for i in range(8)]
+    daemon.start()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(
+            lambda paths: dcmtk("storescu", "-aec", "DICOMFS", "127.0.0.1", daemon.port, *paths), batches))
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+    wait_for(lambda: len(os.listdir(daemon.mount / "patients")) == 8, 2.0, "eight patients")
+    for i in range(8):
+        patient = daemon.mount / "patients" / f"DOE^JOHN [P{i}]"
+        summary = json.loads((patient / "patient.json").read_text())
+        assert summary["NumberOfPatientRelatedInstances"] == 10
