@@ -72,7 +72,7 @@ def _start_node(settings: Settings, archive: Archive) -> NodeServer:
     def submit(batch: list[tuple[ParsedInstance, Path]]) -> list[Ingested]:
         return trio.from_thread.run_sync(archive.indexer.add_batch, batch, trio_token=token)
 
-    node = NodeServer(settings.dicom, archive.store, submit)
+    node = NodeServer(settings.dicom, archive.store, submit, settings.index_path)
     node.start()
     return node
 

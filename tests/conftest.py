@@ -83,7 +83,8 @@ class Daemon:
                  "--bind", "127.0.0.1", "--port", str(self.port), *extra],
                 stdout=log, stderr=subprocess.STDOUT, env=cli_env(),
             )
-        wait_for(lambda: self._live() or self.proc.poll() is not None, MOUNT_TIMEOUT, "the mount")
+        ready = self._listening if "--no-mount" in extra else self._live
+        wait_for(lambda: ready() or self.proc.poll() is not None, MOUNT_TIMEOUT, "the daemon")
         if self.proc.poll() is not None:
             raise AssertionError(f"dicomfs serve exited {self.proc.returncode}:\n{self.log()}")
         return self
@@ -94,6 +95,13 @@ class Daemon:
             return os.path.ismount(self.mount) and "patients" in os.listdir(self.mount)
         except OSError:
             return False
+
+    def _listening(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+        except OSError:
+            return False
+        return True
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -31,7 +31,8 @@ class Database:
         self.conn = apsw.Connection(self.path, flags=flags)
         # Writers from other processes (an import while the daemon serves) wait, not fail.
         self.conn.set_busy_timeout(30_000)
-        self.execute("PRAGMA journal_mode = WAL")
+        if not readonly:  # a reader cannot change the journal mode; writers set WAL
+            self.execute("PRAGMA journal_mode = WAL")
         self.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL is durable at checkpoint, safe on crash
         self.execute("PRAGMA foreign_keys = ON")
         self.execute("PRAGMA temp_store = MEMORY")

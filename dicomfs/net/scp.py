@@ -11,16 +11,22 @@ import logging
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import trio
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomfs.config import DicomSettings
+from dicomfs.index import query
+from dicomfs.index.db import Database
 from dicomfs.ingest import Ingested
 from dicomfs.parse import InvalidInstanceError, NotDicomError, ParsedInstance, parse_instance
 from dicomfs.store import Store
@@ -59,10 +65,12 @@ def _allowed(rules: list[str], calling_ae: str, host: str) -> bool:
 class NodeServer:
     """The listening application entity; ``start`` binds, ``stop`` ends every association."""
 
-    def __init__(self, settings: DicomSettings, store: Store, submit: Submit) -> None:
+    def __init__(self, settings: DicomSettings, store: Store, submit: Submit, index_path: Path) -> None:
         self.settings = settings
         self.store = store
         self.submit = submit
+        self.index_path = index_path
+        self._local = threading.local()
         self._server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
         self.ae = self._make_ae()
@@ -81,6 +89,8 @@ class NodeServer:
         if all(groups):  # every service restricted: unknown callers are rejected at association time
             ae.require_calling_aet = sorted({rule.partition("@")[0].strip() for g in groups for rule in g})
         ae.add_supported_context(Verification)
+        ae.add_supported_context(PatientRootQueryRetrieveInformationModelFind)
+        ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         return ae
@@ -91,6 +101,7 @@ class NodeServer:
         handlers: list[Any] = [
             (evt.EVT_C_ECHO, _handle_echo),
             (evt.EVT_C_STORE, _handle_store, [self]),
+            (evt.EVT_C_FIND, _handle_find, [self]),
         ]
         self._server = self.ae.make_server(
             (s.bind, s.port), ae_title=s.ae_title, evt_handlers=handlers,
@@ -125,6 +136,13 @@ class NodeServer:
         if self._thread is not None:
             self._thread.join(timeout=10)
         log.info("DICOM node stopped")
+
+    def reader(self) -> Database:
+        """This association thread's read-only index connection (opened once per thread)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = Database(self.index_path, readonly=True)
+        return db
 
     def permits(self, group: str, event: evt.Event) -> bool:
         calling = event.assoc.requestor.ae_title.strip()
@@ -165,6 +183,58 @@ def _handle_store(event: evt.Event, node: NodeServer) -> Any:
         log.exception("cannot index an instance from %s", source)
         return _failure(OUT_OF_RESOURCES, f"cannot index: {exc}")
     return SUCCESS
+
+
+# Query status codes (PS3.4 C.4.1.1.4)
+PENDING = 0xFF00
+CANCEL = 0xFE00
+IDENTIFIER_DOES_NOT_MATCH = 0xA900
+UNABLE_TO_PROCESS = 0xC001
+_QUERY_CONTROL = {"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle"}
+_MULTI_VALUED = {"ModalitiesInStudy", "SOPClassesInStudy", "OtherPatientIDs"}
+
+
+def _handle_find(event: evt.Event, node: NodeServer) -> Iterator[tuple[Any, Any]]:
+    """C-FIND SCP, Patient Root and Study Root, hierarchical (PS3.4 C.4.1)."""
+    if not node.permits("query", event):
+        yield _failure(NOT_AUTHORIZED, "not in the query allow-list"), None
+        return
+    identifier = event.identifier
+    patient_root = event.request.AffectedSOPClassUID == PatientRootQueryRetrieveInformationModelFind
+    try:
+        level = query.Level(str(identifier.get("QueryRetrieveLevel", "")).strip())
+        requested = {e.keyword: e.value for e in identifier if e.keyword and e.keyword not in _QUERY_CONTROL}
+        q = query.build(level, requested, patient_root=patient_root, fold_names=node.settings.fold_names)
+    except (ValueError, query.QueryError) as exc:
+        yield _failure(IDENTIFIER_DOES_NOT_MATCH, str(exc)), None
+        return
+    unknown = [e for e in identifier if e.keyword not in _QUERY_CONTROL and e.keyword not in q.returned]
+    try:
+        for row in query.run(node.reader(), q):
+            if event.is_cancelled:
+                yield CANCEL, None
+                return
+            yield PENDING, _answer(level, row, unknown, identifier, node.settings.ae_title)
+    except Exception as exc:
+        log.exception("C-FIND failed")
+        yield _failure(UNABLE_TO_PROCESS, f"query failed: {exc}"), None
+
+
+def _answer(level: Any, row: dict[str, Any], unknown: list[Any], identifier: Any, ae_title: str) -> Any:
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"  # the index holds decoded text; answer in UTF-8
+    ds.QueryRetrieveLevel = level.value
+    for keyword, value in row.items():
+        if keyword in _MULTI_VALUED and isinstance(value, str):
+            value = [v for v in value.split("\\") if v] or None
+        setattr(ds, keyword, value if value != "" else None)
+    for element in unknown:  # requested but not kept by the index: answered empty
+        ds.add_new(element.tag, element.VR, None)
+    if "RetrieveAETitle" in identifier:
+        ds.RetrieveAETitle = ae_title
+    return ds
 
 
 def _failure(status: int, comment: str) -> Any:
