@@ -90,9 +90,9 @@ async def _mount(
     pyfuse3.init(ops, str(mount_point), options)
     log.info("mounted the archive at %s", mount_point)
     try:
-        _set_read_ahead(mount_point, settings.mount.read_ahead_kb)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_changes, archive, tree, settings.poll_interval)
+            nursery.start_soon(_tune_read_ahead, mount_point, settings.mount.read_ahead_kb)
             task_status.started()
             await pyfuse3.main()  # returns when the mount is released from outside
             log.warning("%s was unmounted from outside; stopping", mount_point)
@@ -124,10 +124,16 @@ def _prepare_mount_point(path: Path) -> Path:
     return path
 
 
-def _set_read_ahead(mount_point: Path, kb: int) -> None:
-    """Raise the mount's kernel read-ahead (root only); measured 0.51 → 0.72 of native."""
+async def _tune_read_ahead(mount_point: Path, kb: int) -> None:
+    """Set read-ahead once the mount answers: the kernel resets it when our INIT reply arrives."""
     if kb <= 0:
         return
+    await trio.to_thread.run_sync(os.stat, mount_point)
+    _set_read_ahead(mount_point, kb)
+
+
+def _set_read_ahead(mount_point: Path, kb: int) -> None:
+    """Raise the mount's kernel read-ahead (root only); measured 0.51 → 0.72 of native."""
     device = None
     with open("/proc/self/mountinfo") as f:
         for line in f:

@@ -59,7 +59,9 @@ def _fuse_errors(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]
 @dataclass(slots=True)
 class _Handle:
     fd: int = -1  # a stored .dcm, read with pread
-    data: bytes = b""  # a generated view
+    data: bytes | None = b""  # a generated view; None until the first read renders it
+    render: Callable[[], Awaitable[bytes]] | None = None
+    lock: trio.Lock | None = None
 
 
 _VIEW_SUFFIX = {Kind.JSON: "json", Kind.JPG: "jpg"}
@@ -133,17 +135,21 @@ class Operations(pyfuse3.Operations):
             if kind is Kind.DCM:
                 handle.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             else:
-                log.debug("rendering %s view of %s", _VIEW_SUFFIX[kind], row["sop_uid"])
-                handle.data = await trio.to_thread.run_sync(
-                    render_view, _VIEW_SUFFIX[kind], path, limiter=self.render_limiter
-                )
-                expected = row["json_size"] if kind is Kind.JSON else None
-                if expected is not None and len(handle.data) != expected:
-                    handle.data = self._fit(handle.data, expected, row["sop_uid"])
+                # Rendered on the first read: an open whose pages the kernel still caches
+                # (keep_cache) never reads, so it costs no rendering at all.
+                handle.data, handle.lock = None, trio.Lock()
+                handle.render = functools.partial(self._render, kind, path, row)
         fh = next(self._next_fh)
         self._handles[fh] = handle
         info.fh = fh
         return info
+
+    async def _render(self, kind: Kind, path: Path, row: dict[str, Any]) -> bytes:
+        log.debug("rendering %s view of %s", _VIEW_SUFFIX[kind], row["sop_uid"])
+        data = await trio.to_thread.run_sync(render_view, _VIEW_SUFFIX[kind], path, limiter=self.render_limiter)
+        if kind is Kind.JSON and len(data) != row["json_size"]:
+            data = self._fit(data, row["json_size"], row["sop_uid"])
+        return data
 
     @staticmethod
     def _fit(data: bytes, size: int, sop_uid: str) -> bytes:
@@ -158,6 +164,11 @@ class Operations(pyfuse3.Operations):
         handle = self._handles[fh]
         if handle.fd >= 0:
             return os.pread(handle.fd, size, off)
+        if handle.data is None:
+            assert handle.lock is not None and handle.render is not None
+            async with handle.lock:  # concurrent reads of one handle render once
+                if handle.data is None:
+                    handle.data = await handle.render()
         return handle.data[off:off + size]
 
     async def release(self, fh: int) -> None:
