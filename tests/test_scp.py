@@ -112,3 +112,23 @@ def test_several_concurrent_storers(daemon: Daemon, tmp_path: Path) -> None:
         patient = daemon.mount / "patients" / f"DOE^JOHN [P{i}]"
         summary = json.loads((patient / "patient.json").read_text())
         assert summary["NumberOfPatientRelatedInstances"] == 10
+
+
+def test_allow_lists_refuse_other_callers(daemon: Daemon, tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text('[dicom.allow]\nstore = ["MODALITY@127.0.0.1"]\nquery = ["WS1"]\n')
+    path = dicomgen.write(tmp_path / "a.dcm", dicomgen.make_dataset())
+    daemon.start("--config", str(config))
+    refused = dcmtk("storescu", "-v", "-aet", "INTRUDER", "-aec", "DICOMFS", "127.0.0.1", daemon.port, path)
+    assert "Refused" in refused.stdout + refused.stderr or refused.returncode != 0
+    assert not list((daemon.data_dir / "store").rglob("*.dcm"))
+    accepted = dcmtk("storescu", "-aet", "MODALITY", "-aec", "DICOMFS", "127.0.0.1", daemon.port, path)
+    assert accepted.returncode == 0, accepted.stderr
+    assert len(list((daemon.data_dir / "store").rglob("*.dcm"))) == 1
+    query = dcmtk("findscu", "-v", "-S", "-aet", "MODALITY", "-aec", "DICOMFS", "-k", "QueryRetrieveLevel=STUDY",
+                  "-k", "PatientName", "127.0.0.1", daemon.port)
+    assert "0x124" in query.stdout + query.stderr  # Refused: not authorized (PS3.7 C.4.2)
+    allowed = dcmtk("findscu", "-v", "-S", "-aet", "WS1", "-aec", "DICOMFS", "-k", "QueryRetrieveLevel=STUDY",
+                    "-k", "PatientName", "127.0.0.1", daemon.port)
+    assert "Success" in allowed.stdout + allowed.stderr and "DOE^JOHN" in allowed.stdout + allowed.stderr
+    assert "refused store request from INTRUDER@127.0.0.1" in daemon.log()
