@@ -241,3 +241,39 @@ def _text(value: Any) -> str:
     if isinstance(value, Sequence) and not isinstance(value, str):
         return "\\".join(str(v) for v in value)
     return str(value).strip()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredInstance:
+    sop_uid: str
+    sop_class_uid: str
+    file_path: str
+    transfer_syntax_uid: str
+
+
+def retrieve_set(db: Database, level: Level, identifier: dict[str, Any], *, patient_root: bool) -> list[StoredInstance]:
+    """Instances a C-MOVE/C-GET identifier names (PS3.4 C.4.2.2.1: unique keys only).
+
+    The unique key of the retrieve level is required (a list of UIDs is allowed); the unique
+    keys of the levels above narrow the set when given.
+    """
+    top = Level.PATIENT if patient_root else Level.STUDY
+    if _ORDER.index(level) < _ORDER.index(top):
+        raise QueryError(f"the {'Patient' if patient_root else 'Study'} Root model has no {level.value} level")
+    if not _text(identifier.get(_UNIQUE[level])):
+        raise QueryError(f"a {level.value} level retrieve needs {_UNIQUE[level]}")
+    conditions: list[str] = []
+    args: list[Any] = []
+    for upper in _ORDER[_ORDER.index(top):_ORDER.index(level) + 1]:
+        keyword = _UNIQUE[upper]
+        text = _text(identifier.get(keyword))
+        if text:
+            sql, sql_args = _uid_list(KEYS[keyword].sql, text)
+            conditions.append(sql)
+            args.extend(sql_args)
+    rows = db.query(
+        f"SELECT i.sop_uid, i.sop_class_uid, i.file_path, i.transfer_syntax_uid FROM {_FROM[Level.IMAGE]} "
+        f"WHERE {' AND '.join(conditions)} ORDER BY i.id",
+        args,
+    )
+    return [StoredInstance(*row) for row in rows]

@@ -15,11 +15,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import trio
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, build_context, evt
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
     StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
 from pynetdicom.transport import ThreadedAssociationServer
@@ -89,10 +95,14 @@ class NodeServer:
         if all(groups):  # every service restricted: unknown callers are rejected at association time
             ae.require_calling_aet = sorted({rule.partition("@")[0].strip() for g in groups for rule in g})
         ae.add_supported_context(Verification)
-        ae.add_supported_context(PatientRootQueryRetrieveInformationModelFind)
-        ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+        for model in (PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind,
+                      PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelGet,
+                      PatientRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelMove):
+            ae.add_supported_context(model)
         for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            # scp_role: a C-GET requestor acts as Storage SCP on this association
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+
         return ae
 
 
@@ -102,6 +112,8 @@ class NodeServer:
             (evt.EVT_C_ECHO, _handle_echo),
             (evt.EVT_C_STORE, _handle_store, [self]),
             (evt.EVT_C_FIND, _handle_find, [self]),
+            (evt.EVT_C_GET, _handle_get, [self]),
+            (evt.EVT_C_MOVE, _handle_move, [self]),
         ]
         self._server = self.ae.make_server(
             (s.bind, s.port), ae_title=s.ae_title, evt_handlers=handlers,
@@ -218,6 +230,93 @@ def _handle_find(event: evt.Event, node: NodeServer) -> Iterator[tuple[Any, Any]
     except Exception as exc:
         log.exception("C-FIND failed")
         yield _failure(UNABLE_TO_PROCESS, f"query failed: {exc}"), None
+
+
+MOVE_DESTINATION_UNKNOWN = 0xA801
+
+
+def _retrieve_set(event: evt.Event, node: NodeServer, model_get: str, model_move: str) -> list[query.StoredInstance]:
+    identifier = event.identifier
+    sop_class = event.request.AffectedSOPClassUID
+    patient_root = sop_class in (model_get, model_move)
+    level = query.Level(str(identifier.get("QueryRetrieveLevel", "")).strip())
+    keys = {e.keyword: e.value for e in identifier if e.keyword}
+    return query.retrieve_set(node.reader(), level, keys, patient_root=patient_root)
+
+
+def _sub_operations(
+    event: evt.Event, node: NodeServer, instances: list[query.StoredInstance]
+) -> Iterator[tuple[int, Any]]:
+    """Yield each stored instance for a C-STORE sub-operation; stop on cancel."""
+    for instance in instances:
+        if event.is_cancelled:
+            yield CANCEL, None
+            return
+        try:
+            ds = pydicom.dcmread(node.store.path(instance.file_path))
+        except Exception as exc:  # counted by pynetdicom as a failed sub-operation
+            log.error("cannot read %s for a retrieve: %s", instance.sop_uid, exc)
+            yield PENDING, None
+            continue
+        yield PENDING, ds
+
+
+def _handle_get(event: evt.Event, node: NodeServer) -> Iterator[Any]:
+    """C-GET SCP: sends the instances back over the same association (PS3.4 C.4.3)."""
+    if not node.permits("retrieve", event):
+        yield 1
+        yield _failure(NOT_AUTHORIZED, "not in the retrieve allow-list"), None
+        return
+    try:
+        instances = _retrieve_set(event, node, PatientRootQueryRetrieveInformationModelGet,
+                                  PatientRootQueryRetrieveInformationModelMove)
+    except (ValueError, query.QueryError) as exc:
+        yield 1  # with 0 pynetdicom answers Success before reading our status
+        yield _failure(IDENTIFIER_DOES_NOT_MATCH, str(exc)), None
+        return
+    yield len(instances)
+    yield from _sub_operations(event, node, instances)
+
+
+def _handle_move(event: evt.Event, node: NodeServer) -> Iterator[Any]:
+    """C-MOVE SCP: sends the instances to a destination known in the configuration only."""
+    destination = event.move_destination
+    name = (destination.decode("ascii", "replace") if isinstance(destination, bytes) else str(destination)).strip()
+    if not node.permits("retrieve", event):
+        yield None, None
+        return
+    remote = node.settings.remote_by_ae(name)
+    if remote is None:
+        log.warning("refused C-MOVE to unknown destination %r", name)
+        yield None, None  # pynetdicom answers 0xA801 Move Destination Unknown
+        return
+    try:
+        instances = _retrieve_set(event, node, PatientRootQueryRetrieveInformationModelGet,
+                                  PatientRootQueryRetrieveInformationModelMove)
+    except (ValueError, query.QueryError) as exc:
+        yield remote.host, remote.port, {"ae_title": remote.ae_title}
+        yield 1  # with 0 pynetdicom answers Success before reading our status
+        yield _failure(IDENTIFIER_DOES_NOT_MATCH, str(exc)), None
+        return
+    # Propose exactly what will be sent: each SOP class with its stored transfer syntaxes first.
+    yield remote.host, remote.port, {"ae_title": remote.ae_title, "contexts": _contexts_for(instances)}
+    yield len(instances)
+    yield from _sub_operations(event, node, instances)
+
+
+def _contexts_for(instances: list[query.StoredInstance]) -> list[Any]:
+    syntaxes: dict[str, list[str]] = {}
+    for instance in instances:
+        wanted = syntaxes.setdefault(instance.sop_class_uid, [])
+        if instance.transfer_syntax_uid and instance.transfer_syntax_uid not in wanted:
+            wanted.append(instance.transfer_syntax_uid)
+    contexts = []
+    for sop_class, wanted in list(syntaxes.items())[:128]:  # 128: the most an association carries
+        for fallback in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+            if fallback not in wanted:
+                wanted.append(fallback)
+        contexts.append(build_context(sop_class, wanted))
+    return contexts
 
 
 def _answer(level: Any, row: dict[str, Any], unknown: list[Any], identifier: Any, ae_title: str) -> Any:
