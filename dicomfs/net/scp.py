@@ -17,6 +17,7 @@ from typing import Any
 
 import pydicom
 import trio
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, build_context, evt
 from pynetdicom.sop_class import (
@@ -235,10 +236,12 @@ def _handle_find(event: evt.Event, node: NodeServer) -> Iterator[tuple[Any, Any]
 MOVE_DESTINATION_UNKNOWN = 0xA801
 
 
-def _retrieve_set(event: evt.Event, node: NodeServer, model_get: str, model_move: str) -> list[query.StoredInstance]:
+_PATIENT_ROOT_RETRIEVE = (PatientRootQueryRetrieveInformationModelGet, PatientRootQueryRetrieveInformationModelMove)
+
+
+def _retrieve_set(event: evt.Event, node: NodeServer) -> list[query.StoredInstance]:
     identifier = event.identifier
-    sop_class = event.request.AffectedSOPClassUID
-    patient_root = sop_class in (model_get, model_move)
+    patient_root = event.request.AffectedSOPClassUID in _PATIENT_ROOT_RETRIEVE
     level = query.Level(str(identifier.get("QueryRetrieveLevel", "")).strip())
     keys = {e.keyword: e.value for e in identifier if e.keyword}
     return query.retrieve_set(node.reader(), level, keys, patient_root=patient_root)
@@ -268,8 +271,7 @@ def _handle_get(event: evt.Event, node: NodeServer) -> Iterator[Any]:
         yield _failure(NOT_AUTHORIZED, "not in the retrieve allow-list"), None
         return
     try:
-        instances = _retrieve_set(event, node, PatientRootQueryRetrieveInformationModelGet,
-                                  PatientRootQueryRetrieveInformationModelMove)
+        instances = _retrieve_set(event, node)
     except (ValueError, query.QueryError) as exc:
         yield 1  # with 0 pynetdicom answers Success before reading our status
         yield _failure(IDENTIFIER_DOES_NOT_MATCH, str(exc)), None
@@ -291,8 +293,7 @@ def _handle_move(event: evt.Event, node: NodeServer) -> Iterator[Any]:
         yield None, None  # pynetdicom answers 0xA801 Move Destination Unknown
         return
     try:
-        instances = _retrieve_set(event, node, PatientRootQueryRetrieveInformationModelGet,
-                                  PatientRootQueryRetrieveInformationModelMove)
+        instances = _retrieve_set(event, node)
     except (ValueError, query.QueryError) as exc:
         yield remote.host, remote.port, {"ae_title": remote.ae_title}
         yield 1  # with 0 pynetdicom answers Success before reading our status
@@ -319,9 +320,7 @@ def _contexts_for(instances: list[query.StoredInstance]) -> list[Any]:
     return contexts
 
 
-def _answer(level: Any, row: dict[str, Any], unknown: list[Any], identifier: Any, ae_title: str) -> Any:
-    from pydicom.dataset import Dataset
-
+def _answer(level: Any, row: dict[str, Any], unknown: list[Any], identifier: Any, ae_title: str) -> Dataset:
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"  # the index holds decoded text; answer in UTF-8
     ds.QueryRetrieveLevel = level.value
@@ -336,9 +335,7 @@ def _answer(level: Any, row: dict[str, Any], unknown: list[Any], identifier: Any
     return ds
 
 
-def _failure(status: int, comment: str) -> Any:
-    from pydicom.dataset import Dataset
-
+def _failure(status: int, comment: str) -> Dataset:
     ds = Dataset()
     ds.Status = status
     ds.ErrorComment = comment[:64]
