@@ -303,8 +303,7 @@ class Tree:
             def base(r: Any) -> str:
                 return naming.dated_study_name(r[2], r[6], r[3], r[4])
         else:
-            def base(r: Any) -> str:
-                return naming.study_name(r[1], r[3], r[4], r[7] or "")
+            base = _study_base
         named = naming.unique_names(rows, base, reserved=reserved)
         return [self._dir_entry(n, inode_of(kind, r[0]), r[5]) for n, r in named]
 
@@ -384,9 +383,7 @@ class Tree:
     def _patient_summary(self, patient_id: int) -> bytes:
         p = self._row_dict("patients", patient_id)
         studies = self.db.query(_STUDY_ROWS + "WHERE st.patient_id = ? ORDER BY st.id", (patient_id,))
-        named = naming.unique_names(
-            studies, lambda r: naming.study_name(r[1], r[3], r[4], r[7] or ""), reserved=["patient.json"]
-        )
+        named = naming.unique_names(studies, _study_base, reserved=["patient.json"])
         children = [
             {"name": n, "StudyInstanceUID": r[8], "StudyDate": r[1], "StudyDescription": r[3],
              "AccessionNumber": r[4], "ModalitiesInStudy": (r[7] or "").split("\\") if r[7] else []}
@@ -518,6 +515,11 @@ _STUDY_ROWS = (
     "  WHERE study_id = st.id AND modality != '' ORDER BY modality)), st.study_uid "
     "FROM studies st JOIN patients p ON p.id = st.patient_id "
 )
+
+
+def _study_base(row: Any) -> str:
+    """A study's folder name from a _STUDY_ROWS row (shared by listings and patient.json)."""
+    return naming.study_name(row[1], row[3], row[4], row[7] or "")
 
 
 def _date_ids(study_date: str) -> tuple[int, int]:
