@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.common import free_port, wait_port
 from dicomfs.archive import open_archive
 
 
@@ -74,12 +74,6 @@ def fill(data_dir: Path, instances: int) -> tuple[int, int]:
     return count, studies
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def timed(cmd: list[str], repeat: int) -> list[float]:
     env = {**os.environ, "TCP_NODELAY": "1"}
     times = []
@@ -105,13 +99,7 @@ def main() -> int:
         daemon = subprocess.Popen([sys.executable, "-m", "dicomfs", "serve", "--data-dir", str(data), "--no-mount",
                                    "--bind", "127.0.0.1", "--port", str(port), "--log-level", "WARNING"])
         try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    time.sleep(0.05)
+            wait_port(port)
             keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", "PatientName=DOE^PATIENT16*", "-k", "StudyInstanceUID",
                     "-k", "StudyDate", "-k", "ModalitiesInStudy", "-k", "NumberOfStudyRelatedInstances"]
             find = ["/usr/bin/findscu", "-S", "-aec", "DICOMFS", *keys, "127.0.0.1", str(port)]

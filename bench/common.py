@@ -17,6 +17,7 @@ import platform
 import shlex
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -434,3 +435,22 @@ def summarize_profile(path: Path, top: int = 15) -> str:
     lines.append("    inclusive:")
     lines += [f"    {100 * n / total:5.1f}%  {name}" for name, n in inclusive.most_common(top)]
     return "\n".join(lines)
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 60) -> None:
+    """Wait until something accepts connections on a loopback port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")

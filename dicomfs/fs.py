@@ -21,7 +21,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
-from dicomfs.tree import Kind, NotFoundError, Tree
+from dicomfs.tree import SUMMARY_KINDS, Kind, NotFoundError, Tree
 from dicomfs.views import RenderError, render_view
 
 log = logging.getLogger(__name__)
@@ -123,10 +123,9 @@ class Operations(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             raise pyfuse3.FUSEError(errno.EROFS)
-        kind = Kind(inode & 31)
         handle = _Handle()
         info = pyfuse3.FileInfo(keep_cache=True)
-        if kind in (Kind.PATIENT_JSON, Kind.STUDY_JSON, Kind.SERIES_JSON):
+        if self.tree.kind(inode) in SUMMARY_KINDS:
             handle.data = self.tree.summary(inode)
             info.keep_cache = False  # regenerated as instances arrive
         else:

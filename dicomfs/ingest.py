@@ -62,6 +62,13 @@ class Indexer:
                     touched.add(result.series_id)
             for series_id in touched:
                 self.db.execute("INSERT INTO changes (series_id, at) VALUES (?, ?)", (series_id, now))
+                self.db.execute(
+                    "UPDATE series SET updated_at = :t WHERE id = :s;"
+                    "UPDATE studies SET updated_at = :t WHERE id = (SELECT study_id FROM series WHERE id = :s);"
+                    "UPDATE patients SET updated_at = :t WHERE id = ("
+                    "  SELECT st.patient_id FROM series se JOIN studies st ON st.id = se.study_id WHERE se.id = :s)",
+                    {"t": now, "s": series_id},
+                )
             self.store.sync_dirs(folders)  # the files are durable before the index names them
         return results
 
@@ -97,13 +104,6 @@ class Indexer:
         self.db.execute(
             f"INSERT INTO instances ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
             tuple(row.values()),
-        )
-        self.db.execute(
-            "UPDATE series SET updated_at = :t WHERE id = :s;"
-            "UPDATE studies SET updated_at = :t WHERE id = (SELECT study_id FROM series WHERE id = :s);"
-            "UPDATE patients SET updated_at = :t WHERE id = ("
-            "  SELECT st.patient_id FROM series se JOIN studies st ON st.id = se.study_id WHERE se.id = :s)",
-            {"t": now, "s": series_id},
         )
         return Ingested(sop_uid, Outcome.STORED, series_id)
 

@@ -69,7 +69,12 @@ SUMMARY_KINDS = frozenset({Kind.PATIENT_JSON, Kind.STUDY_JSON, Kind.SERIES_JSON}
 
 SUMMARY_NAMES = {Kind.PATIENT_JSON: "patient.json", Kind.STUDY_JSON: "study.json", Kind.SERIES_JSON: "series.json"}
 
-_SUMMARY_TABLE = {Kind.PATIENT_JSON: "patients", Kind.STUDY_JSON: "studies", Kind.SERIES_JSON: "series"}
+# The level table whose updated_at is the mtime of a folder or summary of that kind.
+_LEVEL_TABLE = {
+    Kind.PATIENT: "patients", Kind.PATIENT_JSON: "patients",
+    **{k: "studies" for k in (Kind.P_STUDY, Kind.U_STUDY, Kind.D_STUDY, Kind.STUDY_JSON)},
+    **{k: "series" for k in (Kind.P_SERIES, Kind.U_SERIES, Kind.D_SERIES, Kind.SERIES_JSON)},
+}
 
 _DIR_MODE = stat.S_IFDIR | 0o555
 _FILE_MODE = stat.S_IFREG | 0o444
@@ -158,12 +163,8 @@ class Tree:
                 return self._dir_attr(inode, self.mounted_at_ns / 1e9)
             if kind in (Kind.YEAR, Kind.DAY):
                 return self._dir_attr(inode, self._dates_mtime())
-            if kind is Kind.PATIENT:
-                return self._dir_attr(inode, self.db.get_val("SELECT updated_at FROM patients WHERE id=?", (row_id,)))
-            if kind in STUDY_KINDS:
-                return self._dir_attr(inode, self.db.get_val("SELECT updated_at FROM studies WHERE id=?", (row_id,)))
-            if kind in SERIES_KINDS:
-                return self._dir_attr(inode, self.db.get_val("SELECT updated_at FROM series WHERE id=?", (row_id,)))
+            if kind in DIR_KINDS:  # patient, study and series folders
+                return self._dir_attr(inode, self._level_mtime(kind, row_id))
             if kind in INSTANCE_VIEW_KINDS:
                 row = self.db.get_row(
                     "SELECT file_size, json_size, rows, columns, photometric, has_image, received_at "
@@ -234,6 +235,10 @@ class Tree:
         self._summaries.clear()
 
     # ----------------------------------------------------------------- building listings
+
+    def kind(self, inode: int) -> Kind:
+        """The kind of an inode; NotFoundError for a number this tree never hands out."""
+        return self._split(inode)[0]
 
     def _split(self, inode: int) -> tuple[Kind, int]:
         try:
@@ -364,9 +369,10 @@ class Tree:
     def _summary_attr(self, kind: Kind, row_id: int) -> pyfuse3.EntryAttributes:
         """A summary changes exactly when its level does: its mtime is the level's."""
         inode = inode_of(kind, row_id)
-        size = len(self.summary(inode))
-        mtime = self.db.get_val(f"SELECT updated_at FROM {_SUMMARY_TABLE[kind]} WHERE id = ?", (row_id,))
-        return self._file_attr(inode, size, mtime, SUMMARY_ATTR_TIMEOUT)
+        return self._file_attr(inode, len(self.summary(inode)), self._level_mtime(kind, row_id), SUMMARY_ATTR_TIMEOUT)
+
+    def _level_mtime(self, kind: Kind, row_id: int) -> float:
+        return float(self.db.get_val(f"SELECT updated_at FROM {_LEVEL_TABLE[kind]} WHERE id = ?", (row_id,)))
 
     def _make_summary(self, kind: Kind, row_id: int) -> bytes:
         try:
