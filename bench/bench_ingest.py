@@ -1,10 +1,12 @@
-"""C-STORE ingest: DCMTK storescu sends N synthetic 512x512 CT instances to three receivers.
+"""C-STORE ingest: DCMTK storescu sends N synthetic 512x512 CT instances to four receivers.
 
 Receivers, each fresh, measured in the same run: dicomfs (`serve --no-mount`), DCMTK's
-`storescp` writing files (the practical limit), and Orthanc (Debian package, its own
-temporary configuration and storage). TCP_NODELAY=1 is exported for DCMTK and Orthanc;
-dicomfs sets it on its sockets. Each receiver is fed over one association, then over four
-parallel associations (the files split in four).
+`storescp` writing files (the practical limit), Orthanc (Debian package, its own
+temporary configuration and storage), and pynetdicom discarding what it receives
+(`bench/null_scp.py`: the ceiling of the toolkit dicomfs's node is built on).
+TCP_NODELAY=1 is exported for DCMTK and Orthanc; dicomfs sets it on its sockets. Each
+receiver is fed over one association, then over four parallel associations (the files
+split in four).
 
     python -m bench.bench_ingest [--instances 2000]
 """
@@ -69,6 +71,11 @@ def storescp(work: Path, port: int) -> subprocess.Popen[bytes]:
                             env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def pynetdicom_null(work: Path, port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "bench.null_scp", str(port)],
+                            cwd=Path(__file__).resolve().parent.parent)
+
+
 def orthanc(work: Path, port: int) -> subprocess.Popen[bytes]:
     config = work / "orthanc.json"
     config.write_text(json.dumps({
@@ -90,7 +97,7 @@ def main() -> int:
         for f in files:
             f.read_bytes()  # warm: measure the receivers, not the sender's disk
         receivers = [("dicomfs", dicomfs, "DICOMFS"), ("storescp", storescp, "STORESCP"),
-                     ("orthanc", orthanc, "ORTHANC")]
+                     ("orthanc", orthanc, "ORTHANC"), ("pynetdicom", pynetdicom_null, "NULLSCP")]
         rates: dict[tuple[str, int], float] = {}
         for associations in (1, 4):
             for name, start, aet in receivers:
@@ -103,6 +110,10 @@ def main() -> int:
                   f"{ours / rates['storescp', associations]:.2f} vs storescp {rates['storescp', associations]:.0f}/s; "
                   f"ratio {ours / rates['orthanc', associations]:.2f} vs Orthanc {rates['orthanc', associations]:.0f}/s"
                   f"; goals: >= Orthanc and >= 0.5 of storescp)")
+            floor = rates["pynetdicom", associations]
+            print(f"BENCH ingest.{associations}assoc.pynetdicom_ceiling: {floor:.0f} instances/s for pynetdicom "
+                  f"receiving and discarding (ratio {ours / floor:.2f} of it; "
+                  f"{floor / rates['storescp', associations]:.2f} of storescp)")
     return 0
 
 

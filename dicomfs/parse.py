@@ -14,8 +14,7 @@ from typing import Any
 import pydicom
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filewriter import write_file_meta_info
+from pydicom.dataset import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicomfs.views.dicom_json import JSON_VERSION, dataset_json
@@ -120,17 +119,45 @@ def _as_part10(raw: bytes) -> tuple[bytes, bool]:
         sop_uid = str(ds.SOPInstanceUID)
     except Exception as exc:
         raise NotDicomError(f"not a DICOM file ({type(exc).__name__}: {exc})") from exc
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ImplicitVRLittleEndian if _implicit_vr(body) else ExplicitVRLittleEndian
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    out = io.BytesIO()
-    out.write(b"\0" * 128 + b"DICM")
-    write_file_meta_info(out, meta, enforce_standard=True)
-    out.write(body)
-    return out.getvalue(), True
+    syntax = ImplicitVRLittleEndian if _implicit_vr(body) else ExplicitVRLittleEndian
+    return part10_header(sop_class, sop_uid, syntax) + body, True
+
+
+def part10_header(sop_class: str, sop_uid: str, transfer_syntax: str, source_ae: str = "") -> bytes:
+    """Preamble, prefix and File Meta Information (PS3.10 7.1) written by this implementation.
+
+    Encoded directly: building it with pydicom costs about 0.4 ms, a tenth of a C-STORE.
+    ``source_ae`` is the calling AE title of a network transfer (0002,0016).
+    """
+    elements = [
+        _meta_element(0x0001, b"OB", b"\0\1"),
+        _meta_element(0x0002, b"UI", _ui(sop_class)),
+        _meta_element(0x0003, b"UI", _ui(sop_uid)),
+        _meta_element(0x0010, b"UI", _ui(transfer_syntax)),
+        _meta_element(0x0012, b"UI", _ui(IMPLEMENTATION_CLASS_UID)),
+        _meta_element(0x0013, b"SH", _padded(IMPLEMENTATION_VERSION_NAME)),
+    ]
+    if source_ae:
+        elements.append(_meta_element(0x0016, b"AE", _padded(source_ae[:16])))
+    group = b"".join(elements)
+    return b"\0" * 128 + b"DICM" + _meta_element(0x0000, b"UL", len(group).to_bytes(4, "little")) + group
+
+
+def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:
+    head = b"\x02\x00" + element.to_bytes(2, "little") + vr
+    if vr == b"OB":  # long form: two reserved bytes and a 32-bit length
+        return head + b"\0\0" + len(value).to_bytes(4, "little") + value
+    return head + len(value).to_bytes(2, "little") + value
+
+
+def _ui(uid: str) -> bytes:
+    value = uid.encode("ascii", "replace")
+    return value + b"\0" if len(value) % 2 else value
+
+
+def _padded(text: str) -> bytes:
+    value = text.encode("ascii", "replace")
+    return value + b" " if len(value) % 2 else value
 
 
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"

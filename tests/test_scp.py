@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import dicomgen
@@ -98,16 +99,43 @@ def test_store_refuses_an_object_without_uids(daemon: Daemon, tmp_path: Path) ->
     assert "refused C-STORE" in daemon.log()
 
 
-def test_several_concurrent_storers(daemon: Daemon, tmp_path: Path) -> None:
+def test_eight_storers_and_queriers_while_the_mount_is_read(daemon: Daemon, tmp_path: Path) -> None:
     import concurrent.futures
+    import threading
 
+    seed = dicomgen.series(tmp_path / "seed", 20, rows=16, columns=16, PatientID="SEED")
     batches = [dicomgen.series(tmp_path / f"in{i}", 10, rows=16, columns=16, PatientID=f"P{i}") for i in range(8)]
     daemon.start()
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(
-            lambda paths: dcmtk("storescu", "-aec", "DICOMFS", "127.0.0.1", daemon.port, *paths), batches))
+    assert dcmtk("storescu", "-aec", "DICOMFS", "127.0.0.1", daemon.port, *seed).returncode == 0
+    seed_dir = daemon.mount / "patients" / "DOE^JOHN [SEED]"
+    wait_for(seed_dir.exists, 2.0, "the seed patient")
+    stop = threading.Event()
+    reads: list[int] = []
+
+    def read_mount() -> None:  # a user browsing and reading while the node is busy
+        while not stop.is_set():
+            for path in sorted(seed_dir.rglob("*.dcm")):
+                assert pydicom.dcmread(path).PatientID == "SEED"
+                reads.append(1)
+            os.listdir(daemon.mount / "patients")
+
+    def query(_: int) -> subprocess.CompletedProcess[str]:
+        return dcmtk("findscu", "-S", "-aec", "DICOMFS", "-k", "QueryRetrieveLevel=STUDY",
+                     "-k", "PatientID=SEED", "-k", "NumberOfStudyRelatedInstances", "127.0.0.1", daemon.port)
+
+    with concurrent.futures.ThreadPoolExecutor(13) as pool:
+        reader = pool.submit(read_mount)
+        stores = [pool.submit(dcmtk, "storescu", "-aec", "DICOMFS", "127.0.0.1", daemon.port, *paths)
+                  for paths in batches]
+        queries = [pool.submit(query, i) for i in range(4)]
+        results = [f.result() for f in stores + queries]
+        stop.set()
+        reader.result()  # re-raises a failed read
     assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
-    wait_for(lambda: len(os.listdir(daemon.mount / "patients")) == 8, 2.0, "eight patients")
+    for answer in results[8:]:
+        assert "(0020,1208) IS [20]" in answer.stderr, answer.stderr
+    assert reads, "the mount was not read during the transfers"
+    wait_for(lambda: len(os.listdir(daemon.mount / "patients")) == 9, 2.0, "nine patients")
     for i in range(8):
         patient = daemon.mount / "patients" / f"DOE^JOHN [P{i}]"
         summary = json.loads((patient / "patient.json").read_text())
@@ -125,10 +153,31 @@ def test_allow_lists_refuse_other_callers(daemon: Daemon, tmp_path: Path) -> Non
     accepted = dcmtk("storescu", "-aet", "MODALITY", "-aec", "DICOMFS", "127.0.0.1", daemon.port, path)
     assert accepted.returncode == 0, accepted.stderr
     assert len(list((daemon.data_dir / "store").rglob("*.dcm"))) == 1
+    # MODALITY may not query: the query models are not offered to it at negotiation.
     query = dcmtk("findscu", "-v", "-S", "-aet", "MODALITY", "-aec", "DICOMFS", "-k", "QueryRetrieveLevel=STUDY",
                   "-k", "PatientName", "127.0.0.1", daemon.port)
-    assert "0x124" in query.stdout + query.stderr  # Refused: not authorized (PS3.7 C.4.2)
+    assert query.returncode != 0 and "No Acceptable Presentation Contexts" in query.stdout + query.stderr
     allowed = dcmtk("findscu", "-v", "-S", "-aet", "WS1", "-aec", "DICOMFS", "-k", "QueryRetrieveLevel=STUDY",
                     "-k", "PatientName", "127.0.0.1", daemon.port)
     assert "Success" in allowed.stdout + allowed.stderr and "DOE^JOHN" in allowed.stdout + allowed.stderr
     assert "refused store request from INTRUDER@127.0.0.1" in daemon.log()
+
+
+def test_peers_in_no_allow_list_are_rejected_at_association(daemon: Daemon, tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    # Every group restricted; WS1 is admitted only from a host that is not this one.
+    config.write_text('[dicom.allow]\nstore = ["MODALITY@127.0.0.1"]\nquery = ["WS1@192.0.2.1"]\n'
+                      'retrieve = ["WS1@192.0.2.1"]\n')
+    daemon.start("--config", str(config))
+    for caller in ("INTRUDER", "WS1"):
+        rejected = dcmtk("echoscu", "-v", "-aet", caller, "-aec", "DICOMFS", "127.0.0.1", daemon.port)
+        out = rejected.stdout + rejected.stderr
+        assert rejected.returncode != 0 and "Association Rejected" in out, out
+        assert "Calling AE Title Not Recognized" in out, out
+        assert f"rejected an association from {caller}@127.0.0.1: in no allow-list" in daemon.log()
+    accepted = dcmtk("echoscu", "-aet", "MODALITY", "-aec", "DICOMFS", "127.0.0.1", daemon.port)
+    assert accepted.returncode == 0, accepted.stderr
+    # MODALITY may only store: a query on its association finds no accepted context.
+    query = dcmtk("findscu", "-v", "-S", "-aet", "MODALITY", "-aec", "DICOMFS", "-k", "QueryRetrieveLevel=STUDY",
+                  "-k", "PatientName", "127.0.0.1", daemon.port)
+    assert query.returncode != 0 and "No Acceptable Presentation Contexts" in query.stdout + query.stderr

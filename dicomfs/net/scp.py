@@ -7,11 +7,14 @@ which alone writes the index: data flows one way, and no SQLite writer runs in a
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ import trio
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, build_context, evt
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -35,7 +39,7 @@ from dicomfs.config import DicomSettings
 from dicomfs.index import query
 from dicomfs.index.db import Database
 from dicomfs.ingest import Ingested
-from dicomfs.parse import InvalidInstanceError, NotDicomError, ParsedInstance, parse_instance
+from dicomfs.parse import InvalidInstanceError, NotDicomError, ParsedInstance, parse_instance, part10_header
 from dicomfs.store import Store
 
 log = logging.getLogger(__name__)
@@ -47,6 +51,23 @@ OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
 
 Submit = Callable[[list[tuple[ParsedInstance, Path]]], list[Ingested]]
+
+
+class _ContextList(list[PresentationContext]):
+    """The server's supported contexts, copied cheaply for each new association.
+
+    pynetdicom deep-copies them per association, re-validating every UID: with all storage
+    classes and transfer syntaxes that took ~60 ms, most of an echo's round trip. UIDs are
+    immutable, so copying each context and its transfer syntax list is enough.
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[PresentationContext]:
+        copies = []
+        for context in self:
+            duplicate = copy.copy(context)
+            duplicate._transfer_syntax = list(context._transfer_syntax)
+            copies.append(duplicate)
+        return copies
 
 
 class _NoDelayServer(ThreadedAssociationServer):
@@ -78,6 +99,8 @@ class NodeServer:
         self.submit = submit
         self.index_path = index_path
         self._local = threading.local()
+        # One writer per association that can be open, so no store waits for another's fsync.
+        self.writers = ThreadPoolExecutor(settings.max_associations, thread_name_prefix="dicom-writer")
         self._server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
         self.ae = self._make_ae()
@@ -92,9 +115,6 @@ class NodeServer:
         ae.acse_timeout = s.network_timeout
         ae.dimse_timeout = s.network_timeout
         ae.require_called_aet = False
-        groups = (s.allow.store, s.allow.query, s.allow.retrieve)
-        if all(groups):  # every service restricted: unknown callers are rejected at association time
-            ae.require_calling_aet = sorted({rule.partition("@")[0].strip() for g in groups for rule in g})
         ae.add_supported_context(Verification)
         for model in (PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind,
                       PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelGet,
@@ -110,6 +130,7 @@ class NodeServer:
     def start(self) -> None:
         s = self.settings
         handlers: list[Any] = [
+            (evt.EVT_REQUESTED, _handle_association_request, [self]),
             (evt.EVT_C_ECHO, _handle_echo),
             (evt.EVT_C_STORE, _handle_store, [self]),
             (evt.EVT_C_FIND, _handle_find, [self]),
@@ -120,6 +141,7 @@ class NodeServer:
             (s.bind, s.port), ae_title=s.ae_title, evt_handlers=handlers,
             server_class=_NoDelayServer, ssl_context=self._ssl_context(),
         )
+        self._server.contexts = _ContextList(self._server.contexts)
         self._thread = threading.Thread(target=self._server.serve_forever, name="dicom-acceptor", daemon=True)
         self._thread.start()
         self.ae._servers.append(self._server)  # as AE.start_server does; shutdown() expects it
@@ -148,6 +170,7 @@ class NodeServer:
             assoc.abort()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self.writers.shutdown(wait=True)
         log.info("DICOM node stopped")
 
     def reader(self) -> Database:
@@ -166,23 +189,74 @@ class NodeServer:
         return ok
 
 
+# A-ASSOCIATE-RJ: rejected-permanent, by the service user, calling AE title not recognized
+_REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+_QUERY_MODELS = {PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind}
+_RETRIEVE_MODELS = {PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelGet,
+                    PatientRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelMove}
+
+
+def _handle_association_request(event: evt.Event, node: NodeServer) -> None:
+    """Apply the allow-lists before negotiation: refuse unknown peers, offer only their services.
+
+    A peer in no allow-list gets A-ASSOCIATE-RJ (calling AE title not recognized). Otherwise
+    the presentation contexts of the service groups it may not use are not offered, so its
+    proposals for them are rejected. Storage stays offered to retrieve-only peers, whose
+    C-GET needs it; a C-STORE from them is refused per request (0x0124).
+    """
+    assoc = event.assoc
+    calling = str(assoc.requestor.primitive.calling_ae_title).strip()  # ae_title is set only later
+    host = assoc.requestor.address
+    allow = node.settings.allow
+    may = {group: _allowed(getattr(allow, group), calling, host) for group in ("store", "query", "retrieve")}
+    if not any(may.values()):
+        log.warning("rejected an association from %s@%s: in no allow-list", calling, host)
+        assoc.acse.send_reject(*_REJECT_CALLING_AE)
+        assoc.kill()  # as pynetdicom's own rejections: waits until the DUL has sent the A-ASSOCIATE-RJ
+        return
+    if all(may.values()):
+        return
+    dropped: set[str] = set()
+    if not may["query"]:
+        dropped |= _QUERY_MODELS
+    if not may["retrieve"]:
+        dropped |= _RETRIEVE_MODELS
+    keep_storage = may["store"] or may["retrieve"]
+    assoc.acceptor.supported_contexts = [
+        context for context in assoc.acceptor.supported_contexts
+        if context.abstract_syntax not in dropped
+        and (keep_storage or context.abstract_syntax in _QUERY_MODELS | _RETRIEVE_MODELS | {Verification})
+    ]
+
+
 def _handle_echo(event: evt.Event) -> int:
     return SUCCESS
 
 
 def _handle_store(event: evt.Event, node: NodeServer) -> Any:
-    """Store exactly the received bytes; answer success only once durable and indexed."""
+    """Store exactly the received bytes; answer success only once durable and indexed.
+
+    The durable write (mostly waiting for fsync) runs in a writer thread while this thread
+    parses the same bytes: the two overlap, and a refused dataset's file is discarded.
+    """
     if not node.permits("store", event):
         return NOT_AUTHORIZED
     calling = event.assoc.requestor.ae_title.strip()
     source = f"{calling}@{event.assoc.requestor.address}"
+    request = event.request
+    header = part10_header(
+        request.AffectedSOPClassUID, request.AffectedSOPInstanceUID, event.context.transfer_syntax, calling
+    )
+    data = header + event.encoded_dataset(include_meta=False)
+    writing = node.writers.submit(node.store.write_temp, data)
     try:
-        parsed = parse_instance(event.encoded_dataset(include_meta=True), source=source, received=True)
+        parsed = parse_instance(data, source=source, received=True)
     except (NotDicomError, InvalidInstanceError) as exc:
+        _discard_when_written(node, writing)
         log.warning("refused C-STORE from %s: %s", source, exc)
         return _failure(CANNOT_UNDERSTAND, str(exc))
     try:
-        temp = node.store.write_temp(parsed.data)
+        temp = writing.result()
     except OSError as exc:
         log.error("cannot store an instance from %s: %s", source, exc)
         return _failure(OUT_OF_RESOURCES, f"cannot store: {exc.strerror}")
@@ -196,6 +270,11 @@ def _handle_store(event: evt.Event, node: NodeServer) -> Any:
         log.exception("cannot index an instance from %s", source)
         return _failure(OUT_OF_RESOURCES, f"cannot index: {exc}")
     return SUCCESS
+
+
+def _discard_when_written(node: NodeServer, writing: Future[Path]) -> None:
+    with contextlib.suppress(OSError):  # nothing was written
+        node.store.discard(writing.result())
 
 
 # Query status codes (PS3.4 C.4.1.1.4)
