@@ -39,12 +39,17 @@ class ImportSettings:
 
 @dataclass(slots=True)
 class RemoteNode:
-    """A DICOM node we know by name: a C-MOVE destination, later a PACS to query."""
+    """A DICOM node we know by name: a C-MOVE destination, and a PACS we can query and retrieve from."""
 
     name: str = ""
     ae_title: str = ""
     host: str = ""
     port: int = 104
+    retrieve: str = "get"  # "get": C-GET on our association; "move": C-MOVE to our own AE title
+    # Saved queries: each names remote studies to show in the tree, as KEY=VALUE terms
+    # (C-FIND matching, e.g. "StudyDate=20240101- ModalitiesInStudy=CT"). Empty: none shown.
+    listing: list[str] = field(default_factory=list)
+    timeout: float = 30.0  # seconds for any one request to this node, and for an open() to fetch
 
 
 @dataclass(slots=True)
@@ -78,6 +83,11 @@ class DicomSettings:
     allow: AllowSettings = field(default_factory=AllowSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
     remotes: list[RemoteNode] = field(default_factory=list)
+    refresh_minutes: float = 15.0  # how often saved remote queries are run again (0: only on demand)
+    cache_mb: int = 10_240  # fetched remote data kept locally; least recently used series are evicted
+
+    def remote(self, name: str) -> RemoteNode | None:
+        return next((r for r in self.remotes if r.name == name), None)
 
     def remote_by_ae(self, ae_title: str) -> RemoteNode | None:
         return next((r for r in self.remotes if r.ae_title == ae_title), None)
@@ -162,6 +172,8 @@ def _remote(item: Any, where: str) -> RemoteNode:
     _apply(remote, item, where, {})
     if not (remote.name and remote.ae_title and remote.host):
         raise ConfigError(f"{where}: a remote needs name, ae_title and host")
+    if remote.retrieve not in ("get", "move"):
+        raise ConfigError(f"{where}: remote {remote.name!r}: retrieve must be \"get\" or \"move\"")
     return remote
 
 

@@ -24,6 +24,7 @@ from dicomfs.fs import Operations
 from dicomfs.ingest import Ingested
 from dicomfs.net.scp import NodeServer
 from dicomfs.parse import ParsedInstance
+from dicomfs.remote.fetch import Fetcher
 from dicomfs.tree import DIR_KINDS, Tree, split_inode
 
 log = logging.getLogger(__name__)
@@ -50,12 +51,14 @@ def serve(settings: Settings) -> None:
 
 
 async def _serve(settings: Settings, archive: Archive) -> None:
-    node = _start_node(settings, archive) if settings.dicom.enabled else None
+    fetcher = Fetcher(settings.dicom, archive.db, archive.indexer, archive.store)
+    node = _start_node(settings, archive, fetcher) if settings.dicom.enabled else None
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_on_signals, nursery.cancel_scope, node)
+            await nursery.start(fetcher.run)
             if settings.mount.enabled:
-                await nursery.start(_mount, settings, archive, nursery.cancel_scope)
+                await nursery.start(_mount, settings, archive, fetcher, nursery.cancel_scope)
             else:
                 log.info("serving without a mount (--no-mount)")
             _notify_systemd("READY=1")
@@ -65,12 +68,12 @@ async def _serve(settings: Settings, archive: Archive) -> None:
                 await trio.to_thread.run_sync(node.stop)
 
 
-def _start_node(settings: Settings, archive: Archive) -> NodeServer:
+def _start_node(settings: Settings, archive: Archive, fetcher: Fetcher) -> NodeServer:
     """The DICOM node; its association threads hand instances to this loop for indexing."""
     token = trio.lowlevel.current_trio_token()
 
     def submit(batch: list[tuple[ParsedInstance, Path]]) -> list[Ingested]:
-        return trio.from_thread.run_sync(archive.indexer.add_batch, batch, trio_token=token)
+        return trio.from_thread.run_sync(fetcher.index, batch, trio_token=token)
 
     node = NodeServer(settings.dicom, archive.store, submit, settings.index_path)
     node.start()
@@ -78,12 +81,12 @@ def _start_node(settings: Settings, archive: Archive) -> NodeServer:
 
 
 async def _mount(
-    settings: Settings, archive: Archive, daemon_scope: trio.CancelScope,
+    settings: Settings, archive: Archive, fetcher: Fetcher, daemon_scope: trio.CancelScope,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     mount_point = settings.mount.path
     tree = Tree(archive.db)
-    ops = Operations(tree, archive.store.root, render_threads=settings.mount.render_threads)
+    ops = Operations(tree, archive.store.root, render_threads=settings.mount.render_threads, remote=fetcher)
     options = set(pyfuse3.default_options) | {"fsname=dicomfs", "subtype=dicomfs"}
     if settings.mount.allow_other:
         options.add("allow_other")

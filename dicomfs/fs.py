@@ -8,6 +8,7 @@ EROFS, so later writable folders can be added without remounting read-write sema
 from __future__ import annotations
 
 import bisect
+import contextlib
 import errno
 import functools
 import itertools
@@ -16,13 +17,16 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
 
-from dicomfs.tree import SUMMARY_KINDS, Kind, NotFoundError, Tree
+from dicomfs.tree import SERIES_KINDS, STUDY_KINDS, SUMMARY_KINDS, Kind, NotFoundError, Tree, inode_of, split_inode
 from dicomfs.views import RenderError, render_view
+
+if TYPE_CHECKING:
+    from dicomfs.remote.fetch import Fetcher
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +74,10 @@ _VIEW_SUFFIX = {Kind.JSON: "json", Kind.JPG: "jpg"}
 class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
 
-    def __init__(self, tree: Tree, store_root: Path, *, render_threads: int = 2) -> None:
+    def __init__(self, tree: Tree, store_root: Path, *, render_threads: int = 2, remote: Fetcher | None = None) -> None:
         super().__init__()
         self.tree = tree
+        self.remote = remote
         self.store_root = store_root
         self.render_limiter = trio.CapacityLimiter(render_threads)
         self._handles: dict[int, _Handle] = {}
@@ -82,6 +87,7 @@ class Operations(pyfuse3.Operations):
 
     @_fuse_errors
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        await self._prepare(parent_inode)
         return self.tree.lookup(parent_inode, name).attr
 
     @_fuse_errors
@@ -94,8 +100,19 @@ class Operations(pyfuse3.Operations):
 
     @_fuse_errors
     async def opendir(self, inode: int, ctx: Any) -> int:
+        await self._prepare(inode)
         self.tree.listing(inode)  # ENOTDIR / ENOENT now rather than at readdir
         return inode
+
+    async def _prepare(self, inode: int) -> None:
+        """Before a remote study's or series' folder is first listed, ask the remote what is in it."""
+        if self.remote is None or self.tree.is_cached(inode):
+            return
+        kind, row_id = split_inode(inode)
+        if kind in STUDY_KINDS:
+            await self.remote.prepare_study(row_id)
+        elif kind in SERIES_KINDS:
+            await self.remote.prepare_series(row_id)
 
     @_fuse_errors
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
@@ -130,6 +147,10 @@ class Operations(pyfuse3.Operations):
             info.keep_cache = False  # regenerated as instances arrive
         else:
             kind, row = self.tree.instance_row(inode)
+            if not row["file_path"]:  # listed from a remote PACS: fetch it now
+                await self._make_local(inode)
+                kind, row = self.tree.instance_row(inode)
+                info.direct_io = True  # the kernel may still hold size 0 for this file
             path = self.store_root / row["file_path"]
             if kind is Kind.DCM:
                 handle.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -142,6 +163,14 @@ class Operations(pyfuse3.Operations):
         self._handles[fh] = handle
         info.fh = fh
         return info
+
+    async def _make_local(self, inode: int) -> None:
+        if self.remote is None:
+            raise pyfuse3.FUSEError(errno.EIO)
+        instance_id = split_inode(inode)[1]
+        await self.remote.make_local(instance_id)
+        for kind in (Kind.DCM, Kind.JSON, Kind.JPG):  # their sizes are known now
+            await trio.to_thread.run_sync(_invalidate_attributes, inode_of(kind, instance_id))
 
     async def _render(self, kind: Kind, path: Path, row: dict[str, Any]) -> bytes:
         log.debug("rendering %s view of %s", _VIEW_SUFFIX[kind], row["sop_uid"])
@@ -197,3 +226,8 @@ class Operations(pyfuse3.Operations):
 
     setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = create = write = _read_only  # type: ignore[assignment]
     setxattr = removexattr = fallocate = _read_only  # type: ignore[assignment]
+
+
+def _invalidate_attributes(inode: int) -> None:
+    with contextlib.suppress(OSError):  # an inode the kernel does not hold: nothing to refresh
+        pyfuse3.invalidate_inode(inode, attr_only=True)

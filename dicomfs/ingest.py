@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dicomfs.index.db import Database, NoSuchRowError
 from dicomfs.parse import ParsedInstance
@@ -35,6 +36,31 @@ class Ingested:
     sop_uid: str
     outcome: Outcome
     series_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteStudy:
+    """A study as a remote PACS answered a STUDY-level C-FIND: index columns and its counts."""
+
+    patient: dict[str, Any]
+    study: dict[str, Any]
+    num_series: int | None
+    num_instances: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteSeries:
+    series: dict[str, Any]
+    num_instances: int | None
+
+
+# Columns of an instance that is listed but not local; what a C-FIND answer gives overrides them.
+_PLACEHOLDER: dict[str, Any] = {
+    "sop_class_uid": "", "transfer_syntax_uid": "", "specific_character_set": "", "content_date": "",
+    "content_time": "", "acquisition_number": "", "image_type": "", "rows": 0, "columns": 0, "number_of_frames": 1,
+    "photometric": "", "has_image": 0, "file_path": "", "file_size": 0, "json_size": 0, "json_version": 0,
+    "added_part10_header": 0,
+}
 
 
 class Indexer:
@@ -61,6 +87,7 @@ class Indexer:
                 if result.outcome is Outcome.STORED:
                     touched.add(result.series_id)
             for series_id in touched:
+                self._note_remote_progress(series_id)
                 self.db.execute("INSERT INTO changes (series_id, at) VALUES (?, ?)", (series_id, now))
                 self.db.execute(
                     "UPDATE series SET updated_at = :t WHERE id = :s;"
@@ -81,6 +108,8 @@ class Indexer:
         except NoSuchRowError:
             pass
         else:
+            if relpath == "":  # listed from a remote PACS, arriving now: the row becomes local
+                return self._fill_placeholder(instance_id, series_id, parsed, temp, now, folders)
             identical = self.store.same_content(relpath, temp)
             self.store.discard(temp)
             if identical:
@@ -107,13 +136,85 @@ class Indexer:
         )
         return Ingested(sop_uid, Outcome.STORED, series_id)
 
+    def _fill_placeholder(
+        self, instance_id: int, series_id: int, parsed: ParsedInstance, temp: Path, now: float, folders: set[Path]
+    ) -> Ingested:
+        relpath = self.store.relpath_for(parsed.study["study_uid"], parsed.series["series_uid"], parsed.sop_uid)
+        folders.add(self.store.commit(temp, relpath))
+        row = {**parsed.instance, "file_path": relpath, "received_at": now, "fetched": 1}
+        self.db.execute(
+            f"UPDATE instances SET {', '.join(f'{k} = ?' for k in row)} WHERE id = ?",
+            (*row.values(), instance_id),
+        )
+        return Ingested(parsed.sop_uid, Outcome.STORED, series_id)
+
+    def _note_remote_progress(self, series_id: int) -> None:
+        """A remote series is complete once it was listed and no listed instance is missing."""
+        self.db.execute(
+            "UPDATE remote_series SET complete = (instances_listed_at IS NOT NULL AND NOT EXISTS ("
+            "  SELECT 1 FROM instances WHERE series_id = :s AND file_path = '')) WHERE series_id = :s",
+            {"s": series_id},
+        )
+
+    # ------------------------------------------------------------ what a remote PACS has
+
+    def add_remote_studies(self, remote: str, studies: Iterable[RemoteStudy]) -> int:
+        """Record studies a saved query found on ``remote``; returns how many were new."""
+        now = time.time()
+        new = 0
+        with self.db.transaction():
+            for found in studies:
+                patient_id = self._upsert("patients", "patient_key", found.patient, now)
+                before = self.db.query("SELECT 1 FROM studies WHERE study_uid = ?", (found.study["study_uid"],))
+                study_id = self._upsert("studies", "study_uid", {**found.study, "patient_id": patient_id}, now)
+                new += not before
+                self.db.execute(
+                    "INSERT INTO remote_studies (study_id, remote, num_series, num_instances, listed_at) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (study_id) DO UPDATE SET remote = excluded.remote, "
+                    "num_series = excluded.num_series, num_instances = excluded.num_instances, "
+                    "listed_at = excluded.listed_at",
+                    (study_id, remote, found.num_series, found.num_instances, now),
+                )
+            if new:
+                self.db.execute("INSERT INTO changes (series_id, at) VALUES (0, ?)", (now,))
+        return new
+
+    def add_remote_series(self, remote: str, study_id: int, series: Iterable[RemoteSeries]) -> None:
+        now = time.time()
+        with self.db.transaction():
+            for found in series:
+                series_id = self._upsert("series", "series_uid", {**found.series, "study_id": study_id}, now)
+                self.db.execute(
+                    "INSERT INTO remote_series (series_id, remote, num_instances) VALUES (?, ?, ?) "
+                    "ON CONFLICT (series_id) DO UPDATE SET num_instances = excluded.num_instances",
+                    (series_id, remote, found.num_instances),
+                )
+                self.db.execute("INSERT INTO changes (series_id, at) VALUES (?, ?)", (series_id, now))
+            self.db.execute("UPDATE remote_studies SET series_listed_at = ? WHERE study_id = ?", (now, study_id))
+
+    def add_remote_instances(self, remote: str, series_id: int, instances: Iterable[dict[str, Any]]) -> None:
+        """Rows for a remote series' instances; file_path '' until each is fetched."""
+        now = time.time()
+        with self.db.transaction():
+            for values in instances:
+                row = {**_PLACEHOLDER, **values, "series_id": series_id, "source": f"remote {remote}",
+                       "received_at": now}
+                self.db.execute(
+                    f"INSERT INTO instances ({', '.join(row)}) VALUES ({', '.join('?' * len(row))}) "
+                    "ON CONFLICT (sop_uid) DO NOTHING",
+                    tuple(row.values()),
+                )
+            self.db.execute("UPDATE remote_series SET instances_listed_at = ? WHERE series_id = ?", (now, series_id))
+            self._note_remote_progress(series_id)
+            self.db.execute("INSERT INTO changes (series_id, at) VALUES (?, ?)", (series_id, now))
+
     def refresh_json_sizes(self) -> int:
         """Re-measure ``.json`` views measured by another JSON_VERSION (after an upgrade).
 
         The mount lists the stored size, so it must match what the current code generates.
         """
         stale = self.db.query(
-            "SELECT id, file_path FROM instances WHERE json_version != ?", (JSON_VERSION,)
+            "SELECT id, file_path FROM instances WHERE json_version != ? AND file_path != ''", (JSON_VERSION,)
         )
         for instance_id, relpath in stale:
             try:

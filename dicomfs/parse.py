@@ -257,70 +257,84 @@ def _extract(ds: Dataset) -> dict[str, dict[str, Any]]:
     )
     if sop_class == MEDIA_STORAGE_DIRECTORY:
         raise NotDicomError("a DICOMDIR (media directory), not an instance")
-    sop_uid = _uid(ds, "SOPInstanceUID")  # the dataset must identify itself, not just its header
+    instance = instance_values(ds)  # the dataset must identify itself, not just its header
+    instance["sop_class_uid"] = sop_class
+    return {"patient": patient_values(ds), "study": study_values(ds), "series": series_values(ds),
+            "instance": instance}
+
+
+def patient_values(ds: Dataset) -> dict[str, Any]:
+    """Index columns of the patient level (also used for C-FIND answers of a remote PACS)."""
     patient_id = _text(ds, "PatientID")
     issuer = _text(ds, "IssuerOfPatientID")
     name = _text(ds, "PatientName")
     birth = _text(ds, "PatientBirthDate")
     key = f"{issuer}\x1f{patient_id}" if patient_id else f"\x1e{name}\x1f{birth}"
+    return {
+        "patient_key": key,
+        "patient_id": patient_id,
+        "issuer_of_patient_id": issuer,
+        "patient_name": name,
+        "patient_birth_date": birth,
+        "patient_birth_time": _text(ds, "PatientBirthTime"),
+        "patient_sex": _text(ds, "PatientSex"),
+        "other_patient_ids": _text(ds, "OtherPatientIDs"),
+        "ethnic_group": _text(ds, "EthnicGroup"),
+        "patient_comments": _text(ds, "PatientComments"),
+    }
+
+
+def study_values(ds: Dataset) -> dict[str, Any]:
+    return {
+        "study_uid": _uid(ds, "StudyInstanceUID"),
+        "study_date": _text(ds, "StudyDate"),
+        "study_time": _text(ds, "StudyTime"),
+        "accession_number": _text(ds, "AccessionNumber"),
+        "study_id": _text(ds, "StudyID"),
+        "study_description": _text(ds, "StudyDescription"),
+        "referring_physician_name": _text(ds, "ReferringPhysicianName"),
+        "physicians_reading": _text(ds, "NameOfPhysiciansReadingStudy"),
+        "admitting_diagnoses": _text(ds, "AdmittingDiagnosesDescription"),
+        "patient_age": _text(ds, "PatientAge"),
+        "patient_size": _text(ds, "PatientSize"),
+        "patient_weight": _text(ds, "PatientWeight"),
+        "institution_name": _text(ds, "InstitutionName"),
+    }
+
+
+def series_values(ds: Dataset) -> dict[str, Any]:
+    return {
+        "series_uid": _uid(ds, "SeriesInstanceUID"),
+        "modality": _text(ds, "Modality"),
+        "series_number": _int(ds, "SeriesNumber"),
+        "series_description": _text(ds, "SeriesDescription"),
+        "series_date": _text(ds, "SeriesDate"),
+        "series_time": _text(ds, "SeriesTime"),
+        "body_part_examined": _text(ds, "BodyPartExamined"),
+        "protocol_name": _text(ds, "ProtocolName"),
+        "laterality": _text(ds, "Laterality"),
+        "station_name": _text(ds, "StationName"),
+        "manufacturer": _text(ds, "Manufacturer"),
+        "frame_of_reference_uid": _uid(ds, "FrameOfReferenceUID", required=False),
+        "pps_start_date": _text(ds, "PerformedProcedureStepStartDate"),
+        "pps_start_time": _text(ds, "PerformedProcedureStepStartTime"),
+    }
+
+
+def instance_values(ds: Dataset) -> dict[str, Any]:
     rows = _int(ds, "Rows") or 0
     columns = _int(ds, "Columns") or 0
     return {
-        "patient": {
-            "patient_key": key,
-            "patient_id": patient_id,
-            "issuer_of_patient_id": issuer,
-            "patient_name": name,
-            "patient_birth_date": birth,
-            "patient_birth_time": _text(ds, "PatientBirthTime"),
-            "patient_sex": _text(ds, "PatientSex"),
-            "other_patient_ids": _text(ds, "OtherPatientIDs"),
-            "ethnic_group": _text(ds, "EthnicGroup"),
-            "patient_comments": _text(ds, "PatientComments"),
-        },
-        "study": {
-            "study_uid": _uid(ds, "StudyInstanceUID"),
-            "study_date": _text(ds, "StudyDate"),
-            "study_time": _text(ds, "StudyTime"),
-            "accession_number": _text(ds, "AccessionNumber"),
-            "study_id": _text(ds, "StudyID"),
-            "study_description": _text(ds, "StudyDescription"),
-            "referring_physician_name": _text(ds, "ReferringPhysicianName"),
-            "physicians_reading": _text(ds, "NameOfPhysiciansReadingStudy"),
-            "admitting_diagnoses": _text(ds, "AdmittingDiagnosesDescription"),
-            "patient_age": _text(ds, "PatientAge"),
-            "patient_size": _text(ds, "PatientSize"),
-            "patient_weight": _text(ds, "PatientWeight"),
-            "institution_name": _text(ds, "InstitutionName"),
-        },
-        "series": {
-            "series_uid": _uid(ds, "SeriesInstanceUID"),
-            "modality": _text(ds, "Modality"),
-            "series_number": _int(ds, "SeriesNumber"),
-            "series_description": _text(ds, "SeriesDescription"),
-            "series_date": _text(ds, "SeriesDate"),
-            "series_time": _text(ds, "SeriesTime"),
-            "body_part_examined": _text(ds, "BodyPartExamined"),
-            "protocol_name": _text(ds, "ProtocolName"),
-            "laterality": _text(ds, "Laterality"),
-            "station_name": _text(ds, "StationName"),
-            "manufacturer": _text(ds, "Manufacturer"),
-            "frame_of_reference_uid": _uid(ds, "FrameOfReferenceUID", required=False),
-            "pps_start_date": _text(ds, "PerformedProcedureStepStartDate"),
-            "pps_start_time": _text(ds, "PerformedProcedureStepStartTime"),
-        },
-        "instance": {
-            "sop_uid": sop_uid,
-            "sop_class_uid": sop_class,
-            "instance_number": _int(ds, "InstanceNumber"),
-            "specific_character_set": _text(ds, "SpecificCharacterSet"),
-            "content_date": _text(ds, "ContentDate"),
-            "content_time": _text(ds, "ContentTime"),
-            "acquisition_number": _text(ds, "AcquisitionNumber"),
-            "image_type": _text(ds, "ImageType"),
-            "rows": rows,
-            "columns": columns,
-            "number_of_frames": max(_int(ds, "NumberOfFrames") or 1, 1),
-            "photometric": _text(ds, "PhotometricInterpretation"),
-        },
+        "sop_uid": _uid(ds, "SOPInstanceUID"),
+        "sop_class_uid": _uid(ds, "SOPClassUID", required=False),
+        "instance_number": _int(ds, "InstanceNumber"),
+        "specific_character_set": _text(ds, "SpecificCharacterSet"),
+        "content_date": _text(ds, "ContentDate"),
+        "content_time": _text(ds, "ContentTime"),
+        "acquisition_number": _text(ds, "AcquisitionNumber"),
+        "image_type": _text(ds, "ImageType"),
+        "rows": rows,
+        "columns": columns,
+        "number_of_frames": max(_int(ds, "NumberOfFrames") or 1, 1),
+        "photometric": _text(ds, "PhotometricInterpretation"),
     }

@@ -82,6 +82,7 @@ _BLKSIZE = 131072
 
 ENTRY_TIMEOUT = 300.0  # names and most attributes never change; changes are invalidated explicitly
 SUMMARY_ATTR_TIMEOUT = 1.0  # summaries change size as instances arrive
+REMOTE_ATTR_TIMEOUT = 1.0  # files not yet fetched from a remote PACS: their size becomes known on open
 
 
 def inode_of(kind: Kind, row_id: int) -> int:
@@ -167,8 +168,8 @@ class Tree:
                 return self._dir_attr(inode, self._level_mtime(kind, row_id))
             if kind in INSTANCE_VIEW_KINDS:
                 row = self.db.get_row(
-                    "SELECT file_size, json_size, rows, columns, photometric, has_image, received_at "
-                    "FROM instances WHERE id = ?",
+                    "SELECT file_size, json_size, rows, columns, photometric, has_image, received_at, "
+                    "file_path != '' FROM instances WHERE id = ?",
                     (row_id,),
                 )
                 return self._instance_attr(kind, row_id, *row)
@@ -207,9 +208,18 @@ class Tree:
     # ----------------------------------------------------------------- change handling
 
     def changed_series(self, series_ids: Iterable[int]) -> list[int]:
-        """Forget what depends on these series; returns the inodes the kernel should refresh."""
+        """Forget what depends on these series; returns the inodes the kernel should refresh.
+
+        Series id 0 stands for changes above any series (remote studies listed): everything
+        cached is forgotten.
+        """
         stale: set[int] = {inode_of(Kind.TOP, t) for t in (0, TOP_PATIENTS, TOP_STUDIES, TOP_DATES)}
-        for series_id in set(series_ids):
+        series_ids = set(series_ids)
+        if 0 in series_ids:
+            stale.update(self._listings)
+            stale.update(self._summaries)
+            series_ids.discard(0)
+        for series_id in series_ids:
             try:
                 study_id, patient_id, study_date = self.db.get_row(
                     "SELECT st.id, st.patient_id, st.study_date FROM series se "
@@ -235,6 +245,13 @@ class Tree:
         self._summaries.clear()
 
     # ----------------------------------------------------------------- building listings
+
+    def is_cached(self, inode: int) -> bool:
+        return inode in self._listings
+
+    def forget(self, inode: int) -> None:
+        self._listings.pop(inode, None)
+        self._summaries.pop(inode, None)
 
     def kind(self, inode: int) -> Kind:
         """The kind of an inode; NotFoundError for a number this tree never hands out."""
@@ -338,10 +355,14 @@ class Tree:
             self._summaries[inode_of(Kind.SERIES_JSON, series_id)] = self._series_summary(series_id, named)
         entries = [self._summary_entry(Kind.SERIES_JSON, series_id)]
         file_attr = self._file_attr
-        for stem, (instance_id, _, _, file_size, json_size, rows_, columns, photometric, has_image, mtime, _) in named:
+        for stem, (instance_id, _, _, file_size, json_size, rows_, columns, photometric, has_image, mtime, _,
+                   local) in named:
             base = instance_id << KIND_BITS
-            entries.append(Entry(f"{stem}.dcm".encode(), file_attr(base | Kind.DCM, file_size, mtime)))
-            entries.append(Entry(f"{stem}.json".encode(), file_attr(base | Kind.JSON, json_size, mtime)))
+            # Not yet fetched from a remote PACS: size unknown (0) until then, so the kernel
+            # must not keep these attributes long.
+            timeout = ENTRY_TIMEOUT if local else REMOTE_ATTR_TIMEOUT
+            entries.append(Entry(f"{stem}.dcm".encode(), file_attr(base | Kind.DCM, file_size, mtime, timeout)))
+            entries.append(Entry(f"{stem}.json".encode(), file_attr(base | Kind.JSON, json_size, mtime, timeout)))
             if has_image:
                 size = jpeg_size(rows_, columns, is_color(photometric))
                 entries.append(Entry(f"{stem}.jpg".encode(), file_attr(base | Kind.JPG, size, mtime)))
@@ -350,7 +371,7 @@ class Tree:
     def _instance_rows(self, series_id: int) -> list[Any]:
         return self.db.query(
             "SELECT id, instance_number, sop_uid, file_size, json_size, rows, columns, photometric, "
-            "has_image, received_at, sop_class_uid FROM instances WHERE series_id = ? ORDER BY id",
+            "has_image, received_at, sop_class_uid, file_path != '' FROM instances WHERE series_id = ? ORDER BY id",
             (series_id,),
         )
 
@@ -421,6 +442,19 @@ class Tree:
             "ModalitiesInStudy": modalities,
             "SOPClassesInStudy": sop_classes,
         }
+        remote = self.db.query(
+            "SELECT r.remote, r.num_series, r.num_instances, r.series_listed_at, "
+            "  (SELECT count(*) FROM instances i JOIN series se ON se.id = i.series_id "
+            "   WHERE se.study_id = r.study_id AND i.file_path != '') "
+            "FROM remote_studies r WHERE r.study_id = ?",
+            (study_id,),
+        )
+        if remote:
+            name, num_series, num_instances, listed, local = remote[0]
+            attributes["Remote"] = {"name": name, "NumberOfSeriesThere": num_series,
+                                    "NumberOfInstancesThere": num_instances, "LocalInstances": local,
+                                    "Complete": num_instances is not None and local >= num_instances,
+                                    "SeriesListed": listed is not None}
         return summary_json("STUDY", attributes, "Series", children)
 
     def _series_summary(self, series_id: int, named: list[tuple[str, Any]]) -> bytes:
@@ -428,7 +462,7 @@ class Tree:
         s = self._row_dict("studies", se["study_id"])
         children = [
             {"name": f"{stem}.dcm", "SOPInstanceUID": r[2], "SOPClassUID": r[10],
-             "InstanceNumber": r[1], "size": r[3], "jpg": f"{stem}.jpg" if r[8] else None}
+             "InstanceNumber": r[1], "size": r[3], "jpg": f"{stem}.jpg" if r[8] else None, "local": bool(r[11])}
             for stem, r in named
         ]
         attributes = {
@@ -448,6 +482,15 @@ class Tree:
             "FrameOfReferenceUID": se["frame_of_reference_uid"],
             "NumberOfSeriesRelatedInstances": se["num_instances"],
         }
+        remote = self.db.query(
+            "SELECT remote, num_instances, complete, instances_listed_at FROM remote_series WHERE series_id = ?",
+            (series_id,),
+        )
+        if remote:
+            name, count, complete, listed = remote[0]
+            local = sum(1 for _, r in named if r[11])
+            attributes["Remote"] = {"name": name, "NumberOfInstancesThere": count, "LocalInstances": local,
+                                    "Complete": bool(complete), "InstancesListed": listed is not None}
         return summary_json("SERIES", attributes, "Instances", children)
 
     def _row_dict(self, table: str, row_id: int) -> dict[str, Any]:
@@ -489,7 +532,7 @@ class Tree:
 
     def _instance_attr(
         self, kind: Kind, instance_id: int, file_size: int, json_size: int, rows: int, columns: int,
-        photometric: str, has_image: int, received_at: float,
+        photometric: str, has_image: int, received_at: float, local: int = 1,
     ) -> pyfuse3.EntryAttributes:
         if kind is Kind.DCM:
             size = file_size
@@ -499,7 +542,8 @@ class Tree:
             size = jpeg_size(rows, columns, is_color(photometric))
         else:
             raise NotFoundError(instance_id)
-        return self._file_attr(inode_of(kind, instance_id), size, received_at)
+        timeout = ENTRY_TIMEOUT if local else REMOTE_ATTR_TIMEOUT
+        return self._file_attr(inode_of(kind, instance_id), size, received_at, timeout)
 
     def _base_attr(self, inode: int, mtime: float, timeout: float) -> pyfuse3.EntryAttributes:
         attr = pyfuse3.EntryAttributes()  # defaults: nlink 1, generation 0, timeouts 300 s

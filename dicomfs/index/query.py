@@ -262,7 +262,7 @@ def retrieve_set(db: Database, level: Level, identifier: dict[str, Any], *, pati
         raise QueryError(f"the {'Patient' if patient_root else 'Study'} Root model has no {level.value} level")
     if not _text(identifier.get(_UNIQUE[level])):
         raise QueryError(f"a {level.value} level retrieve needs {_UNIQUE[level]}")
-    conditions: list[str] = []
+    conditions: list[str] = ["i.file_path != ''"]  # listed from a remote PACS but not fetched: not ours to send
     args: list[Any] = []
     for upper in _ORDER[_ORDER.index(top):_ORDER.index(level) + 1]:
         keyword = _UNIQUE[upper]

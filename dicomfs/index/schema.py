@@ -151,9 +151,37 @@ CREATE TRIGGER studies_after_delete AFTER DELETE ON studies BEGIN
 END;
 """
 
+# Remote PACS: studies listed by a saved query live there until fetched. Their instances get
+# rows as soon as a series is listed, with file_path = '' until the file is local; `fetched`
+# marks files retrieved on demand (the evictable cache), as opposed to received or imported.
+SCHEMA_V2 = """
+ALTER TABLE instances ADD COLUMN fetched INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX instances_not_local ON instances(series_id) WHERE file_path = '';
+
+CREATE TABLE remote_studies (
+    study_id            INTEGER PRIMARY KEY REFERENCES studies(id),
+    remote              TEXT NOT NULL,         -- the remote's name in the configuration
+    num_series          INTEGER,               -- (0020,1206) as the remote reported it
+    num_instances       INTEGER,               -- (0020,1208) as the remote reported it
+    listed_at           REAL NOT NULL,         -- last time a saved query returned this study
+    series_listed_at    REAL                   -- when its series were queried (NULL: not yet)
+);
+CREATE INDEX remote_studies_remote ON remote_studies(remote);
+
+CREATE TABLE remote_series (
+    series_id           INTEGER PRIMARY KEY REFERENCES series(id),
+    remote              TEXT NOT NULL,
+    num_instances       INTEGER,               -- (0020,1209) as the remote reported it
+    instances_listed_at REAL,                  -- when its instances were queried (NULL: not yet)
+    complete            INTEGER NOT NULL DEFAULT 0,  -- 1 when every listed instance is local
+    last_used           REAL                   -- last open of one of its files (cache eviction order)
+);
+"""
+
 # Each entry upgrades the schema from version i to i + 1.
 MIGRATIONS: list[Callable[[Database], None]] = [
     lambda db: db.conn.execute(SCHEMA_V1),
+    lambda db: db.conn.execute(SCHEMA_V2),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
