@@ -1,4 +1,4 @@
-"""Command line: ``dicomfs import``, ``dicomfs serve``; options shared by every command."""
+"""Command line: ``dicomfs import``, ``serve``, ``remote``, ``status``; options shared by every command."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from dicomfs import __version__, config
 
@@ -56,7 +57,49 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=int, metavar="N", help="DICOM port (default: 11112)")
     srv.add_argument("--bind", metavar="ADDR", help="address to listen on (default: 0.0.0.0)")
     srv.add_argument("--no-dicom", action="store_true", help="do not run the DICOM node")
+
+    _remote_parser(sub, common)
+    sub.add_parser("status", parents=[common], help="what the archive holds, cache use, retrieves in flight",
+                   description="Counts from the index, the cache of fetched remote data, and the retrieves a "
+                               "running daemon has in flight.")
     return parser
+
+
+def _remote_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    rem = sub.add_parser("remote", parents=[common], help="remote PACS: add, list, query, pull",
+                         description="Remote DICOM nodes live in the configuration file ([[dicom.remotes]]); "
+                                     "these commands edit it and talk to them.")
+    actions = rem.add_subparsers(dest="action", metavar="ACTION", required=True)
+    add = actions.add_parser("add", parents=[common], help="add a remote node to the configuration")
+    add.add_argument("name")
+    add.add_argument("--aet", required=True, metavar="AET", help="its AE title")
+    add.add_argument("--host", required=True)
+    add.add_argument("--port", type=int, default=104)
+    add.add_argument("--retrieve", choices=["get", "move"], default="get",
+                     help="C-GET on our association (default), or C-MOVE to our own AE title")
+    add.add_argument("--listing", action="append", default=[], metavar="FILTER",
+                     help="a saved query naming the studies to show in the tree, e.g. 'StudyDate=20240101-' "
+                          "(repeatable)")
+    add.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
+    rm = actions.add_parser("remove", parents=[common], help="remove a remote node from the configuration")
+    rm.add_argument("name")
+    actions.add_parser("list", parents=[common], help="the configured remote nodes")
+    echo = actions.add_parser("echo", parents=[common], help="C-ECHO a remote node")
+    echo.add_argument("name")
+    q = actions.add_parser("query", parents=[common], help="C-FIND on a remote node",
+                           description="Match keys as KEYWORD=VALUE (DICOM matching: * and ? wildcards, "
+                                       "date ranges like 20240101-20240131).")
+    q.add_argument("name")
+    q.add_argument("terms", nargs="*", metavar="KEYWORD=VALUE")
+    q.add_argument("--level", choices=["study", "series", "image"], default="study")
+    q.add_argument("--json", action="store_true", help="one JSON object per line")
+    ref = actions.add_parser("refresh", parents=[common], help="run a remote's saved queries now")
+    ref.add_argument("name")
+    pull = actions.add_parser("pull", parents=[common], help="retrieve a study or series into the archive now")
+    pull.add_argument("name")
+    pull.add_argument("--study", required=True, metavar="UID")
+    pull.add_argument("--series", metavar="UID")
+    pull.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "import":
             return _import(settings, args)
+        if args.command == "remote":
+            return _remote(settings, args)
+        if args.command == "status":
+            return _status(settings)
         return _serve(settings, args)
     except KeyboardInterrupt:
         return 130
@@ -123,6 +170,72 @@ def _import(settings: config.Settings, args: argparse.Namespace) -> int:
         print(f"rejected {path}: {reason}", file=sys.stderr)
     print(report.summary())
     return 0 if report.ok else 1
+
+
+def _remote(settings: config.Settings, args: argparse.Namespace) -> int:
+    from dicomfs.archive import open_archive
+    from dicomfs.net import scu
+    from dicomfs.remote import commands
+    from dicomfs.remote.listing import FilterError
+
+    calling = settings.dicom.ae_title
+    try:
+        if args.action == "add":
+            path = commands.config_path(settings, args.config)
+            remote = config.RemoteNode(name=args.name, ae_title=args.aet, host=args.host, port=args.port,
+                                       retrieve=args.retrieve, listing=args.listing, timeout=args.timeout)
+            commands.add(path, remote, settings)
+            print(f"added remote {args.name} ({args.aet} at {args.host}:{args.port}) to {path}")
+            return 0
+        if args.action == "remove":
+            path = commands.config_path(settings, args.config)
+            commands.remove(path, args.name)
+            print(f"removed remote {args.name} from {path}")
+            return 0
+        if args.action == "list":
+            for r in settings.dicom.remotes:
+                saved = "; ".join(r.listing) or "-"
+                print(f"{r.name}\t{r.ae_title}@{r.host}:{r.port}\tretrieve={r.retrieve}\tlisting: {saved}")
+            return 0
+        remote = settings.dicom.remote(args.name)
+        if remote is None:
+            known = ", ".join(r.name for r in settings.dicom.remotes) or "none configured"
+            print(f"dicomfs: no remote named {args.name!r} (known: {known})", file=sys.stderr)
+            return 2
+        if args.action == "echo":
+            scu.echo(remote, calling_ae=calling, timeout=remote.timeout)
+            print(f"{remote.name}: C-ECHO succeeded")
+            return 0
+        if args.action == "query":
+            count = commands.query(remote, args.level.upper(), args.terms, calling, args.json, sys.stdout)
+            if not args.json:
+                print(f"{count} {args.level} answers from {remote.name}", file=sys.stderr)
+            return 0
+        archive = open_archive(settings.data_dir)
+        try:
+            if args.action == "refresh":
+                new = commands.refresh(archive, remote, calling)
+                print(f"{remote.name}: saved queries run, {new} new studies")
+                return 0
+            result = commands.pull(archive, remote, args.study, args.series, settings, args.progress)
+        finally:
+            archive.close()
+        print(f"{remote.name}: {result.completed} instances retrieved, {result.failed} failed, "
+              f"{result.warning} with warnings")
+        return 0 if result.failed == 0 else 1
+    except (commands.CommandError, FilterError) as exc:
+        print(f"dicomfs: {exc}", file=sys.stderr)
+        return 2
+    except scu.RemoteError as exc:
+        print(f"dicomfs: {exc}", file=sys.stderr)
+        return 1
+
+
+def _status(settings: config.Settings) -> int:
+    from dicomfs.status import report
+
+    print(report(settings))
+    return 0
 
 
 def _serve(settings: config.Settings, args: argparse.Namespace) -> int:

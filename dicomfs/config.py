@@ -84,7 +84,7 @@ class DicomSettings:
     tls: TlsSettings = field(default_factory=TlsSettings)
     remotes: list[RemoteNode] = field(default_factory=list)
     refresh_minutes: float = 15.0  # how often saved remote queries are run again (0: only on demand)
-    cache_mb: int = 10_240  # fetched remote data kept locally; least recently used series are evicted
+    cache_mb: float = 10_240.0  # fetched remote data kept locally; least recently used series are evicted
 
     def remote(self, name: str) -> RemoteNode | None:
         return next((r for r in self.remotes if r.name == name), None)
@@ -110,6 +110,11 @@ class Settings:
     @property
     def store_path(self) -> Path:
         return self.data_dir / "store"
+
+    @property
+    def status_path(self) -> Path:
+        """Written by a running daemon: its retrieves in flight (read by ``dicomfs status``)."""
+        return self.data_dir / "daemon-status.json"
 
 
 _SECTIONS = {"mount": "mount", "import": "import_", "dicom": "dicom"}

@@ -51,7 +51,7 @@ def serve(settings: Settings) -> None:
 
 
 async def _serve(settings: Settings, archive: Archive) -> None:
-    fetcher = Fetcher(settings.dicom, archive.db, archive.indexer, archive.store)
+    fetcher = Fetcher(settings.dicom, archive.db, archive.indexer, archive.store, settings.status_path)
     node = _start_node(settings, archive, fetcher) if settings.dicom.enabled else None
     try:
         async with trio.open_nursery() as nursery:
@@ -63,6 +63,7 @@ async def _serve(settings: Settings, archive: Archive) -> None:
                 log.info("serving without a mount (--no-mount)")
             _notify_systemd("READY=1")
     finally:
+        settings.status_path.unlink(missing_ok=True)
         if node is not None:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(node.stop)

@@ -208,6 +208,34 @@ class Indexer:
             self._note_remote_progress(series_id)
             self.db.execute("INSERT INTO changes (series_id, at) VALUES (?, ?)", (series_id, now))
 
+    def keep_study(self, study_uid: str) -> None:
+        """Pulled on purpose: its fetched files are no longer cache, never evicted."""
+        with self.db.transaction():
+            self.db.execute(
+                "UPDATE instances SET fetched = 0 WHERE fetched = 1 AND series_id IN ("
+                "  SELECT se.id FROM series se JOIN studies st ON st.id = se.study_id WHERE st.study_uid = ?)",
+                (study_uid,),
+            )
+
+    def evict_series(self, series_id: int) -> list[str]:
+        """Return a fetched series to the not-yet-local state; returns the files to delete.
+
+        Only fetched files go: anything received or imported stays. The caller deletes the
+        files after this commits, so a crash in between leaves unindexed files, never rows
+        that name missing files.
+        """
+        now = time.time()
+        with self.db.transaction():
+            paths = [r[0] for r in self.db.query(
+                "SELECT file_path FROM instances WHERE series_id = ? AND fetched = 1 AND file_path != ''",
+                (series_id,))]
+            self.db.execute(
+                "UPDATE instances SET file_path = '', file_size = 0, json_size = 0, json_version = 0, "
+                "has_image = 0, fetched = 0 WHERE series_id = ? AND fetched = 1", (series_id,))
+            self._note_remote_progress(series_id)
+            self.db.execute("INSERT INTO changes (series_id, at) VALUES (?, ?)", (series_id, now))
+        return paths
+
     def refresh_json_sizes(self) -> int:
         """Re-measure ``.json`` views measured by another JSON_VERSION (after an upgrade).
 

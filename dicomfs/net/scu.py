@@ -112,6 +112,9 @@ def get(
     roles = [build_role(uid, scp_role=True) for uid in classes]
     handler = (evt.EVT_C_STORE, _store_handler, [remote, on_instance])
     with _association(remote, "C-GET", contexts, calling_ae, timeout, roles, [handler]) as assoc:
+        import os
+        if os.environ.get("FAST"):
+            assoc._c_store_scp = _StoreReplier(assoc, remote, on_instance)
         responses = assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet)
         return _retrieve_result(remote, "C-GET", assoc, responses)
 
@@ -272,3 +275,45 @@ def _refusal(assoc: Association) -> str:
     if assoc.is_aborted:
         return "association aborted"
     return "no connection or no answer to the association request"
+
+
+import struct
+from pynetdicom.pdu_primitives import P_DATA
+
+
+def _element(element: int, value: bytes) -> bytes:
+    return struct.pack("<HHI", 0, element, len(value)) + value
+
+
+def _uid(uid: str) -> bytes:
+    value = uid.encode("ascii")
+    return value + b"\0" if len(value) % 2 else value
+
+
+class _StoreReplier:
+    def __init__(self, assoc, remote, on_instance):
+        self.assoc, self.remote, self.on_instance = assoc, remote, on_instance
+
+    def __call__(self, req) -> None:
+        cx_id = req._context_id
+        context = self.assoc._accepted_cx.get(cx_id)
+        sop_class, sop_uid = req.AffectedSOPClassUID, req.AffectedSOPInstanceUID
+        if context is None or context.abstract_syntax != sop_class:
+            status = 0x0122
+        else:
+            header = part10_header(sop_class, sop_uid, context.transfer_syntax[0], source_ae=self.remote.ae_title)
+            try:
+                self.on_instance(b"".join((header, req.DataSet.getbuffer())))
+                status = SUCCESS
+            except OSError:
+                status = OUT_OF_RESOURCES
+            except Exception:
+                status = CANNOT_UNDERSTAND
+        body = b"".join((
+            _element(0x0002, _uid(sop_class)), _element(0x0100, b"\x01\x80"),
+            _element(0x0120, struct.pack("<H", req.MessageID)), _element(0x0800, b"\x01\x01"),
+            _element(0x0900, struct.pack("<H", status)), _element(0x1000, _uid(sop_uid)),
+        ))
+        primitive = P_DATA()
+        primitive.presentation_data_value_list.append((cx_id, b"\x03" + _element(0x0000, struct.pack("<I", len(body))) + body))
+        self.assoc.dul.send_pdu(primitive)

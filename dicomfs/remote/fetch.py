@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,8 +48,11 @@ class _Retrieval:
 class Fetcher:
     """Lazy listing and fetch-on-open for studies that live on remote PACS."""
 
-    def __init__(self, settings: DicomSettings, db: Database, indexer: Indexer, store: Store) -> None:
+    def __init__(self, settings: DicomSettings, db: Database, indexer: Indexer, store: Store,
+                 status_path: Path | None = None) -> None:
         self.settings = settings
+        self.status_path = status_path
+        self._published = 0.0
         self.db = db
         self.indexer = indexer
         self.store = store
@@ -62,6 +67,7 @@ class Fetcher:
         self._token = trio.lowlevel.current_trio_token()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            self.publish_status(force=True)
             task_status.started()
             interval = self.settings.refresh_minutes * 60
             while True:
@@ -162,6 +168,7 @@ class Fetcher:
             retrieval = self.retrievals[series_id] = _Retrieval(remote.name)
             assert self._nursery is not None, "Fetcher.run is not running"
             self._nursery.start_soon(self._retrieve, remote, series_id, retrieval)
+            self.publish_status(force=True)
         self.db.execute("UPDATE remote_series SET last_used = ? WHERE series_id = ?", (time.time(), series_id))
         with trio.move_on_after(remote.timeout) as scope:
             await _first_of(arrived.wait, retrieval.done.wait)
@@ -182,6 +189,7 @@ class Fetcher:
             retrieval = self.retrievals.get(result.series_id)
             if retrieval is not None:
                 retrieval.received += 1
+                self.publish_status()
 
     async def _retrieve(self, remote: RemoteNode, series_id: int, retrieval: _Retrieval) -> None:
         study_uid, series_uid = self.db.get_row(
@@ -218,6 +226,8 @@ class Fetcher:
         finally:
             del self.retrievals[series_id]
             retrieval.done.set()
+            self.publish_status(force=True)
+        await self.enforce_cache()
 
     def _receiver(self, remote: RemoteNode) -> Callable[[bytes], None]:
         """The C-GET callback (association thread): parse, write durably, index on the loop."""
@@ -240,10 +250,48 @@ class Fetcher:
         self.arrived(results)
         return results
 
-    def status(self) -> list[dict[str, Any]]:
-        """In-flight retrieves, for ``dicomfs status``."""
-        return [{"series_id": sid, "remote": r.remote, "received": r.received, "since": r.started}
-                for sid, r in self.retrievals.items()]
+    # ------------------------------------------------------------------ cache and status
+
+    async def enforce_cache(self) -> None:
+        """Evict least recently used fetched series until fetched data fits ``cache_mb``."""
+        limit = int(self.settings.cache_mb * 1024 * 1024)
+        used = int(self.db.get_val("SELECT coalesce(sum(file_size), 0) FROM instances WHERE fetched = 1"))
+        if used <= limit:
+            return
+        candidates = self.db.query(
+            "SELECT i.series_id, sum(i.file_size) FROM instances i "
+            "LEFT JOIN remote_series r ON r.series_id = i.series_id WHERE i.fetched = 1 "
+            "GROUP BY i.series_id ORDER BY coalesce(r.last_used, 0), i.series_id")
+        for series_id, size in candidates:
+            if used <= limit:
+                break
+            if series_id in self.retrievals:
+                continue
+            paths = self.indexer.evict_series(series_id)
+            await trio.to_thread.run_sync(self._delete, paths)
+            used -= size
+            log.info("cache: evicted fetched series %d (%d files, %.1f MB); %.1f of %.1f MB used",
+                     series_id, len(paths), size / 2**20, used / 2**20, limit / 2**20)
+
+    def _delete(self, paths: list[str]) -> None:
+        for relpath in paths:
+            self.store.path(relpath).unlink(missing_ok=True)
+
+    def publish_status(self, force: bool = False) -> None:
+        """Write in-flight retrieves to the status file for ``dicomfs status`` (at most once a second)."""
+        now = time.time()
+        if self.status_path is None or (not force and now - self._published < 1.0):
+            return
+        self._published = now
+        retrieves = [{"series_id": sid, "remote": r.remote, "received": r.received, "since": r.started}
+                     for sid, r in self.retrievals.items()]
+        data = json.dumps({"pid": os.getpid(), "updated_at": now, "retrieves": retrieves})
+        temp = self.status_path.with_suffix(".tmp")
+        try:
+            temp.write_text(data)
+            os.replace(temp, self.status_path)
+        except OSError as exc:
+            log.debug("cannot write %s: %s", self.status_path, exc)
 
 
 async def _first_of(*waits: Callable[[], Any]) -> None:
