@@ -144,6 +144,10 @@ def _setup_logging(level: str) -> None:
     fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else \
         "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
+    if level != "DEBUG":  # pynetdicom logs every association and dumps identifiers at INFO
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+        # Failed connections are reported by our callers, with the remote's name.
+        logging.getLogger("pynetdicom.transport").setLevel(logging.CRITICAL)
     from dicomfs.parse import quiet_pydicom
 
     quiet_pydicom()

@@ -150,7 +150,10 @@ class Operations(pyfuse3.Operations):
             if not row["file_path"]:  # listed from a remote PACS: fetch it now
                 await self._make_local(inode)
                 kind, row = self.tree.instance_row(inode)
-                info.direct_io = True  # the kernel may still hold size 0 for this file
+            elif self.remote is not None and row["sop_uid"] in self.remote.filled:
+                # Fetched with another file of its series: the kernel may still hold size 0.
+                self.remote.filled.discard(row["sop_uid"])
+                await self._refresh_sizes(split_inode(inode)[1])
             path = self.store_root / row["file_path"]
             if kind is Kind.DCM:
                 handle.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -169,7 +172,13 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EIO)
         instance_id = split_inode(inode)[1]
         await self.remote.make_local(instance_id)
-        for kind in (Kind.DCM, Kind.JSON, Kind.JPG):  # their sizes are known now
+        self.remote.filled.discard(self.tree.instance_row(inode)[1]["sop_uid"])
+        await self._refresh_sizes(instance_id)
+
+    @staticmethod
+    async def _refresh_sizes(instance_id: int) -> None:
+        """Drop the kernel's attributes of an instance's files: it re-asks, and reads see the new size."""
+        for kind in (Kind.DCM, Kind.JSON, Kind.JPG):
             await trio.to_thread.run_sync(_invalidate_attributes, inode_of(kind, instance_id))
 
     async def _render(self, kind: Kind, path: Path, row: dict[str, Any]) -> bytes:

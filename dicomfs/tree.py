@@ -229,6 +229,10 @@ class Tree:
             except NoSuchRowError:
                 continue
             stale.update(inode_of(k, series_id) for k in (*SERIES_KINDS, Kind.SERIES_JSON))
+            if self.db.query("SELECT 1 FROM remote_series WHERE series_id = ?", (series_id,)):
+                # Fetched or evicted: the sizes of its instances' files changed.
+                for (instance_id,) in self.db.query("SELECT id FROM instances WHERE series_id = ?", (series_id,)):
+                    stale.update(inode_of(k, instance_id) for k in INSTANCE_VIEW_KINDS)
             stale.update(inode_of(k, study_id) for k in (*STUDY_KINDS, Kind.STUDY_JSON))
             stale.update(inode_of(k, patient_id) for k in (Kind.PATIENT, Kind.PATIENT_JSON))
             year, day = _date_ids(study_date)

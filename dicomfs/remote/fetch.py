@@ -58,6 +58,8 @@ class Fetcher:
         self.store = store
         self.retrievals: dict[int, _Retrieval] = {}  # series id → the retrieve in flight
         self._arrivals: dict[str, trio.Event] = {}  # SOP Instance UID → set when it is indexed
+        # Fetched since the mount listed them with size 0: the next open refreshes the kernel's size.
+        self.filled: set[str] = set()
         self._listing_locks: dict[tuple[str, int], trio.Lock] = {}
         self._nursery: trio.Nursery | None = None
         self._token: trio.lowlevel.TrioToken | None = None
@@ -189,6 +191,7 @@ class Fetcher:
             retrieval = self.retrievals.get(result.series_id)
             if retrieval is not None:
                 retrieval.received += 1
+                self.filled.add(result.sop_uid)
                 self.publish_status()
 
     async def _retrieve(self, remote: RemoteNode, series_id: int, retrieval: _Retrieval) -> None:
@@ -227,7 +230,7 @@ class Fetcher:
             del self.retrievals[series_id]
             retrieval.done.set()
             self.publish_status(force=True)
-        await self.enforce_cache()
+        await self.enforce_cache(keep=series_id)
 
     def _receiver(self, remote: RemoteNode) -> Callable[[bytes], None]:
         """The C-GET callback (association thread): parse, write durably, index on the loop."""
@@ -252,8 +255,12 @@ class Fetcher:
 
     # ------------------------------------------------------------------ cache and status
 
-    async def enforce_cache(self) -> None:
-        """Evict least recently used fetched series until fetched data fits ``cache_mb``."""
+    async def enforce_cache(self, keep: int | None = None) -> None:
+        """Evict least recently used fetched series until fetched data fits ``cache_mb``.
+
+        ``keep``: the series just fetched, which someone is reading, stays even when it alone
+        exceeds the cache.
+        """
         limit = int(self.settings.cache_mb * 1024 * 1024)
         used = int(self.db.get_val("SELECT coalesce(sum(file_size), 0) FROM instances WHERE fetched = 1"))
         if used <= limit:
@@ -265,7 +272,7 @@ class Fetcher:
         for series_id, size in candidates:
             if used <= limit:
                 break
-            if series_id in self.retrievals:
+            if series_id in self.retrievals or series_id == keep:
                 continue
             paths = self.indexer.evict_series(series_id)
             await trio.to_thread.run_sync(self._delete, paths)
