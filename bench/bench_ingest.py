@@ -14,7 +14,6 @@ split in four).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -24,7 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.common import free_port, wait_port
+from bench.common import free_port, start_orthanc, wait_port
 from bench.synth import generate
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -77,14 +76,7 @@ def pynetdicom_null(work: Path, port: int) -> subprocess.Popen[bytes]:
 
 
 def orthanc(work: Path, port: int) -> subprocess.Popen[bytes]:
-    config = work / "orthanc.json"
-    config.write_text(json.dumps({
-        "Name": "bench", "StorageDirectory": str(work / "storage"), "IndexDirectory": str(work / "index"),
-        "DicomAet": "ORTHANC", "DicomPort": port, "HttpPort": free_port(), "RemoteAccessAllowed": False,
-        "DicomServerEnabled": True, "HttpServerEnabled": True, "StorageCompression": False, "Plugins": [],
-        "DicomCheckCalledAet": False, "ConcurrentJobs": 2,
-    }))
-    return subprocess.Popen(["Orthanc", str(config)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return start_orthanc(work, port)
 
 
 def main() -> int:

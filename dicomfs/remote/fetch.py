@@ -169,7 +169,7 @@ class Fetcher:
         if retrieval is None:
             retrieval = self.retrievals[series_id] = _Retrieval(remote.name)
             assert self._nursery is not None, "Fetcher.run is not running"
-            self._nursery.start_soon(self._retrieve, remote, series_id, retrieval)
+            self._nursery.start_soon(self._retrieve, remote, series_id, retrieval, sop_uid)
             self.publish_status(force=True)
         self.db.execute("UPDATE remote_series SET last_used = ? WHERE series_id = ?", (time.time(), series_id))
         with trio.move_on_after(remote.timeout) as scope:
@@ -194,7 +194,13 @@ class Fetcher:
                 self.filled.add(result.sop_uid)
                 self.publish_status()
 
-    async def _retrieve(self, remote: RemoteNode, series_id: int, retrieval: _Retrieval) -> None:
+    async def _retrieve(self, remote: RemoteNode, series_id: int, retrieval: _Retrieval, first: str) -> None:
+        """Retrieve the instance that was opened first, then the rest of its series.
+
+        The remote sends a series in its own order: asked for at once, the opened file may
+        come last. One instance first costs an extra association (~10 ms) and gives the
+        first open its bytes in the time of one instance.
+        """
         study_uid, series_uid = self.db.get_row(
             "SELECT st.study_uid, se.series_uid FROM series se JOIN studies st ON st.id = se.study_id "
             "WHERE se.id = ?", (series_id,))
@@ -202,19 +208,16 @@ class Fetcher:
         started = time.monotonic()
         log.info("remote %s: retrieving series %s (C-%s)", remote.name, series_uid, remote.retrieve.upper())
         try:
-            if remote.retrieve == "move":
-                if not self.settings.enabled:
-                    raise scu.RemoteError(remote, "C-MOVE", "needs this node's DICOM service ([dicom] enabled)")
-                call = functools.partial(scu.move, remote, "SERIES", keys, destination_ae=self.settings.ae_title,
-                                         calling_ae=self.settings.ae_title, timeout=remote.timeout)
-            else:
-                sop_classes = [r[0] for r in self.db.query(
-                    "SELECT DISTINCT sop_class_uid FROM instances WHERE series_id = ? AND sop_class_uid != ''",
-                    (series_id,))]
-                call = functools.partial(scu.get, remote, "SERIES", keys, calling_ae=self.settings.ae_title,
-                                         timeout=remote.timeout, sop_classes=sop_classes,
-                                         on_instance=self._receiver(remote))
-            result = await trio.to_thread.run_sync(call, abandon_on_cancel=True)
+            if remote.retrieve == "move" and not self.settings.enabled:
+                raise scu.RemoteError(remote, "C-MOVE", "needs this node's DICOM service ([dicom] enabled)")
+            remaining = int(self.db.get_val(
+                "SELECT count(*) FROM instances WHERE series_id = ? AND file_path = ''", (series_id,)))
+            if remaining > 1:
+                await trio.to_thread.run_sync(
+                    self._retrieve_call(remote, series_id, "IMAGE", {**keys, "SOPInstanceUID": first}),
+                    abandon_on_cancel=True)
+            result = await trio.to_thread.run_sync(
+                self._retrieve_call(remote, series_id, "SERIES", keys), abandon_on_cancel=True)
             log.info("remote %s: series %s retrieved: %d completed, %d failed, %d warnings in %.1f s",
                      remote.name, series_uid, result.completed, result.failed, result.warning,
                      time.monotonic() - started)
@@ -231,6 +234,17 @@ class Fetcher:
             retrieval.done.set()
             self.publish_status(force=True)
         await self.enforce_cache(keep=series_id)
+
+    def _retrieve_call(self, remote: RemoteNode, series_id: int, level: str, keys: dict[str, str],
+                       ) -> Callable[[], scu.RetrieveResult]:
+        if remote.retrieve == "move":
+            return functools.partial(scu.move, remote, level, keys, destination_ae=self.settings.ae_title,
+                                     calling_ae=self.settings.ae_title, timeout=remote.timeout)
+        sop_classes = [r[0] for r in self.db.query(
+            "SELECT DISTINCT sop_class_uid FROM instances WHERE series_id = ? AND sop_class_uid != ''",
+            (series_id,))]
+        return functools.partial(scu.get, remote, level, keys, calling_ae=self.settings.ae_title,
+                                 timeout=remote.timeout, sop_classes=sop_classes, on_instance=self._receiver(remote))
 
     def _receiver(self, remote: RemoteNode) -> Callable[[bytes], None]:
         """The C-GET callback (association thread): parse, write durably, index on the loop."""
