@@ -257,3 +257,24 @@ def test_remote_echo_reports_a_pacs_that_is_down(pacs: Orthanc, tmp_path: Path) 
     pacs.stop()
     result = run_cli("remote", "echo", "pacs", "--config", config, check=False)
     assert result.returncode == 1 and "pacs" in result.stderr
+
+
+def test_our_node_answers_only_for_what_is_local(
+    daemon: Daemon, pacs: Orthanc, remote_series: list[Path], tmp_path: Path
+) -> None:
+    from conftest import dcmtk
+
+    pacs.start()
+    pacs.upload(remote_series)
+    daemon.start("--config", str(write_config(tmp_path, pacs)))
+    folder = series_dir(daemon.mount, 3)
+
+    def studies_found() -> str:
+        result = dcmtk("findscu", "-S", "-aec", "DICOMFS", "-k", "QueryRetrieveLevel=STUDY", "-k", "PatientID=REM1",
+                       "-k", "StudyInstanceUID", "127.0.0.1", daemon.port)
+        assert result.returncode == 0, result.stderr
+        return result.stderr
+
+    assert "(Pending)" not in studies_found()  # listed from the PACS only: not offered by us
+    pydicom.dcmread(folder / "001.dcm")
+    assert "Find Response: 1 (Pending)" in studies_found()  # part of it is local now

@@ -113,6 +113,20 @@ _FROM = {
 }
 _ENTITY_ID = {Level.PATIENT: "p.id", Level.STUDY: "st.id", Level.SERIES: "se.id", Level.IMAGE: "i.id"}
 
+# Studies listed from a remote PACS of which nothing is local: not ours to offer.
+_REMOTE_ONLY_STUDIES = (
+    "SELECT r.study_id FROM remote_studies r WHERE NOT EXISTS (SELECT 1 FROM series s2 "
+    "JOIN instances i2 ON i2.series_id = s2.id WHERE s2.study_id = r.study_id AND i2.file_path != '')"
+)
+_HELD_LOCALLY = {
+    Level.PATIENT: f"EXISTS (SELECT 1 FROM studies s3 WHERE s3.patient_id = p.id AND s3.id NOT IN "
+                   f"({_REMOTE_ONLY_STUDIES}))",
+    Level.STUDY: f"st.id NOT IN ({_REMOTE_ONLY_STUDIES})",
+    Level.SERIES: "(NOT EXISTS (SELECT 1 FROM remote_series r WHERE r.series_id = se.id) OR EXISTS ("
+                  "SELECT 1 FROM instances i2 WHERE i2.series_id = se.id AND i2.file_path != ''))",
+    Level.IMAGE: "i.file_path != ''",
+}
+
 
 @dataclass(slots=True)
 class Query:
@@ -134,7 +148,7 @@ def build(level: Level, identifier: dict[str, Any], *, patient_root: bool, fold_
     for upper in _ORDER[_ORDER.index(top):_ORDER.index(level)]:
         if not _text(identifier.get(_UNIQUE[upper])):
             raise QueryError(f"hierarchical query at {level.value} level needs {_UNIQUE[upper]}")
-    conditions: list[str] = []
+    conditions: list[str] = [_HELD_LOCALLY[level]]  # what a remote PACS holds is not answered for
     args: list[Any] = []
     returned: list[str] = []
     for keyword, value in identifier.items():

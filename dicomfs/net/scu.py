@@ -18,6 +18,7 @@ pynetdicom requestor, see ``get`` for what changed):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
 import socket
@@ -332,9 +333,12 @@ class _Socket(AssociationSocket):
     def __init__(self, assoc: Association, address: AddressInformation, timeout: float) -> None:
         self.timeout = timeout
         self.tcp: _TcpSocket
-        self.peer_aborted = False
-        self.peer_closed = False
+        self.last_received = 0.0  # time.monotonic() of the last complete read
+        self.peer_aborted = False  # an A-ABORT came
+        self.peer_closed = False  # the connection closed before we had waited `timeout` for it
         self._waker, self._wakee = socket.socketpair()
+        self._waker.setblocking(False)
+        self._wakee.setblocking(False)
         self._wake_lock = threading.Lock()
         super().__init__(assoc, address=address)
         assoc.dul._run_loop_delay = 0  # the waiting is done in ready()
@@ -352,6 +356,7 @@ class _Socket(AssociationSocket):
         super().connect(primitive)
         if self._is_connected and self.socket is not None:
             self.socket.settimeout(self.timeout)  # pynetdicom clears it: a stalled peer must not block a read
+            self.last_received = time.monotonic()
         else:
             self._close_wake()
 
@@ -381,9 +386,12 @@ class _Socket(AssociationSocket):
                 if not count:
                     break
                 done += count
+        now = time.monotonic()
         if done < nr_bytes:
-            self.peer_closed = True
+            # after our own give-up (we abort after `timeout` of silence), the close is no news
+            self.peer_closed |= now - self.last_received < self.timeout
             return buffer[:done]
+        self.last_received = now
         if nr_bytes == 6 and buffer[0] == _A_ABORT:  # pynetdicom reads each PDU's type and length first
             self.peer_aborted = True
         return buffer
@@ -391,12 +399,8 @@ class _Socket(AssociationSocket):
     def wake(self) -> None:
         with self._wake_lock:
             if self._waker is not None:
-                try:
+                with contextlib.suppress(OSError):  # BlockingIOError: full of wake-ups already
                     self._waker.send(b"\0")
-                except BlockingIOError:
-                    pass  # full of unread wake-ups: it is awake
-                except OSError:
-                    pass
 
     def close(self) -> None:
         super().close()
