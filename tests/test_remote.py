@@ -58,10 +58,10 @@ def remote_series(tmp_path: Path) -> list[Path]:
 
 
 def write_config(tmp_path: Path, pacs: Orthanc, *, retrieve: str = "get", timeout: float = 10,
-                 extra: str = "") -> Path:
+                 refresh_minutes: float = 0, extra: str = "") -> Path:
     config = tmp_path / "dicomfs.toml"
     config.write_text(
-        f'[dicom]\nrefresh_minutes = 0\n{extra}\n'
+        f'[dicom]\nrefresh_minutes = {refresh_minutes}\n{extra}\n'
         f'[[dicom.remotes]]\nname = "pacs"\nae_title = "{pacs.aet}"\nhost = "127.0.0.1"\n'
         f'port = {pacs.dicom_port}\nretrieve = "{retrieve}"\ntimeout = {timeout}\n'
         f'listing = ["PatientID=REM1 StudyDate=20240101-"]\n'
@@ -278,3 +278,31 @@ def test_our_node_answers_only_for_what_is_local(
     assert "(Pending)" not in studies_found()  # listed from the PACS only: not offered by us
     pydicom.dcmread(folder / "001.dcm")
     assert "Find Response: 1 (Pending)" in studies_found()  # part of it is local now
+
+
+def test_saved_queries_are_refreshed_on_schedule_and_on_demand(
+    daemon: Daemon, pacs: Orthanc, remote_series: list[Path], tmp_path: Path
+) -> None:
+    pacs.start()
+    pacs.upload(remote_series[:6])
+    config = write_config(tmp_path, pacs, refresh_minutes=0.02)  # every 1.2 s
+    daemon.start("--config", str(config))
+    patient = daemon.mount / "patients" / PATIENT
+    wait_for(lambda: patient.exists() and len([p for p in patient.iterdir() if p.is_dir()]) == 1, 10.0,
+             "the first remote study")
+    later = dicomgen.series(tmp_path / "later", 2, rows=8, columns=8, PatientID="REM1",
+                            PatientName="Röntgen^Wilhelm", StudyDate="20240301", StudyDescription="Follow-up")
+    pacs.upload(later)  # a new study on the PACS: the schedule finds it
+    wait_for(lambda: len([p for p in patient.iterdir() if p.is_dir()]) == 2, 15.0, "the new study")
+    other = dicomgen.series(tmp_path / "other", 1, rows=8, columns=8, PatientID="REM1",
+                            PatientName="Röntgen^Wilhelm", StudyDate="20240401", StudyDescription="Third")
+    pacs.upload(other)
+    refreshed = run_cli("remote", "refresh", "pacs", "--data-dir", daemon.data_dir, "--config", config)
+    assert "1 new studies" in refreshed.stdout or "0 new studies" in refreshed.stdout  # the schedule may be first
+    wait_for(lambda: len([p for p in patient.iterdir() if p.is_dir()]) == 3, 10.0, "the third study")
+    old = dicomgen.series(tmp_path / "old", 1, rows=8, columns=8, PatientID="REM1", StudyDate="20231231")
+    pacs.upload(old)  # outside the saved query's date range: never listed
+    run_cli("remote", "refresh", "pacs", "--data-dir", daemon.data_dir, "--config", config)
+    time.sleep(1.0)  # past the mount's poll interval and one scheduled refresh: still three
+    assert len([p for p in patient.iterdir() if p.is_dir()]) == 3
+    assert all("2023" not in p.name for p in patient.iterdir())

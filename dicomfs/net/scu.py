@@ -358,6 +358,7 @@ class _Socket(AssociationSocket):
             self.socket.settimeout(self.timeout)  # pynetdicom clears it: a stalled peer must not block a read
             self.last_received = time.monotonic()
         else:
+            self.tcp.close()  # pynetdicom's shutdown() of an unconnected socket raises before its close()
             self._close_wake()
 
     @property

@@ -91,7 +91,8 @@ class Fetcher:
                 studies = await trio.to_thread.run_sync(
                     listing.find_studies, remote, match, self.settings.ae_title, abandon_on_cancel=True)
             except (listing.FilterError, scu.RemoteError) as exc:
-                log.error("remote %s: saved query %r failed: %s", remote.name, saved, exc)
+                # Background work that runs again at the next refresh: a warning, not an error.
+                log.warning("remote %s: saved query %r failed: %s", remote.name, saved, exc)
                 continue
             new += self.indexer.add_remote_studies(remote.name, studies)
         log.info("remote %s: saved queries refreshed, %d new studies", remote.name, new)
