@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.common import free_port, start_orthanc, wait_port
+from bench.common import free_port, start_orthanc, stop_process, wait_port
 from bench.synth import generate
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -51,12 +50,7 @@ def run_receiver(start: Callable[[Path, int], subprocess.Popen[bytes]], scratch:
         wait_port(port)
         return send(files, port, aet, associations)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def dicomfs(work: Path, port: int) -> subprocess.Popen[bytes]:

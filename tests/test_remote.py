@@ -77,12 +77,20 @@ def series_dir(mount: Path, number: int) -> Path:
     return folder
 
 
+def serve_remote(daemon: Daemon, pacs: Orthanc, files: list[Path], tmp_path: Path, *extra: str,
+                 **config: object) -> Path:
+    """Orthanc holding ``files``, and a daemon whose saved query lists them; returns the config file."""
+    pacs.start()
+    pacs.upload(files)
+    path = write_config(tmp_path, pacs, **config)  # type: ignore[arg-type]
+    daemon.start("--config", str(path), *extra)
+    return path
+
+
 def test_remote_study_listed_then_fetched_on_open_by_cget(
     daemon: Daemon, pacs: Orthanc, remote_series: list[Path], tmp_path: Path
 ) -> None:
-    pacs.start()
-    pacs.upload(remote_series)
-    daemon.start("--config", str(write_config(tmp_path, pacs)))
+    serve_remote(daemon, pacs, remote_series, tmp_path)
     folder = series_dir(daemon.mount, 3)
     names = sorted(p.name for p in folder.iterdir())
     assert [n for n in names if n.endswith(".dcm")] == [f"{n:03d}.dcm" for n in range(1, 7)]
@@ -117,9 +125,7 @@ def test_remote_study_listed_then_fetched_on_open_by_cget(
 def test_dcm2niix_converts_a_series_that_is_not_local(
     daemon: Daemon, pacs: Orthanc, remote_series: list[Path], tmp_path: Path
 ) -> None:
-    pacs.start()
-    pacs.upload(remote_series)
-    daemon.start("--config", str(write_config(tmp_path, pacs)))
+    serve_remote(daemon, pacs, remote_series, tmp_path)
     folder = series_dir(daemon.mount, 3)
     out = tmp_path / "nifti"
     out.mkdir()
@@ -133,9 +139,7 @@ def test_dcm2niix_converts_a_series_that_is_not_local(
 def test_concurrent_opens_share_one_retrieve(
     daemon: Daemon, pacs: Orthanc, remote_series: list[Path], tmp_path: Path
 ) -> None:
-    pacs.start()
-    pacs.upload(remote_series)
-    daemon.start("--config", str(write_config(tmp_path, pacs)))
+    serve_remote(daemon, pacs, remote_series, tmp_path)
     folder = series_dir(daemon.mount, 3)
     files = sorted(folder.glob("*.dcm")) * 3  # 18 opens from 18 threads
     with concurrent.futures.ThreadPoolExecutor(len(files)) as pool:
@@ -149,9 +153,7 @@ def test_fetch_by_cmove_to_our_own_node(
 ) -> None:
     port = free_port()
     pacs.modalities = {"dicomfs": ("DICOMFS", "127.0.0.1", port)}
-    pacs.start()
-    pacs.upload(remote_series)
-    daemon.start("--config", str(write_config(tmp_path, pacs, retrieve="move")), "--port", str(port))
+    serve_remote(daemon, pacs, remote_series, tmp_path, "--port", str(port), retrieve="move")
     daemon.port = port
     folder = series_dir(daemon.mount, 4)
     by_number = {pydicom.dcmread(p).InstanceNumber: p for p in remote_series[6:]}
@@ -163,10 +165,8 @@ def test_fetch_by_cmove_to_our_own_node(
 def test_pacs_down_gives_eio_within_the_timeout_and_the_next_open_retries(
     daemon: Daemon, pacs: Orthanc, remote_series: list[Path], tmp_path: Path
 ) -> None:
-    pacs.start()
-    pacs.upload(remote_series)
     daemon.expected_errors = ["remote pacs", "open failed"]
-    daemon.start("--config", str(write_config(tmp_path, pacs, timeout=3)))
+    serve_remote(daemon, pacs, remote_series, tmp_path, timeout=3)
     folder = series_dir(daemon.mount, 3)
     assert len(list(folder.glob("*.dcm"))) == 6  # listed while the PACS was up
     readable = daemon.mount / "patients"  # the rest of the mount stays usable meanwhile
@@ -186,10 +186,8 @@ def test_pacs_down_gives_eio_within_the_timeout_and_the_next_open_retries(
 def test_least_recently_used_fetched_series_is_evicted(
     daemon: Daemon, pacs: Orthanc, remote_series: list[Path], tmp_path: Path
 ) -> None:
-    pacs.start()
-    pacs.upload(remote_series)
     # 0.02 MB: holds either series (~16 and ~8 KB), not both.
-    daemon.start("--config", str(write_config(tmp_path, pacs, extra="cache_mb = 0.02")))
+    serve_remote(daemon, pacs, remote_series, tmp_path, extra="cache_mb = 0.02")
     first, second = series_dir(daemon.mount, 3), series_dir(daemon.mount, 4)
 
     def local(folder: Path) -> int:
@@ -264,9 +262,7 @@ def test_our_node_answers_only_for_what_is_local(
 ) -> None:
     from conftest import dcmtk
 
-    pacs.start()
-    pacs.upload(remote_series)
-    daemon.start("--config", str(write_config(tmp_path, pacs)))
+    serve_remote(daemon, pacs, remote_series, tmp_path)
     folder = series_dir(daemon.mount, 3)
 
     def studies_found() -> str:
@@ -283,10 +279,7 @@ def test_our_node_answers_only_for_what_is_local(
 def test_saved_queries_are_refreshed_on_schedule_and_on_demand(
     daemon: Daemon, pacs: Orthanc, remote_series: list[Path], tmp_path: Path
 ) -> None:
-    pacs.start()
-    pacs.upload(remote_series[:6])
-    config = write_config(tmp_path, pacs, refresh_minutes=0.02)  # every 1.2 s
-    daemon.start("--config", str(config))
+    config = serve_remote(daemon, pacs, remote_series[:6], tmp_path, refresh_minutes=0.02)  # every 1.2 s
     patient = daemon.mount / "patients" / PATIENT
     wait_for(lambda: patient.exists() and len([p for p in patient.iterdir() if p.is_dir()]) == 1, 10.0,
              "the first remote study")
