@@ -150,7 +150,9 @@ class Operations(pyfuse3.Operations):
             if not row["file_path"]:  # listed from a remote PACS: fetch it now
                 await self._make_local(inode)
                 kind, row = self.tree.instance_row(inode)
-            elif self.remote is not None and row["sop_uid"] in self.remote.filled:
+            elif row["fetched"] and self.remote is not None:
+                self.remote.touch(row["series_id"])  # cache eviction goes by last use
+            if self.remote is not None and row["sop_uid"] in self.remote.filled:
                 # Fetched with another file of its series: the kernel may still hold size 0.
                 self.remote.filled.discard(row["sop_uid"])
                 await self._refresh_sizes(split_inode(inode)[1])

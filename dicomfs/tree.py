@@ -187,13 +187,13 @@ class Tree:
         try:
             row = self.db.get_row(
                 "SELECT file_path, file_size, json_size, json_version, rows, columns, photometric, "
-                "has_image, sop_uid FROM instances WHERE id = ?",
+                "has_image, sop_uid, fetched, series_id FROM instances WHERE id = ?",
                 (row_id,),
             )
         except NoSuchRowError:
             raise NotFoundError(inode) from None
         keys = ("file_path", "file_size", "json_size", "json_version", "rows", "columns", "photometric",
-                "has_image", "sop_uid")
+                "has_image", "sop_uid", "fetched", "series_id")
         return kind, dict(zip(keys, row, strict=True))
 
     def summary(self, inode: int) -> bytes:

@@ -60,6 +60,7 @@ class Fetcher:
         self._arrivals: dict[str, trio.Event] = {}  # SOP Instance UID → set when it is indexed
         # Fetched since the mount listed them with size 0: the next open refreshes the kernel's size.
         self.filled: set[str] = set()
+        self._used: dict[int, float] = {}  # series id → last open of one of its fetched files
         self._listing_locks: dict[tuple[str, int], trio.Lock] = {}
         self._nursery: trio.Nursery | None = None
         self._token: trio.lowlevel.TrioToken | None = None
@@ -270,6 +271,10 @@ class Fetcher:
 
     # ------------------------------------------------------------------ cache and status
 
+    def touch(self, series_id: int) -> None:
+        """A fetched file of this series was opened (kept in memory: opens must stay cheap)."""
+        self._used[series_id] = time.time()
+
     async def enforce_cache(self, keep: int | None = None) -> None:
         """Evict least recently used fetched series until fetched data fits ``cache_mb``.
 
@@ -281,10 +286,10 @@ class Fetcher:
         if used <= limit:
             return
         candidates = self.db.query(
-            "SELECT i.series_id, sum(i.file_size) FROM instances i "
-            "LEFT JOIN remote_series r ON r.series_id = i.series_id WHERE i.fetched = 1 "
-            "GROUP BY i.series_id ORDER BY coalesce(r.last_used, 0), i.series_id")
-        for series_id, size in candidates:
+            "SELECT i.series_id, sum(i.file_size), coalesce(r.last_used, 0) FROM instances i "
+            "LEFT JOIN remote_series r ON r.series_id = i.series_id WHERE i.fetched = 1 GROUP BY i.series_id")
+        candidates.sort(key=lambda c: (max(c[2], self._used.get(c[0], 0.0)), c[0]))  # least recently used first
+        for series_id, size, _ in candidates:
             if used <= limit:
                 break
             if series_id in self.retrievals or series_id == keep:
