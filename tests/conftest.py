@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from orthanc import Orthanc
 
 DICOMFS = [sys.executable, "-m", "dicomfs"]
 MOUNT_TIMEOUT = 20.0
@@ -164,3 +165,17 @@ def copy_testdata(names: list[str], dest: Path) -> list[Path]:
         src = Path(get_testdata_file(name))
         out.append(Path(shutil.copy(src, dest / src.name)))
     return out
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
+    """An Orthanc PACS, not yet started: set ``modalities`` or ``options`` if needed, then ``start()``.
+
+    Stopped at teardown, where it must exit cleanly.
+    """
+    server = Orthanc(tmp_path / "orthanc")
+    try:
+        yield server
+    finally:
+        status = server.stop()
+    assert status in (None, 0), f"Orthanc exited {status}:\n{server.log()}"
