@@ -139,7 +139,7 @@ def _dicomfs_run(work: Path, orthanc_port: int, node_port: int, uids: dict[str, 
         f'[dicom]\nport = {node_port}\nbind = "127.0.0.1"\nrefresh_minutes = 0\n'
         f'[[dicom.remotes]]\nname = "pacs"\nae_title = "ORTHANC"\nhost = "127.0.0.1"\nport = {orthanc_port}\n'
         f'retrieve = "{args.retrieve}"\ntimeout = 120\nlisting = ["StudyInstanceUID={uids["study"]}"]\n')
-    with common.mount(work / "data", work / "mnt", extra=["--config", str(config)]) as daemon:
+    with common.mount(work / "data", work / "mnt", log_level="INFO", extra=["--config", str(config)]) as daemon:
         patients = daemon.mount_point / "patients"
         deadline = time.monotonic() + 30
         while not any(patients.iterdir()):
@@ -154,6 +154,9 @@ def _dicomfs_run(work: Path, orthanc_port: int, node_port: int, uids: dict[str, 
             raise RuntimeError(f"{len(files)} instances listed, expected {count}")
         with common.Profiler(args.profile, daemon, f"fetch-{work.name}"):
             first_byte, whole, size = read_through_mount(files)
+        for line in daemon.log_path.read_text().splitlines():
+            if "retrieved:" in line:  # the retrieve alone, as the daemon timed it
+                info(f"{work.name}: daemon: {line.split('remote pacs: ')[-1]}")
     info(f"{work.name}: first byte {first_byte * 1e3:.0f} ms, whole series {whole:.2f} s, "
          f"listing {listing * 1e3:.0f} ms")
     return first_byte, whole, listing, size

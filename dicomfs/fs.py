@@ -180,8 +180,8 @@ class Operations(pyfuse3.Operations):
     @staticmethod
     async def _refresh_sizes(instance_id: int) -> None:
         """Drop the kernel's attributes of an instance's files: it re-asks, and reads see the new size."""
-        for kind in (Kind.DCM, Kind.JSON, Kind.JPG):
-            await trio.to_thread.run_sync(_invalidate_attributes, inode_of(kind, instance_id))
+        inodes = [inode_of(kind, instance_id) for kind in (Kind.DCM, Kind.JSON, Kind.JPG)]
+        await trio.to_thread.run_sync(_invalidate_attributes, inodes)
 
     async def _render(self, kind: Kind, path: Path, row: dict[str, Any]) -> bytes:
         log.debug("rendering %s view of %s", _VIEW_SUFFIX[kind], row["sop_uid"])
@@ -239,6 +239,7 @@ class Operations(pyfuse3.Operations):
     setxattr = removexattr = fallocate = _read_only  # type: ignore[assignment]
 
 
-def _invalidate_attributes(inode: int) -> None:
-    with contextlib.suppress(OSError):  # an inode the kernel does not hold: nothing to refresh
-        pyfuse3.invalidate_inode(inode, attr_only=True)
+def _invalidate_attributes(inodes: list[int]) -> None:
+    for inode in inodes:
+        with contextlib.suppress(OSError):  # an inode the kernel does not hold: nothing to refresh
+            pyfuse3.invalidate_inode(inode, attr_only=True)

@@ -20,8 +20,8 @@ from dicomfs import config
 from dicomfs.archive import Archive
 from dicomfs.config import RemoteNode, Settings
 from dicomfs.net import scu
-from dicomfs.parse import parse_instance
 from dicomfs.remote import listing
+from dicomfs.remote.pipeline import StorePipeline, with_store_failures
 
 
 class CommandError(RuntimeError):
@@ -155,22 +155,23 @@ def pull(archive: Archive, remote: RemoteNode, study_uid: str, series_uid: str |
     archive.indexer.add_remote_studies(remote.name, studies)
     found = scu.find(remote, "IMAGE", {**keys, "SOPClassUID": "", "SOPInstanceUID": ""},
                      calling_ae=calling_ae, timeout=remote.timeout)
+    if not found:
+        raise CommandError(f"remote {remote.name} lists no instances for {series_uid or study_uid}")
     bar = tqdm(total=len(found), unit="instance", disable=not (sys.stderr.isatty() if progress is None else progress))
-
-    def receive(data: bytes) -> None:
-        parsed = parse_instance(data, source=f"remote {remote.name}", received=True)
-        temp = archive.store.write_temp(parsed.data)
-        archive.indexer.add_batch([(parsed, temp)])
-        bar.update()
-
     try:
         if remote.retrieve == "move":  # the daemon's node receives them
             result = scu.move(remote, level, keys, destination_ae=calling_ae, calling_ae=calling_ae,
                               timeout=remote.timeout)
         else:
             sop_classes = sorted({str(ds.get("SOPClassUID", "")) for ds in found} - {""})
-            result = scu.get(remote, level, keys, calling_ae=calling_ae, timeout=remote.timeout,
-                             sop_classes=sop_classes, on_instance=receive)
+            pipeline = StorePipeline(archive.store, archive.indexer.add_batch, source=f"remote {remote.name}",
+                                     on_stored=bar.update)
+            try:
+                result = scu.get(remote, level, keys, calling_ae=calling_ae, timeout=remote.timeout,
+                                 sop_classes=sop_classes, on_instance=pipeline.put)
+            finally:
+                pipeline.close()
+            result = with_store_failures(result, pipeline.failed)
     finally:
         bar.close()
     archive.indexer.keep_study(study_uid)

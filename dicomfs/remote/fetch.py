@@ -25,8 +25,9 @@ from dicomfs.config import DicomSettings, RemoteNode
 from dicomfs.index.db import Database, NoSuchRowError
 from dicomfs.ingest import Indexer, Ingested
 from dicomfs.net import scu
-from dicomfs.parse import ParsedInstance, parse_instance
+from dicomfs.parse import ParsedInstance
 from dicomfs.remote import listing
+from dicomfs.remote.pipeline import StorePipeline, with_store_failures
 from dicomfs.store import Store
 
 log = logging.getLogger(__name__)
@@ -239,29 +240,27 @@ class Fetcher:
 
     def _retrieve_call(self, remote: RemoteNode, series_id: int, level: str, keys: dict[str, str],
                        ) -> Callable[[], scu.RetrieveResult]:
-        if remote.retrieve == "move":
+        if remote.retrieve == "move":  # the instances arrive through our own C-STORE service
             return functools.partial(scu.move, remote, level, keys, destination_ae=self.settings.ae_title,
                                      calling_ae=self.settings.ae_title, timeout=remote.timeout)
         sop_classes = [r[0] for r in self.db.query(
             "SELECT DISTINCT sop_class_uid FROM instances WHERE series_id = ? AND sop_class_uid != ''",
             (series_id,))]
-        return functools.partial(scu.get, remote, level, keys, calling_ae=self.settings.ae_title,
-                                 timeout=remote.timeout, sop_classes=sop_classes, on_instance=self._receiver(remote))
-
-    def _receiver(self, remote: RemoteNode) -> Callable[[bytes], None]:
-        """The C-GET callback (association thread): parse, write durably, index on the loop."""
         token = self._token
 
-        def receive(data: bytes) -> None:
-            parsed = parse_instance(data, source=f"remote {remote.name}", received=True)
-            temp = self.store.write_temp(parsed.data)
-            try:
-                trio.from_thread.run_sync(self.index, [(parsed, temp)], trio_token=token)
-            except BaseException:
-                self.store.discard(temp)
-                raise
+        def submit(batch: list[tuple[ParsedInstance, Path]]) -> list[Ingested]:
+            return trio.from_thread.run_sync(self.index, batch, trio_token=token)
 
-        return receive
+        def run() -> scu.RetrieveResult:
+            pipeline = StorePipeline(self.store, submit, source=f"remote {remote.name}")
+            try:
+                result = scu.get(remote, level, keys, calling_ae=self.settings.ae_title, timeout=remote.timeout,
+                                 sop_classes=sop_classes, on_instance=pipeline.put)
+            finally:
+                pipeline.close()
+            return with_store_failures(result, pipeline.failed)
+
+        return run
 
     def index(self, batch: list[tuple[ParsedInstance, Path]]) -> list[Ingested]:
         """Index a batch and wake the opens waiting for it (the node's C-STORE uses this too)."""
