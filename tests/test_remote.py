@@ -102,11 +102,13 @@ def test_remote_study_listed_then_fetched_on_open_by_cget(
 
     # Each reader gets the complete bytes on the first try.
     by_number = {pydicom.dcmread(p).InstanceNumber: p for p in remote_series[:6]}
-    copy = tmp_path / "cat.dcm"
-    with open(copy, "wb") as out:
-        subprocess.run(["cat", str(folder / "003.dcm")], stdout=out, check=True, timeout=60)
+    copy = tmp_path / "cp.dcm"  # the first reader: cp of a file that is not local yet
+    subprocess.run(["cp", str(folder / "003.dcm"), str(copy)], check=True, timeout=60)
     assert dataset_bytes(copy) == dataset_bytes(by_number[3])
     assert os.stat(folder / "003.dcm").st_size == copy.stat().st_size
+    with open(tmp_path / "cat.dcm", "wb") as out:  # fetched with its series; listed with size 0 before
+        subprocess.run(["cat", str(folder / "001.dcm")], stdout=out, check=True, timeout=60)
+    assert dataset_bytes(tmp_path / "cat.dcm") == dataset_bytes(by_number[1])
     with open(folder / "004.dcm", "rb") as f:  # Python's read(): sizes its buffer from fstat
         assert dataset_bytes_of(f.read()) == dataset_bytes(by_number[4])
     ds = pydicom.dcmread(folder / "005.dcm")
