@@ -178,10 +178,58 @@ CREATE TABLE remote_series (
 );
 """
 
+# Research organisation: projects group patients, studies and series; tags are KEY=VALUE on
+# any level; derived data (files made from a study or series) keeps a link to its origin.
+# Entities are named by (level, entity_id); `origin_uid` keeps the origin findable when its
+# rows are gone.
+SCHEMA_V3 = """
+CREATE TABLE projects (
+    id                  INTEGER PRIMARY KEY AUTOINCREMENT,
+    name                TEXT NOT NULL UNIQUE,
+    description         TEXT NOT NULL DEFAULT '',
+    created_at          REAL NOT NULL
+);
+CREATE TABLE project_members (
+    project_id          INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+    level               TEXT NOT NULL CHECK (level IN ('patient', 'study', 'series')),
+    entity_id           INTEGER NOT NULL,
+    added_at            REAL NOT NULL,
+    PRIMARY KEY (project_id, level, entity_id)
+);
+CREATE INDEX project_members_entity ON project_members(level, entity_id);
+
+CREATE TABLE tags (
+    level               TEXT NOT NULL CHECK (level IN ('patient', 'study', 'series', 'instance')),
+    entity_id           INTEGER NOT NULL,
+    key                 TEXT NOT NULL,
+    value               TEXT NOT NULL,
+    set_at              REAL NOT NULL,
+    PRIMARY KEY (level, entity_id, key)
+);
+CREATE INDEX tags_key ON tags(key, value);
+
+CREATE TABLE derived (
+    id                  INTEGER PRIMARY KEY AUTOINCREMENT,
+    level               TEXT NOT NULL CHECK (level IN ('study', 'series')),
+    entity_id           INTEGER NOT NULL,      -- the origin's row id at that level
+    origin_uid          TEXT NOT NULL,         -- Study/Series Instance UID of the origin
+    name                TEXT NOT NULL,         -- file name in the origin's derived/ folder
+    kind                TEXT NOT NULL DEFAULT 'other',  -- voi, stats, fit, map, dicom, other
+    file_path           TEXT NOT NULL,         -- relative to <data>/derived; '' for DICOM objects in the store
+    sop_uid             TEXT,                  -- a derived DICOM object (SEG, RTSTRUCT, SR, ...) in instances
+    size                INTEGER NOT NULL,
+    created_at          REAL NOT NULL,
+    updated_at          REAL NOT NULL,
+    UNIQUE (level, entity_id, name)
+);
+CREATE INDEX derived_origin ON derived(level, entity_id);
+"""
+
 # Each entry upgrades the schema from version i to i + 1.
 MIGRATIONS: list[Callable[[Database], None]] = [
     lambda db: db.conn.execute(SCHEMA_V1),
     lambda db: db.conn.execute(SCHEMA_V2),
+    lambda db: db.conn.execute(SCHEMA_V3),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
