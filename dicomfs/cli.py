@@ -59,10 +59,39 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--no-dicom", action="store_true", help="do not run the DICOM node")
 
     _remote_parser(sub, common)
+    _organise_parser(sub, common)
     sub.add_parser("status", parents=[common], help="what the archive holds, cache use, retrieves in flight",
                    description="Counts from the index, the cache of fetched remote data, and the retrieves a "
                                "running daemon has in flight.")
     return parser
+
+
+_SELECTOR_HELP = ("a UID (Study or Series Instance UID; Patient ID at patient level) or a query, "
+                  "e.g. 'Modality=PT and StudyDate>=20240101' (see docs/research.md)")
+
+
+def _organise_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    proj = sub.add_parser("project", parents=[common], help="projects: create, add, remove, list, delete")
+    actions = proj.add_subparsers(dest="action", metavar="ACTION", required=True)
+    create = actions.add_parser("create", parents=[common], help="create a project")
+    create.add_argument("name")
+    create.add_argument("--description", default="")
+    delete = actions.add_parser("delete", parents=[common], help="delete a project (its images stay)")
+    delete.add_argument("name")
+    actions.add_parser("list", parents=[common], help="projects and how many members each has")
+    for action, verb in (("add", "assign"), ("remove", "unassign")):
+        member = actions.add_parser(action, parents=[common], help=f"{verb} patients, studies or series")
+        member.add_argument("name")
+        member.add_argument("selectors", nargs="+", metavar="SELECTOR", help=_SELECTOR_HELP)
+        member.add_argument("--level", choices=["patient", "study", "series"], default="study")
+    tag = sub.add_parser("tag", parents=[common], help="tags (KEY=VALUE) on patients, studies, series, instances")
+    tag_actions = tag.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for action, what in (("set", "KEY=VALUE"), ("unset", "KEY"), ("list", None)):
+        cmd = tag_actions.add_parser(action, parents=[common], help=f"{action} tags")
+        cmd.add_argument("selector", metavar="SELECTOR", help=_SELECTOR_HELP)
+        if what:
+            cmd.add_argument("tag", metavar=what)
+        cmd.add_argument("--level", choices=["patient", "study", "series", "instance"], default="study")
 
 
 def _remote_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -121,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             return _remote(settings, args)
         if args.command == "status":
             return _status(settings)
+        if args.command in ("project", "tag"):
+            return _organise(settings, args)
         return _serve(settings, args)
     except KeyboardInterrupt:
         return 130
@@ -233,6 +264,54 @@ def _remote(settings: config.Settings, args: argparse.Namespace) -> int:
     except scu.RemoteError as exc:
         print(f"dicomfs: {exc}", file=sys.stderr)
         return 1
+
+
+def _organise(settings: config.Settings, args: argparse.Namespace) -> int:
+    from dicomfs.archive import open_archive
+    from dicomfs.index import organise as org
+
+    archive = open_archive(settings.data_dir)
+    db = archive.db
+    try:
+        if args.command == "project":
+            if args.action == "create":
+                org.create_project(db, args.name, args.description)
+                print(f"created project {args.name}")
+            elif args.action == "delete":
+                org.delete_project(db, args.name)
+                print(f"deleted project {args.name} (no images were removed)")
+            elif args.action == "list":
+                for project in org.list_projects(db):
+                    members = ", ".join(f"{n} {level}" for level, n in sorted(project.members.items())) or "empty"
+                    print(f"{project.name}\t{members}\t{project.description}".rstrip())
+            else:
+                ids = org.select(db, args.level, args.selectors)
+                if args.action == "add":
+                    n = org.add_members(db, args.name, args.level, ids)
+                    print(f"{args.name}: {n} {args.level} added ({len(ids) - n} were members already)")
+                else:
+                    n = org.remove_members(db, args.name, args.level, ids)
+                    print(f"{args.name}: {n} {args.level} removed")
+            return 0
+        ids = org.select(db, args.level, [args.selector])
+        if args.action == "set":
+            key, value = org.parse_tag(args.tag)
+            org.set_tag(db, args.level, ids, key, value)
+            print(f"{key}={value} set on {len(ids)} {args.level}")
+        elif args.action == "unset":
+            key, _ = org.parse_tag(args.tag, with_value=False)
+            print(f"{key} removed from {org.unset_tag(db, args.level, ids, key)} {args.level}")
+        else:
+            for entity_id in ids:
+                tags = org.tags_of(db, args.level, entity_id)
+                pairs = " ".join(f"{k}={v}" for k, v in tags.items()) or "-"
+                print(f"{org.uid_of(db, args.level, entity_id)}\t{pairs}")
+        return 0
+    except (org.OrganiseError, ValueError) as exc:
+        print(f"dicomfs: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        archive.close()
 
 
 def _status(settings: config.Settings) -> int:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
-from dicomfs.tree import SERIES_KINDS, STUDY_KINDS, SUMMARY_KINDS, Kind, NotFoundError, Tree, inode_of, split_inode
+from dicomfs.tree import SUMMARY_KINDS, Kind, NotFoundError, Tree, inode_of, split_inode
 from dicomfs.views import RenderError, render_view
 
 if TYPE_CHECKING:
@@ -108,10 +108,13 @@ class Operations(pyfuse3.Operations):
         """Before a remote study's or series' folder is first listed, ask the remote what is in it."""
         if self.remote is None or self.tree.is_cached(inode):
             return
-        kind, row_id = split_inode(inode)
-        if kind in STUDY_KINDS:
+        folder = self.tree.level_folder(inode)
+        if folder is None:
+            return
+        level, row_id = folder
+        if level == "study":
             await self.remote.prepare_study(row_id)
-        elif kind in SERIES_KINDS:
+        else:
             await self.remote.prepare_series(row_id)
 
     @_fuse_errors

@@ -25,7 +25,7 @@ from typing import Any
 
 import pyfuse3
 
-from dicomfs.index import naming
+from dicomfs.index import naming, organise
 from dicomfs.index.db import Database, NoSuchRowError
 from dicomfs.views.jpeg import is_color, jpeg_size
 from dicomfs.views.summary import summary_json
@@ -53,17 +53,22 @@ class Kind(enum.IntEnum):
     PATIENT_JSON = 14  # id is the patient, study or series row id
     STUDY_JSON = 15
     SERIES_JSON = 16
+    PROJECT = 17  # /projects/<name>: id is the project row id
+    J_PATIENT = 18  # /projects/<name>/<patient>/...: id packs (project id, row id), see pack_ids
+    J_STUDY = 19
+    J_SERIES = 20
 
 
-TOP_PATIENTS, TOP_STUDIES, TOP_DATES = 1, 2, 3
-_TOP_NAMES = {TOP_PATIENTS: "patients", TOP_STUDIES: "studies", TOP_DATES: "dates"}
+TOP_PATIENTS, TOP_STUDIES, TOP_DATES, TOP_PROJECTS = 1, 2, 3, 4
+_TOP_NAMES = {TOP_PATIENTS: "patients", TOP_STUDIES: "studies", TOP_DATES: "dates", TOP_PROJECTS: "projects"}
 UNKNOWN_YEAR_NAME = "unknown"
 
 _STUDY_KIND = {Kind.PATIENT: Kind.P_STUDY, Kind.TOP: Kind.U_STUDY, Kind.DAY: Kind.D_STUDY, Kind.YEAR: Kind.D_STUDY}
 _SERIES_KIND = {Kind.P_STUDY: Kind.P_SERIES, Kind.U_STUDY: Kind.U_SERIES, Kind.D_STUDY: Kind.D_SERIES}
 STUDY_KINDS = frozenset(_SERIES_KIND)
 SERIES_KINDS = frozenset(_SERIES_KIND.values())
-DIR_KINDS = frozenset({Kind.TOP, Kind.PATIENT, Kind.YEAR, Kind.DAY}) | STUDY_KINDS | SERIES_KINDS
+PROJECT_KINDS = frozenset({Kind.PROJECT, Kind.J_PATIENT, Kind.J_STUDY, Kind.J_SERIES})
+DIR_KINDS = frozenset({Kind.TOP, Kind.PATIENT, Kind.YEAR, Kind.DAY}) | STUDY_KINDS | SERIES_KINDS | PROJECT_KINDS
 INSTANCE_VIEW_KINDS = frozenset({Kind.DCM, Kind.JSON, Kind.JPG})
 SUMMARY_KINDS = frozenset({Kind.PATIENT_JSON, Kind.STUDY_JSON, Kind.SERIES_JSON})
 
@@ -71,7 +76,8 @@ SUMMARY_NAMES = {Kind.PATIENT_JSON: "patient.json", Kind.STUDY_JSON: "study.json
 
 # The level table whose updated_at is the mtime of a folder or summary of that kind.
 _LEVEL_TABLE = {
-    Kind.PATIENT: "patients", Kind.PATIENT_JSON: "patients",
+    Kind.PATIENT: "patients", Kind.PATIENT_JSON: "patients", Kind.J_PATIENT: "patients",
+    Kind.J_STUDY: "studies", Kind.J_SERIES: "series",
     **{k: "studies" for k in (Kind.P_STUDY, Kind.U_STUDY, Kind.D_STUDY, Kind.STUDY_JSON)},
     **{k: "series" for k in (Kind.P_SERIES, Kind.U_SERIES, Kind.D_SERIES, Kind.SERIES_JSON)},
 }
@@ -87,6 +93,15 @@ REMOTE_ATTR_TIMEOUT = 1.0  # files not yet fetched from a remote PACS: their siz
 
 def inode_of(kind: Kind, row_id: int) -> int:
     return (row_id << KIND_BITS) | kind
+
+
+def pack_ids(project_id: int, row_id: int) -> int:
+    """One id for a folder inside a project: the same study shows in several projects."""
+    return (project_id << 32) | row_id
+
+
+def unpack_ids(packed: int) -> tuple[int, int]:
+    return packed >> 32, packed & 0xFFFFFFFF
 
 
 def split_inode(inode: int) -> tuple[Kind, int]:
@@ -164,6 +179,11 @@ class Tree:
                 return self._dir_attr(inode, self.mounted_at_ns / 1e9)
             if kind in (Kind.YEAR, Kind.DAY):
                 return self._dir_attr(inode, self._dates_mtime())
+            if kind is Kind.PROJECT:
+                return self._dir_attr(inode, float(self.db.get_val(
+                    "SELECT created_at FROM projects WHERE id = ?", (row_id,))))
+            if kind in PROJECT_KINDS:
+                return self._dir_attr(inode, self._level_mtime(kind, unpack_ids(row_id)[1]))
             if kind in DIR_KINDS:  # patient, study and series folders
                 return self._dir_attr(inode, self._level_mtime(kind, row_id))
             if kind in INSTANCE_VIEW_KINDS:
@@ -239,6 +259,8 @@ class Tree:
             stale.add(inode_of(Kind.YEAR, year))
             if day:
                 stale.add(inode_of(Kind.DAY, day))
+        if series_ids:  # project folders hold these series too; they are few: drop them all
+            stale.update(i for i in self._listings if split_inode(i)[0] in PROJECT_KINDS)
         for inode in stale:
             self._listings.pop(inode, None)
             self._summaries.pop(inode, None)
@@ -249,6 +271,15 @@ class Tree:
         self._summaries.clear()
 
     # ----------------------------------------------------------------- building listings
+
+    def level_folder(self, inode: int) -> tuple[str, int] | None:
+        """("study", id) or ("series", id) for a study or series folder in any layout, else None."""
+        kind, row_id = self._split(inode)
+        if kind in STUDY_KINDS or kind is Kind.J_STUDY:
+            return "study", unpack_ids(row_id)[1] if kind is Kind.J_STUDY else row_id
+        if kind in SERIES_KINDS or kind is Kind.J_SERIES:
+            return "series", unpack_ids(row_id)[1] if kind is Kind.J_SERIES else row_id
+        return None
 
     def is_cached(self, inode: int) -> bool:
         return inode in self._listings
@@ -283,6 +314,8 @@ class Tree:
             return self._study_entries(Kind.D_STUDY, rows)
         if kind in STUDY_KINDS:
             return self._build_study(kind, row_id)
+        if kind in PROJECT_KINDS:
+            return self._build_project(kind, row_id)
         return self._build_series(kind, row_id)
 
     def _build_top(self, top: int) -> list[Entry]:
@@ -297,6 +330,10 @@ class Tree:
             rows = self.db.query("SELECT id, study_uid, updated_at FROM studies ORDER BY id")
             named = naming.unique_names(rows, lambda r: naming.uid_name(r[1]))
             return [self._dir_entry(n, inode_of(Kind.U_STUDY, r[0]), r[2]) for n, r in named]
+        if top == TOP_PROJECTS:
+            rows = self.db.query("SELECT id, name, created_at FROM projects ORDER BY id")
+            # Project names are validated when created: safe as they are.
+            return [self._dir_entry(r[1], inode_of(Kind.PROJECT, r[0]), r[2]) for r in rows]
         if top == TOP_DATES:
             years: dict[int, float] = {}
             for study_date, updated in self.db.query("SELECT study_date, updated_at FROM studies"):
@@ -323,6 +360,48 @@ class Tree:
         return [
             self._dir_entry(naming.iso_date(str(d)), inode_of(Kind.DAY, d), t) for d, t in days.items()
         ]
+
+    # ----------------------------------------------------------------- /projects
+
+    # Members: a patient brings all its studies, a study all its series; a series only itself.
+    _MEMBER_SERIES = (
+        "SELECT se.id FROM series se JOIN studies st ON st.id = se.study_id JOIN project_members m "
+        "ON m.project_id = :p AND ((m.level = 'series' AND m.entity_id = se.id) OR (m.level = 'study' AND "
+        "m.entity_id = st.id) OR (m.level = 'patient' AND m.entity_id = st.patient_id))"
+    )
+
+    def _build_project(self, kind: Kind, row_id: int) -> list[Entry]:
+        if kind is Kind.PROJECT:
+            project_id, rows = row_id, self.db.query(
+                "SELECT DISTINCT p.id, p.patient_name, p.patient_id, p.updated_at FROM patients p "
+                "JOIN studies st ON st.patient_id = p.id JOIN series se ON se.study_id = st.id "
+                f"WHERE se.id IN ({self._MEMBER_SERIES}) UNION SELECT p.id, p.patient_name, p.patient_id, "
+                "p.updated_at FROM patients p JOIN project_members m ON m.project_id = :p "
+                "AND m.level = 'patient' AND m.entity_id = p.id ORDER BY 1", {"p": row_id})
+            named = naming.unique_names(rows, lambda r: naming.patient_name(r[1], r[2]))
+            return [self._dir_entry(n, inode_of(Kind.J_PATIENT, pack_ids(project_id, r[0])), r[3]) for n, r in named]
+        project_id, entity_id = unpack_ids(row_id)
+        if kind is Kind.J_PATIENT:
+            rows = self.db.query(
+                _STUDY_ROWS + "WHERE st.patient_id = :e AND (EXISTS (SELECT 1 FROM project_members m WHERE "
+                "m.project_id = :p AND ((m.level = 'patient' AND m.entity_id = :e) OR (m.level = 'study' AND "
+                "m.entity_id = st.id))) OR EXISTS (SELECT 1 FROM series se2 JOIN project_members m ON "
+                "m.project_id = :p AND m.level = 'series' AND m.entity_id = se2.id WHERE se2.study_id = st.id)) "
+                "ORDER BY st.id", {"p": project_id, "e": entity_id})
+            rows = [(pack_ids(project_id, r[0]), *r[1:]) for r in rows]
+            return [*self._study_entries(Kind.J_STUDY, rows, reserved=["patient.json"]),
+                    self._summary_entry(Kind.PATIENT_JSON, entity_id)]
+        if kind is Kind.J_STUDY:
+            rows = self.db.query(
+                "SELECT id, series_uid, series_number, modality, series_description, updated_at FROM series "
+                f"WHERE study_id = :e AND id IN ({self._MEMBER_SERIES}) ORDER BY id",
+                {"p": project_id, "e": entity_id})
+            named = naming.unique_names(
+                rows, lambda r: naming.series_name(r[2], r[3], r[4]), reserved=["study.json"])
+            entries = [self._dir_entry(n, inode_of(Kind.J_SERIES, pack_ids(project_id, r[0])), r[5])
+                       for n, r in named]
+            return [*entries, self._summary_entry(Kind.STUDY_JSON, entity_id)]
+        return self._build_series(Kind.P_SERIES, entity_id)  # a series shows all its instances
 
     def _study_entries(self, kind: Kind, rows: list[Any], reserved: Iterable[str] = ()) -> list[Entry]:
         if kind is Kind.D_STUDY:
@@ -420,7 +499,8 @@ class Tree:
              "AccessionNumber": r[4], "ModalitiesInStudy": (r[7] or "").split("\\") if r[7] else []}
             for n, r in named
         ]
-        return summary_json("PATIENT", _patient_attributes(p), "Studies", children)
+        return summary_json("PATIENT", {**_patient_attributes(p), **self._organisation("patient", patient_id)},
+                            "Studies", children)
 
     def _study_summary(self, study_id: int) -> bytes:
         s = self._row_dict("studies", study_id)
@@ -445,6 +525,7 @@ class Tree:
             **_study_attributes(s),
             "ModalitiesInStudy": modalities,
             "SOPClassesInStudy": sop_classes,
+            **self._organisation("study", study_id),
         }
         remote = self.db.query(
             "SELECT r.remote, r.num_series, r.num_instances, r.series_listed_at, "
@@ -485,6 +566,7 @@ class Tree:
             "Manufacturer": se["manufacturer"],
             "FrameOfReferenceUID": se["frame_of_reference_uid"],
             "NumberOfSeriesRelatedInstances": se["num_instances"],
+            **self._organisation("series", series_id),
         }
         remote = self.db.query(
             "SELECT remote, num_instances, complete, instances_listed_at FROM remote_series WHERE series_id = ?",
@@ -496,6 +578,11 @@ class Tree:
             attributes["Remote"] = {"name": name, "NumberOfInstancesThere": count, "LocalInstances": local,
                                     "Complete": bool(complete), "InstancesListed": listed is not None}
         return summary_json("SERIES", attributes, "Instances", children)
+
+    def _organisation(self, level: str, row_id: int) -> dict[str, Any]:
+        """Tags and projects of this level's entity (not inherited: each level shows its own)."""
+        return {"Tags": organise.tags_of(self.db, level, row_id),
+                "Projects": organise.projects_of(self.db, level, row_id)}
 
     def _row_dict(self, table: str, row_id: int) -> dict[str, Any]:
         cursor = self.db.conn.execute(f"SELECT * FROM {table} WHERE id = ?", (row_id,))

@@ -1,0 +1,86 @@
+"""Projects and tags on a real mount: commands, /projects folders, the .json views."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import dicomgen
+import pydicom
+import pytest
+from conftest import Daemon, run_cli, wait_for
+
+
+@pytest.fixture
+def archive(daemon: Daemon, data_dir: Path, tmp_path: Path) -> dict[str, list[Path]]:
+    """Two patients: P1 with a CT series, P2 with a CT and a PT series in one study."""
+    p1 = dicomgen.series(tmp_path / "p1", 3, PatientID="P1", PatientName="ONE^PAT")
+    p2_ct = dicomgen.series(tmp_path / "p2ct", 2, PatientID="P2", PatientName="TWO^PAT")
+    study = pydicom.dcmread(p2_ct[0]).StudyInstanceUID
+    p2_pt = dicomgen.series(tmp_path / "p2pt", 2, PatientID="P2", PatientName="TWO^PAT", Modality="PT",
+                            SeriesNumber=5, SeriesDescription="FDG")
+    for path in p2_pt:
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID = study
+        ds.save_as(path)
+    run_cli("import", "--data-dir", data_dir, tmp_path / "p1", tmp_path / "p2ct", tmp_path / "p2pt")
+    daemon.start()
+    return {"p1": p1, "p2_ct": p2_ct, "p2_pt": p2_pt}
+
+
+def cli(daemon: Daemon, *args: str, check: bool = True) -> str:
+    result = run_cli(*args, "--data-dir", daemon.data_dir, check=check)
+    return result.stdout if check else result.stdout + result.stderr
+
+
+def uid(path: Path, keyword: str) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True)[keyword].value)
+
+
+def test_projects_show_their_members_in_the_mount(daemon: Daemon, archive: dict[str, list[Path]]) -> None:
+    cli(daemon, "project", "create", "TRIAL1", "--description", "amyloid PET")
+    assert "exists already" in cli(daemon, "project", "create", "TRIAL1", check=False)
+    assert "use letters" in cli(daemon, "project", "create", "../x", check=False)
+    cli(daemon, "project", "add", "TRIAL1", uid(archive["p1"][0], "StudyInstanceUID"))
+    cli(daemon, "project", "add", "TRIAL1", "--level", "series", uid(archive["p2_pt"][0], "SeriesInstanceUID"))
+    project = daemon.mount / "projects" / "TRIAL1"
+    wait_for(lambda: project.exists() and len(os.listdir(project)) == 2, 2.0, "two patients in the project")
+    one = project / "ONE^PAT [P1]"
+    [study] = [p for p in one.iterdir() if p.is_dir()]
+    [series] = [p for p in study.iterdir() if p.is_dir()]
+    mounted = daemon.mount / "patients" / "ONE^PAT [P1]" / study.name / series.name
+    assert (series / "001.dcm").read_bytes() == (mounted / "001.dcm").read_bytes()
+    two_study = next(p for p in (project / "TWO^PAT [P2]").iterdir() if p.is_dir())
+    assert [p.name for p in two_study.iterdir() if p.is_dir()] == ["005 PT FDG"]  # only the member series
+    listed = cli(daemon, "project", "list")
+    assert "TRIAL1" in listed and "1 series" in listed and "1 study" in listed and "amyloid PET" in listed
+    summary = json.loads((mounted.parent / "study.json").read_text())
+    assert summary["Projects"] == ["TRIAL1"]
+
+    stored = sorted((daemon.data_dir / "store").rglob("*.dcm"))
+    cli(daemon, "project", "remove", "TRIAL1", uid(archive["p1"][0], "StudyInstanceUID"))
+    wait_for(lambda: os.listdir(project) == ["TWO^PAT [P2]"], 2.0, "P1 gone from the project")
+    cli(daemon, "project", "delete", "TRIAL1")
+    wait_for(lambda: os.listdir(daemon.mount / "projects") == [], 2.0, "the project gone")
+    assert sorted((daemon.data_dir / "store").rglob("*.dcm")) == stored  # no image was touched
+    assert len(os.listdir(daemon.mount / "patients")) == 2
+
+
+def test_tags_are_set_listed_shown_and_removed(daemon: Daemon, archive: dict[str, list[Path]]) -> None:
+    study_uid = uid(archive["p2_ct"][0], "StudyInstanceUID")
+    cli(daemon, "tag", "set", study_uid, "diagnosis=AD")
+    cli(daemon, "tag", "set", "--level", "patient", "P2", "cohort=B")
+    assert "must start with a letter" in cli(daemon, "tag", "set", study_uid, "1bad=x", check=False)
+    assert "expected KEY=VALUE" in cli(daemon, "tag", "set", study_uid, "diagnosis", check=False)
+    assert "no study matches" in cli(daemon, "tag", "set", "1.2.3.4", "a=b", check=False)
+    assert f"{study_uid}\tdiagnosis=AD" in cli(daemon, "tag", "list", study_uid)
+    patient = daemon.mount / "patients" / "TWO^PAT [P2]"
+    study = next(p for p in patient.iterdir() if p.is_dir())
+    wait_for(lambda: json.loads((study / "study.json").read_text())["Tags"] == {"diagnosis": "AD"}, 2.0,
+             "the tag in study.json")
+    assert json.loads((patient / "patient.json").read_text())["Tags"] == {"cohort": "B"}
+    cli(daemon, "tag", "set", study_uid, "diagnosis=MCI")  # replaces
+    assert "diagnosis=MCI" in cli(daemon, "tag", "list", study_uid)
+    assert "removed from 1 study" in cli(daemon, "tag", "unset", study_uid, "diagnosis")
+    wait_for(lambda: json.loads((study / "study.json").read_text())["Tags"] == {}, 2.0, "the tag gone")
