@@ -112,6 +112,11 @@ class Settings:
         return self.data_dir / "store"
 
     @property
+    def derived_path(self) -> Path:
+        """Derived data written into the mount's derived/ folders or added with ``dicomfs derive add``."""
+        return self.data_dir / "derived"
+
+    @property
     def status_path(self) -> Path:
         """Written by a running daemon: its retrieves in flight (read by ``dicomfs status``)."""
         return self.data_dir / "daemon-status.json"

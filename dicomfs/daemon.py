@@ -20,6 +20,7 @@ import trio
 
 from dicomfs.archive import Archive, open_archive
 from dicomfs.config import Settings
+from dicomfs.derived import DerivedStore
 from dicomfs.fs import Operations
 from dicomfs.ingest import Ingested
 from dicomfs.net.scp import NodeServer
@@ -87,7 +88,8 @@ async def _mount(
 ) -> None:
     mount_point = settings.mount.path
     tree = Tree(archive.db)
-    ops = Operations(tree, archive.store.root, render_threads=settings.mount.render_threads, remote=fetcher)
+    ops = Operations(tree, archive.store.root, render_threads=settings.mount.render_threads, remote=fetcher,
+                     derived=DerivedStore(settings.derived_path, archive.db))
     options = set(pyfuse3.default_options) | {"fsname=dicomfs", "subtype=dicomfs"}
     if settings.mount.allow_other:
         options.add("allow_other")

@@ -14,6 +14,7 @@ import functools
 import itertools
 import logging
 import os
+import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
+from dicomfs.derived import DerivedError, DerivedStore, check_name
 from dicomfs.tree import SUMMARY_KINDS, Kind, NotFoundError, Tree, inode_of, split_inode
 from dicomfs.views import RenderError, render_view
 
@@ -66,6 +68,19 @@ class _Handle:
     data: bytes | None = b""  # a generated view; None until the first read renders it
     render: Callable[[], Awaitable[bytes]] | None = None
     lock: trio.Lock | None = None
+    writing: _Writing | None = None  # a derived file opened for writing
+
+
+@dataclass(slots=True)
+class _Writing:
+    """Copy-on-write state of a derived file: writes go to ``temp``, flush makes it the file."""
+
+    inode: int
+    level: str
+    entity_id: int
+    name: str
+    temp: Path | None = None
+    dirty: bool = False
 
 
 _VIEW_SUFFIX = {Kind.JSON: "json", Kind.JPG: "jpg"}
@@ -74,10 +89,12 @@ _VIEW_SUFFIX = {Kind.JSON: "json", Kind.JPG: "jpg"}
 class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
 
-    def __init__(self, tree: Tree, store_root: Path, *, render_threads: int = 2, remote: Fetcher | None = None) -> None:
+    def __init__(self, tree: Tree, store_root: Path, *, render_threads: int = 2, remote: Fetcher | None = None,
+                 derived: DerivedStore | None = None) -> None:
         super().__init__()
         self.tree = tree
         self.remote = remote
+        self.derived = derived
         self.store_root = store_root
         self.render_limiter = trio.CapacityLimiter(render_threads)
         self._handles: dict[int, _Handle] = {}
@@ -141,6 +158,8 @@ class Operations(pyfuse3.Operations):
 
     @_fuse_errors
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        if self.tree.kind(inode) is Kind.DERIVED_FILE:
+            return self._open_derived(inode, flags)
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             raise pyfuse3.FUSEError(errno.EROFS)
         handle = _Handle()
@@ -204,6 +223,8 @@ class Operations(pyfuse3.Operations):
     @_fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
         handle = self._handles[fh]
+        if handle.writing is not None:
+            return self._read_writing(handle, off, size)
         if handle.fd >= 0:
             return os.pread(handle.fd, size, off)
         if handle.data is None:
@@ -215,12 +236,21 @@ class Operations(pyfuse3.Operations):
 
     async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
-        if handle is not None and handle.fd >= 0:
+        if handle is None:
+            return
+        if handle.writing is not None:
+            await self._commit(handle)  # normally done by flush already
+            if handle.writing.temp is not None:
+                handle.writing.temp.unlink(missing_ok=True)
+        if handle.fd >= 0:
             os.close(handle.fd)
 
+    @_fuse_errors
     async def flush(self, fh: int) -> None:
-        # ENOSYS once tells the kernel never to send flush again: one round trip less per close.
-        raise pyfuse3.FUSEError(errno.ENOSYS)
+        """close() waits for flush, not for release: written derived files are committed here."""
+        handle = self._handles.get(fh)
+        if handle is not None and handle.writing is not None:
+            await self._commit(handle)
 
     # ---------------------------------------------------------------- extended attributes
 
@@ -238,11 +268,151 @@ class Operations(pyfuse3.Operations):
     async def _read_only(self, *args: Any, **kwargs: Any) -> Any:
         raise pyfuse3.FUSEError(errno.EROFS)
 
-    setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = create = write = _read_only  # type: ignore[assignment]
+    mknod = mkdir = rmdir = symlink = link = _read_only  # type: ignore[assignment]
     setxattr = removexattr = fallocate = _read_only  # type: ignore[assignment]
+
+    # ---------------------------------------------------------------- derived/: the writable folders
+
+    def _derived_store(self) -> DerivedStore:
+        if self.derived is None:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        return self.derived
+
+    @_fuse_errors
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        if self.tree.kind(parent_inode) is not Kind.DERIVED:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        store = self._derived_store()
+        level, entity_id = self.tree.derived_origin(parent_inode)
+        text = _name(name)
+        try:
+            item = store.get_by_name(level, entity_id, text)
+        except DerivedError:  # a new file: it exists (empty) from now on
+            temp = store.temp_path()
+            temp.touch()
+            item = store.commit(level, entity_id, text, temp)
+        self.tree.forget(parent_inode)
+        inode = inode_of(Kind.DERIVED_FILE, item.id)
+        info = self._open_derived(inode, flags | os.O_TRUNC)
+        return info, self.tree.attributes(inode)
+
+    def _open_derived(self, inode: int, flags: int) -> pyfuse3.FileInfo:
+        store = self._derived_store()
+        item = store.get(split_inode(inode)[1])
+        path = store.root / item.file_path
+        handle = _Handle()
+        if flags & os.O_ACCMODE == os.O_RDONLY:
+            handle.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        else:
+            writing = handle.writing = _Writing(inode, item.level, item.entity_id, item.name)
+            writing.temp = store.temp_path()
+            if flags & os.O_TRUNC:
+                writing.temp.touch()
+                writing.dirty = True
+            else:
+                shutil.copyfile(path, writing.temp)
+            handle.fd = os.open(writing.temp, os.O_RDWR | os.O_CLOEXEC)
+        fh = next(self._next_fh)
+        self._handles[fh] = handle
+        return pyfuse3.FileInfo(fh=fh, direct_io=True)  # other writers may change it: no page cache
+
+    @_fuse_errors
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        handle = self._handles[fh]
+        if handle.writing is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        self._ensure_temp(handle)
+        handle.writing.dirty = True
+        return os.pwrite(handle.fd, buf, off)
+
+    def _read_writing(self, handle: _Handle, off: int, size: int) -> bytes:
+        self._ensure_temp(handle)
+        return os.pread(handle.fd, size, off)
+
+    def _ensure_temp(self, handle: _Handle) -> None:
+        """After a flush committed the temporary, further writes start from a fresh copy."""
+        writing = handle.writing
+        assert writing is not None
+        if writing.temp is not None:
+            return
+        store = self._derived_store()
+        item = store.get(split_inode(writing.inode)[1])
+        writing.temp = store.temp_path()
+        shutil.copyfile(store.root / item.file_path, writing.temp)
+        os.close(handle.fd)
+        handle.fd = os.open(writing.temp, os.O_RDWR | os.O_CLOEXEC)
+
+    async def _commit(self, handle: _Handle) -> None:
+        writing = handle.writing
+        assert writing is not None
+        if not writing.dirty or writing.temp is None:
+            return
+        store = self._derived_store()
+        await trio.to_thread.run_sync(os.fsync, handle.fd)
+        store.commit(writing.level, writing.entity_id, writing.name, writing.temp)
+        writing.temp, writing.dirty = None, False
+        os.close(handle.fd)
+        handle.fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)  # replaced at the next write
+        await trio.to_thread.run_sync(_invalidate_content, writing.inode)
+
+    @_fuse_errors
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: Any, fh: int | None,
+                      ctx: Any) -> pyfuse3.EntryAttributes:
+        if self.tree.kind(inode) is not Kind.DERIVED_FILE:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        if fields.update_size:  # truncate; modes, owners and times are the archive's, not settable
+            if fh is not None and fh in self._handles and self._handles[fh].writing is not None:
+                handle = self._handles[fh]
+                self._ensure_temp(handle)
+                os.ftruncate(handle.fd, attr.st_size)
+                handle.writing.dirty = True  # type: ignore[union-attr]
+            else:
+                info = self._open_derived(inode, os.O_WRONLY)
+                handle = self._handles[info.fh]
+                os.ftruncate(handle.fd, attr.st_size)
+                handle.writing.dirty = True  # type: ignore[union-attr]
+                await self.release(info.fh)
+        return self.tree.attributes(inode)
+
+    @_fuse_errors
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        if self.tree.kind(parent_inode) is not Kind.DERIVED:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        store = self._derived_store()
+        level, entity_id = self.tree.derived_origin(parent_inode)
+        item = store.get_by_name(level, entity_id, _name(name))
+        store.delete(item.id)
+        self.tree.forget(parent_inode)
+
+    @_fuse_errors
+    async def rename(self, parent_old: int, name_old: bytes, parent_new: int, name_new: bytes, flags: int,
+                     ctx: Any) -> None:
+        if self.tree.kind(parent_old) is not Kind.DERIVED or self.tree.kind(parent_new) is not Kind.DERIVED:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        if self.tree.derived_origin(parent_old) != self.tree.derived_origin(parent_new):
+            raise pyfuse3.FUSEError(errno.EXDEV)  # mv copies and deletes instead
+        store = self._derived_store()
+        level, entity_id = self.tree.derived_origin(parent_old)
+        item = store.get_by_name(level, entity_id, _name(name_old))
+        store.rename(item.id, _name(name_new))
+        self.tree.forget(parent_old)
+        self.tree.forget(parent_new)
 
 
 def _invalidate_attributes(inodes: list[int]) -> None:
     for inode in inodes:
         with contextlib.suppress(OSError):  # an inode the kernel does not hold: nothing to refresh
             pyfuse3.invalidate_inode(inode, attr_only=True)
+
+
+def _name(raw: bytes) -> str:
+    try:
+        return check_name(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise pyfuse3.FUSEError(errno.EINVAL) from None
+
+
+def _invalidate_content(inode: int) -> None:
+    with contextlib.suppress(OSError):
+        pyfuse3.invalidate_inode(inode, attr_only=False)

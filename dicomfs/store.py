@@ -70,8 +70,8 @@ class Store:
         parent = final.parent
         if not parent.is_dir():
             parent.mkdir(parents=True, exist_ok=True)
-            _fsync_dir(parent.parent)
-            _fsync_dir(parent.parent.parent)
+            fsync_dir(parent.parent)
+            fsync_dir(parent.parent.parent)
         os.replace(temp, final)
         return parent
 
@@ -79,7 +79,7 @@ class Store:
     def sync_dirs(folders: set[Path]) -> None:
         """Make the renames into ``folders`` durable."""
         for folder in folders:
-            _fsync_dir(folder)
+            fsync_dir(folder)
 
     def discard(self, temp: Path) -> None:
         temp.unlink(missing_ok=True)
@@ -103,7 +103,7 @@ class Store:
         return count
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

@@ -57,6 +57,8 @@ class Kind(enum.IntEnum):
     J_PATIENT = 18  # /projects/<name>/<patient>/...: id packs (project id, row id), see pack_ids
     J_STUDY = 19
     J_SERIES = 20
+    DERIVED = 21  # <study or series folder>/derived: id is that folder's inode (unique per path)
+    DERIVED_FILE = 22  # id is the derived row id
 
 
 TOP_PATIENTS, TOP_STUDIES, TOP_DATES, TOP_PROJECTS = 1, 2, 3, 4
@@ -68,7 +70,9 @@ _SERIES_KIND = {Kind.P_STUDY: Kind.P_SERIES, Kind.U_STUDY: Kind.U_SERIES, Kind.D
 STUDY_KINDS = frozenset(_SERIES_KIND)
 SERIES_KINDS = frozenset(_SERIES_KIND.values())
 PROJECT_KINDS = frozenset({Kind.PROJECT, Kind.J_PATIENT, Kind.J_STUDY, Kind.J_SERIES})
-DIR_KINDS = frozenset({Kind.TOP, Kind.PATIENT, Kind.YEAR, Kind.DAY}) | STUDY_KINDS | SERIES_KINDS | PROJECT_KINDS
+DIR_KINDS = frozenset({Kind.TOP, Kind.PATIENT, Kind.YEAR, Kind.DAY, Kind.DERIVED}) | STUDY_KINDS | SERIES_KINDS \
+    | PROJECT_KINDS
+DERIVED_NAME = "derived"
 INSTANCE_VIEW_KINDS = frozenset({Kind.DCM, Kind.JSON, Kind.JPG})
 SUMMARY_KINDS = frozenset({Kind.PATIENT_JSON, Kind.STUDY_JSON, Kind.SERIES_JSON})
 
@@ -84,6 +88,8 @@ _LEVEL_TABLE = {
 
 _DIR_MODE = stat.S_IFDIR | 0o555
 _FILE_MODE = stat.S_IFREG | 0o444
+_WRITABLE_DIR_MODE = stat.S_IFDIR | 0o755  # derived/ folders only
+_WRITABLE_FILE_MODE = stat.S_IFREG | 0o644
 _BLKSIZE = 131072
 
 ENTRY_TIMEOUT = 300.0  # names and most attributes never change; changes are invalidated explicitly
@@ -179,6 +185,10 @@ class Tree:
                 return self._dir_attr(inode, self.mounted_at_ns / 1e9)
             if kind in (Kind.YEAR, Kind.DAY):
                 return self._dir_attr(inode, self._dates_mtime())
+            if kind is Kind.DERIVED:
+                return self._derived_dir_attr(inode)
+            if kind is Kind.DERIVED_FILE:
+                return self._derived_file_attr(row_id)
             if kind is Kind.PROJECT:
                 return self._dir_attr(inode, float(self.db.get_val(
                     "SELECT created_at FROM projects WHERE id = ?", (row_id,))))
@@ -259,8 +269,8 @@ class Tree:
             stale.add(inode_of(Kind.YEAR, year))
             if day:
                 stale.add(inode_of(Kind.DAY, day))
-        if series_ids:  # project folders hold these series too; they are few: drop them all
-            stale.update(i for i in self._listings if split_inode(i)[0] in PROJECT_KINDS)
+        if series_ids:  # project and derived/ folders depend on these too; they are few: drop them all
+            stale.update(i for i in self._listings if split_inode(i)[0] in PROJECT_KINDS | {Kind.DERIVED})
         for inode in stale:
             self._listings.pop(inode, None)
             self._summaries.pop(inode, None)
@@ -275,11 +285,21 @@ class Tree:
     def level_folder(self, inode: int) -> tuple[str, int] | None:
         """("study", id) or ("series", id) for a study or series folder in any layout, else None."""
         kind, row_id = self._split(inode)
+        if kind is Kind.DERIVED:
+            return None
         if kind in STUDY_KINDS or kind is Kind.J_STUDY:
             return "study", unpack_ids(row_id)[1] if kind is Kind.J_STUDY else row_id
         if kind in SERIES_KINDS or kind is Kind.J_SERIES:
             return "series", unpack_ids(row_id)[1] if kind is Kind.J_SERIES else row_id
         return None
+
+    def derived_origin(self, inode: int) -> tuple[str, int]:
+        """(level, row id) whose derived/ folder ``inode`` is; NotFoundError for any other inode."""
+        kind, parent = self._split(inode)
+        origin = self.level_folder(parent) if kind is Kind.DERIVED else None
+        if origin is None:
+            raise NotFoundError(inode)
+        return origin
 
     def is_cached(self, inode: int) -> bool:
         return inode in self._listings
@@ -316,6 +336,8 @@ class Tree:
             return self._build_study(kind, row_id)
         if kind in PROJECT_KINDS:
             return self._build_project(kind, row_id)
+        if kind is Kind.DERIVED:
+            return self._build_derived(row_id)
         return self._build_series(kind, row_id)
 
     def _build_top(self, top: int) -> list[Entry]:
@@ -361,6 +383,35 @@ class Tree:
             self._dir_entry(naming.iso_date(str(d)), inode_of(Kind.DAY, d), t) for d, t in days.items()
         ]
 
+    # ----------------------------------------------------------------- derived/
+
+    def _derived_entry(self, parent_inode: int) -> Entry:
+        inode = inode_of(Kind.DERIVED, parent_inode)
+        return Entry(DERIVED_NAME.encode(), self._derived_dir_attr(inode))
+
+    def _derived_dir_attr(self, inode: int) -> pyfuse3.EntryAttributes:
+        attr = self._base_attr(inode, self.mounted_at_ns / 1e9, SUMMARY_ATTR_TIMEOUT)
+        attr.st_mode = _WRITABLE_DIR_MODE
+        return attr
+
+    def _build_derived(self, parent_inode: int) -> list[Entry]:
+        origin = self.level_folder(parent_inode)
+        if origin is None:
+            raise NotFoundError(parent_inode)
+        rows = self.db.query("SELECT id, name, size, updated_at FROM derived WHERE level = ? AND entity_id = ? "
+                             "ORDER BY id", origin)
+        return [Entry(name.encode(), self._derived_attr(derived_id, size, mtime))
+                for derived_id, name, size, mtime in rows]
+
+    def _derived_file_attr(self, derived_id: int) -> pyfuse3.EntryAttributes:
+        size, mtime = self.db.get_row("SELECT size, updated_at FROM derived WHERE id = ?", (derived_id,))
+        return self._derived_attr(derived_id, size, mtime)
+
+    def _derived_attr(self, derived_id: int, size: int, mtime: float) -> pyfuse3.EntryAttributes:
+        attr = self._file_attr(inode_of(Kind.DERIVED_FILE, derived_id), size, mtime, SUMMARY_ATTR_TIMEOUT)
+        attr.st_mode = _WRITABLE_FILE_MODE
+        return attr
+
     # ----------------------------------------------------------------- /projects
 
     # Members: a patient brings all its studies, a study all its series; a series only itself.
@@ -397,11 +448,13 @@ class Tree:
                 f"WHERE study_id = :e AND id IN ({self._MEMBER_SERIES}) ORDER BY id",
                 {"p": project_id, "e": entity_id})
             named = naming.unique_names(
-                rows, lambda r: naming.series_name(r[2], r[3], r[4]), reserved=["study.json"])
+                rows, lambda r: naming.series_name(r[2], r[3], r[4]), reserved=["study.json", DERIVED_NAME])
             entries = [self._dir_entry(n, inode_of(Kind.J_SERIES, pack_ids(project_id, r[0])), r[5])
                        for n, r in named]
-            return [*entries, self._summary_entry(Kind.STUDY_JSON, entity_id)]
-        return self._build_series(Kind.P_SERIES, entity_id)  # a series shows all its instances
+            return [*entries, self._summary_entry(Kind.STUDY_JSON, entity_id),
+                    self._derived_entry(inode_of(kind, row_id))]
+        entries = self._build_series(Kind.P_SERIES, entity_id)  # a series shows all its instances
+        return [*entries[:-1], self._derived_entry(inode_of(kind, row_id))]
 
     def _study_entries(self, kind: Kind, rows: list[Any], reserved: Iterable[str] = ()) -> list[Entry]:
         if kind is Kind.D_STUDY:
@@ -422,13 +475,13 @@ class Tree:
             raise NotFoundError(study_id)
         series_kind = _SERIES_KIND[kind]
         if kind is Kind.U_STUDY:
-            named = naming.unique_names(rows, lambda r: naming.uid_name(r[1]), reserved=["study.json"])
+            named = naming.unique_names(rows, lambda r: naming.uid_name(r[1]), reserved=["study.json", DERIVED_NAME])
         else:
             named = naming.unique_names(
-                rows, lambda r: naming.series_name(r[2], r[3], r[4]), reserved=["study.json"]
+                rows, lambda r: naming.series_name(r[2], r[3], r[4]), reserved=["study.json", DERIVED_NAME]
             )
         entries = [self._dir_entry(n, inode_of(series_kind, r[0]), r[5]) for n, r in named]
-        return [*entries, self._summary_entry(Kind.STUDY_JSON, study_id)]
+        return [*entries, self._summary_entry(Kind.STUDY_JSON, study_id), self._derived_entry(inode_of(kind, study_id))]
 
     def _build_series(self, kind: Kind, series_id: int) -> list[Entry]:
         """The hot path of a first walk: three files per instance, built in one pass."""
@@ -449,6 +502,7 @@ class Tree:
             if has_image:
                 size = jpeg_size(rows_, columns, is_color(photometric))
                 entries.append(Entry(f"{stem}.jpg".encode(), file_attr(base | Kind.JPG, size, mtime)))
+        entries.append(self._derived_entry(inode_of(kind, series_id)))
         return entries
 
     def _instance_rows(self, series_id: int) -> list[Any]:
@@ -510,7 +564,8 @@ class Tree:
             "FROM series WHERE study_id = ? ORDER BY id",
             (study_id,),
         )
-        named = naming.unique_names(series, lambda r: naming.series_name(r[2], r[3], r[4]), reserved=["study.json"])
+        named = naming.unique_names(series, lambda r: naming.series_name(r[2], r[3], r[4]),
+                                    reserved=["study.json", DERIVED_NAME])
         children = [
             {"name": n, "SeriesInstanceUID": r[1], "SeriesNumber": r[2], "Modality": r[3],
              "SeriesDescription": r[4], "NumberOfSeriesRelatedInstances": r[5]}

@@ -103,9 +103,9 @@ def test_expected_names(mounted: Daemon) -> None:
 
 def test_missing_numbers_and_modality(mounted: Daemon) -> None:
     study = mounted.mount / "patients" / "DOE^JOHN [NUM]" / "2024-03-01 CT Thorax [ACC123]"
-    assert sorted(os.listdir(study)) == ["Lung 1.0", "study.json"]  # no number, no modality
+    assert sorted(os.listdir(study)) == ["Lung 1.0", "derived", "study.json"]  # no number, no modality
     files = sorted(os.listdir(study / "Lung 1.0"))
-    assert files == ["nonum.dcm", "nonum.jpg", "nonum.json", "series.json"]
+    assert files == ["derived", "nonum.dcm", "nonum.jpg", "nonum.json", "series.json"]
 
 
 def test_invalid_uids_still_reach_a_safe_path(mounted: Daemon) -> None:

@@ -40,12 +40,12 @@ def all_files(root: Path) -> list[Path]:
 def test_patients_layout_holds_the_received_bytes(mounted: Daemon, ct_series: list[Path]) -> None:
     series_dir = mounted.mount / "patients" / PATIENT / STUDY / SERIES
     assert sorted(os.listdir(series_dir)) == sorted(
-        [f"{n:03d}.{ext}" for n in range(1, 6) for ext in ("dcm", "json", "jpg")] + ["series.json"]
+        [f"{n:03d}.{ext}" for n in range(1, 6) for ext in ("dcm", "json", "jpg")] + ["series.json", "derived"]
     )
     for n, source in enumerate(ct_series, start=1):
         assert (series_dir / f"{n:03d}.dcm").read_bytes() == source.read_bytes()
     assert set(os.listdir(mounted.mount)) == {"patients", "studies", "dates", "projects"}
-    assert sorted(os.listdir(series_dir.parent)) == [SERIES, "study.json"]
+    assert sorted(os.listdir(series_dir.parent)) == [SERIES, "derived", "study.json"]
     assert "patient.json" in os.listdir(series_dir.parent.parent)
 
 
@@ -114,7 +114,7 @@ def test_writes_are_refused_with_erofs(mounted: Daemon, attempt) -> None:
     with pytest.raises(OSError) as err:
         attempt(series_dir)
     assert err.value.errno == errno.EROFS
-    assert len(os.listdir(series_dir)) == 16
+    assert len(os.listdir(series_dir)) == 17  # 5 × 3 views, series.json, derived/
 
 
 def test_instances_imported_while_mounted_appear_within_a_second(
@@ -157,7 +157,7 @@ def test_restart_after_kill_recovers_the_stale_mount(daemon: Daemon, data_dir: P
     daemon.expected_errors.append("stale mount")
     daemon.start()
     assert (daemon.mount / "patients" / PATIENT).stat().st_ino == inode  # stable across remounts
-    assert len(os.listdir(daemon.mount / "patients" / PATIENT / STUDY / SERIES)) == 16
+    assert len(os.listdir(daemon.mount / "patients" / PATIENT / STUDY / SERIES)) == 17
 
 
 def test_sigterm_unmounts_cleanly(daemon: Daemon, data_dir: Path, ct_series: list[Path]) -> None:

@@ -48,11 +48,11 @@ def test_projects_show_their_members_in_the_mount(daemon: Daemon, archive: dict[
     wait_for(lambda: project.exists() and len(os.listdir(project)) == 2, 2.0, "two patients in the project")
     one = project / "ONE^PAT [P1]"
     [study] = [p for p in one.iterdir() if p.is_dir()]
-    [series] = [p for p in study.iterdir() if p.is_dir()]
+    [series] = [p for p in study.iterdir() if p.is_dir() and p.name != "derived"]
     mounted = daemon.mount / "patients" / "ONE^PAT [P1]" / study.name / series.name
     assert (series / "001.dcm").read_bytes() == (mounted / "001.dcm").read_bytes()
     two_study = next(p for p in (project / "TWO^PAT [P2]").iterdir() if p.is_dir())
-    assert [p.name for p in two_study.iterdir() if p.is_dir()] == ["005 PT FDG"]  # only the member series
+    assert sorted(p.name for p in two_study.iterdir() if p.is_dir()) == ["005 PT FDG", "derived"]  # member only
     listed = cli(daemon, "project", "list")
     assert "TRIAL1" in listed and "1 series" in listed and "1 study" in listed and "amyloid PET" in listed
     summary = json.loads((mounted.parent / "study.json").read_text())

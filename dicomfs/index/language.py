@@ -1,39 +1,40 @@
 """The archive's query language: one line of text → parameterised SQL over the index.
 
-Terms, joined with ``and``, ``or``, ``not`` and parentheses (``not`` binds tightest, then
-``and``, then ``or``; the words are case-insensitive; two terms side by side are an error)::
+Terms are joined with ``and``, ``or``, ``not`` and parentheses; ``not`` binds tightest, then
+``and``, then ``or``; these words are case-insensitive, and two terms side by side are an error::
 
-    Modality=PT                          attribute comparison on any DICOM keyword of query.KEYS
-    StudyDate>=20240101                  = != < <= > >=; dates, times and UIDs compare as text
-    StudyDate>=2024-01-01                dashes in a date are dropped (YYYY-MM-DD → YYYYMMDD)
-    SeriesNumber>9                       IS/DS/US compare as numbers (10 > 9); absent values never compare
-    PatientName=DOE*                     * any run, ? one character; '%' and '_' are literal
-    SeriesDescription~"FDG"              case-insensitive substring, every character literal
-    StudyDescription="PET/CT \\"whole\\""  quotes allow spaces and operators; \\" is a quote, \\\\ a backslash
-    tag:site=Oslo  tag:reviewed  tag:site!=Oslo  tag:"long key"=x
+    Modality=PT                   any keyword of query.KEYS (case-insensitive), any level
+    StudyDate>=20240101           = != < <= > >=: dates, times, UIDs and other text compare as text
+    StudyDate<2024-06-01          dashes in a DA/DT value are dropped; '' dates are never < or >
+    SeriesNumber>9                IS/DS/US compare as numbers (10 > 9); absent values never match
+    PatientName=DOE*              * any run, ? one character; '%', '_' and '[' are literal
+    SeriesDescription~"FDG"       case-insensitive substring, every character literal
+    StudyDescription="a \"b\" c"  quotes allow spaces, operators and and/or/not; \" and \\ escape
+    tag:site=Oslo  tag:reviewed  tag:site!=Oslo  tag:"long key"~x
     project:Lymphoma  project:"Trial 2*"
     has:derived
     (Modality=PT or Modality=NM) and not tag:excluded
 
-Person names (VR PN) compare case-insensitively for = and != (ASCII letters, as SQLite's LIKE
-folds them) and a name also matches the first component group of ``Yamada^Tarou=山田^太郎``.
-Other text compares case-sensitively, except with ``~``. Wildcards are refused on numbers.
+Person names (VR PN) compare case-insensitively for = and != (ASCII letters: SQLite's LIKE
+folds no others), and a name also matches the first component group of ``Yamada^Tarou=山田^太郎``.
+Other text compares case-sensitively, except with ``~``.
 
-Semantics at a result level (patient, study, series or instance): an attribute of that level
-or one above compares the joined column; an attribute of a level below matches when any
-descendant matches, each comparison on its own (at study level ``Modality=PT and
-SeriesNumber=2`` needs a PT series and a series 2, not necessarily the same one: query at series
+Semantics at a result level (patient, study, series or instance): an attribute of that level or
+one above compares that entity's own value or its ancestor's; an attribute of a level below
+matches when any descendant matches, each comparison on its own (at study level ``Modality=PT
+and SeriesNumber=2`` needs a PT series and a series 2, maybe not the same one: query at series
 level for that). ``tag:`` and ``project:`` match on the entity, an ancestor or a descendant;
 ``has:derived`` on the entity or a descendant (derived data hangs off studies and series, so it
-never matches at instance level). ``tag:K!=V`` needs tag K set to another value; ``not tag:K=V``
-is the complement of ``tag:K=V``. Every condition is true or false, never NULL, so ``not`` is
-always the complement.
+never matches an instance). ``tag:K!=V`` needs tag K set to another value, while ``not tag:K=V``
+is the complement of ``tag:K=V``: no condition is ever NULL, so ``not`` always complements.
 
 >>> compile_query("Modality=PT", "series").where
 'se.modality = ?'
->>> print(compile_query("Modality=PT StudyDate>2024"))  # doctest: +ELLIPSIS
-Traceback (most recent call last):
-QuerySyntaxError: expected 'and', 'or' or end of query, found 'StudyDate' (join terms with 'and' or 'or') ...
+>>> try:
+...     compile_query("Modality=PT StudyDate>2024")
+... except QuerySyntaxError as err:
+...     print(err)
+expected 'and', 'or' or end of query, found 'StudyDate' (join terms with 'and' or 'or') at position 12
 Modality=PT StudyDate>2024
             ^
 """
@@ -42,7 +43,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pydicom.datadict import dictionary_VR, keyword_dict
@@ -60,8 +61,8 @@ _ALIAS = ("p", "st", "se", "i")
 _PARENT = ("", "patient_id", "study_id", "series_id")  # the column naming the row one level up
 _DEPTH = {Level.PATIENT: 0, Level.STUDY: 1, Level.SERIES: 2, Level.IMAGE: 3}
 
-_OPERATORS = ("!=", "<=", ">=", "=", "<", ">", "~")  # two-character ones first
-_WORD_END = frozenset('()"=!<>~')
+_TOKEN = re.compile(r'(?P<op>!=|<=|>=|[=<>~])|(?P<paren>[()])|(?P<word>[^\s()"=!<>~]+)')
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"', re.DOTALL)  # _tokenize unescapes \" and \\ only
 _RESERVED = frozenset({"and", "or", "not"})
 _NUMERIC_VRS = frozenset({"IS", "DS", "US", "UL", "SS", "SL", "FL", "FD", "SV", "UV"})
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
@@ -71,7 +72,7 @@ _LOWER_KEYS = {k.lower(): k for k in KEYS}
 
 
 class QuerySyntaxError(ValueError):
-    """A query that cannot be parsed; ``str()`` shows the query with a caret under ``position``."""
+    """A query that cannot be parsed; ``str()`` adds the query and a caret under ``position``."""
 
     def __init__(self, reason: str, query: str, position: int) -> None:
         self.reason, self.query, self.position = reason, query, position
@@ -85,7 +86,7 @@ class QuerySyntaxError(ValueError):
 
 @dataclass(frozen=True)
 class Compiled:
-    """``SELECT {id_column} FROM {from_sql} WHERE {where}`` with ``args``: distinct entity ids."""
+    """``SELECT {id_column} FROM {from_sql} WHERE {where}`` with ``args``: each entity once, no DISTINCT."""
 
     level: str
     where: str
@@ -99,9 +100,10 @@ def compile_query(text: str, level: str = "study") -> Compiled:
     if level not in LEVELS:
         raise ValueError(f"level must be one of {', '.join(LEVELS)}, not {level!r}")
     node = _Parser(text).parse()
-    compiler = _Compiler(LEVELS.index(level))
+    depth = LEVELS.index(level)
+    compiler = _Compiler(depth)
     where = "1" if node is None else compiler.sql(node)
-    return Compiled(level, where, compiler.args, compiler.from_sql(), f"{_ALIAS[compiler.level]}.id")
+    return Compiled(level, where, compiler.args, _TABLES[depth], f"{_ALIAS[depth]}.id")
 
 
 def run(db: Database, text: str, level: str = "study", limit: int | None = None) -> list[int]:
@@ -134,20 +136,13 @@ class _Attr:
 
 
 @dataclass(frozen=True, slots=True)
-class _Tag:
-    key: str
-    op: str | None  # None: the tag is set, whatever its value
+class _Link:
+    """tag:NAME [op VALUE], project:NAME or has:derived: rows that name entities."""
+
+    kind: str  # tag, project, derived
+    name: str = ""
+    op: str | None = None  # None: tag:NAME alone, the tag is set
     value: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class _Project:
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Derived:
-    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,50 +151,26 @@ class _Bool:
     terms: tuple[_Node, ...]
 
 
-_Node = _Attr | _Tag | _Project | _Derived | _Bool
+_Node = _Attr | _Link | _Bool
 
 
 def _tokenize(text: str) -> list[_Token]:
     tokens, i = [], 0
     while i < len(text):
-        c = text[i]
-        if c.isspace():
+        if text[i].isspace():
             i += 1
-        elif c in "()":
-            tokens.append(_Token(c, c, i, i + 1))
-            i += 1
-        elif c == '"':
-            value, end = _quoted(text, i)
-            tokens.append(_Token("string", value, i, end))
-            i = end
-        elif op := next((o for o in _OPERATORS if text.startswith(o, i)), None):
-            tokens.append(_Token("op", op, i, i + len(op)))
-            i += len(op)
-        elif c == "!":
+            continue
+        if text[i] == '"':
+            if not (m := _QUOTED.match(text, i)):
+                raise QuerySyntaxError("unterminated value: found end of query, expected a closing '\"' for the quote",
+                                       text, i)
+            tokens.append(_Token("string", re.sub(r'\\(["\\])', r"\1", m[1]), i, m.end()))
+        elif m := _TOKEN.match(text, i):
+            tokens.append(_Token(m.lastgroup if m.lastgroup != "paren" else m[0], m[0], i, m.end()))
+        else:  # a '!' that is not '!='
             raise QuerySyntaxError("expected '!=', found '!' (write 'not' to negate a term)", text, i)
-        else:
-            end = i
-            while end < len(text) and text[end] not in _WORD_END and not text[end].isspace():
-                end += 1
-            tokens.append(_Token("word", text[i:end], i, end))
-            i = end
+        i = tokens[-1].end
     return [*tokens, _Token("end", "", len(text), len(text))]
-
-
-def _quoted(text: str, start: int) -> tuple[str, int]:
-    r"""The value of the quoted string at ``start`` and the index after it; only \" and \\ escape."""
-    out, i = [], start + 1
-    while i < len(text):
-        if text[i] == "\\" and text[i + 1:i + 2] in ('"', "\\"):
-            out.append(text[i + 1])
-            i += 2
-        elif text[i] == '"':
-            return "".join(out), i + 1
-        else:
-            out.append(text[i])
-            i += 1
-    raise QuerySyntaxError(f"expected a closing '\"' for the quote at position {start}, found end of query",
-                           text, len(text))
 
 
 class _Parser:
@@ -237,40 +208,35 @@ class _Parser:
         return terms[0] if len(terms) == 1 else _Bool("or", tuple(terms))
 
     def _and(self, opened: _Token | None) -> _Node:
+        """Terms joined by 'and'; stops at 'or' or at the end of the group, and only there."""
         terms = [self._not()]
-        while True:
-            tok = self._peek()
-            if self._is(tok, "and"):
-                self._take()
-                terms.append(self._not())
-                continue
-            if self._is(tok, "or") or tok.kind == ("end" if opened is None else ")"):
-                return terms[0] if len(terms) == 1 else _Bool("and", tuple(terms))
-            if tok.kind == ")":
-                raise self._error("found ')' without a matching '('", tok)
-            if tok.kind == "end":
-                raise self._error(f"expected ')' to close the '(' at position {opened.pos}, found end of query", tok)
-            hint = "" if tok.kind == "op" else " (join terms with 'and' or 'or')"
-            close = "or ')'" if opened else "or end of query"
-            raise self._error(f"expected 'and', 'or' {close}, found {self._found(tok)}{hint}", tok)
+        while self._is(tok := self._peek(), "and"):
+            self._take()
+            terms.append(self._not())
+        if self._is(tok, "or") or tok.kind == ("end" if opened is None else ")"):
+            return terms[0] if len(terms) == 1 else _Bool("and", tuple(terms))
+        if tok.kind == ")":
+            raise self._error("found ')' without a matching '('", tok)
+        if opened is not None and tok.kind == "end":
+            raise self._error(f"expected ')' to close the '(' at position {opened.pos}, found end of query", tok)
+        after_value = self.i > 1 and self.tokens[self.i - 2].kind == "op"  # as in Name=A=B
+        hint = (" (join terms with 'and' or 'or')" if tok.kind != "op"
+                else " (quote a value that holds operators)" if after_value else "")
+        raise self._error(f"expected 'and', 'or' or {'end of query' if opened is None else repr(')')}, "
+                          f"found {self._found(tok)}{hint}", tok)
 
     def _not(self) -> _Node:
-        if self._is(self._peek(), "not"):
-            self._take()
+        tok = self._take()
+        if self._is(tok, "not"):
             return _Bool("not", (self._not(),))
-        tok = self._peek()
         if tok.kind == "(":
-            self._take()
             node = self._or(tok)
             self._take()  # the ')' that _and stopped at
             return node
         if tok.kind != "word" or tok.text.lower() in _RESERVED:
-            after = f" after '{self.tokens[self.i - 1].text}'" if self.i else ""
+            after = f" after '{self.tokens[self.i - 2].text}'" if self.i > 1 else ""
             raise self._error(f"expected a term{after}, found {self._found(tok)}", tok)
-        self._take()
-        if ":" in tok.text:
-            return self._prefixed(tok)
-        return self._attribute(tok, self._key(tok))
+        return self._link(tok) if ":" in tok.text else self._attribute(tok, self._key(tok))
 
     def _key(self, tok: _Token) -> Key:
         keyword = tok.text if tok.text in KEYS else _LOWER_KEYS.get(tok.text.lower(), "")
@@ -281,26 +247,28 @@ class _Parser:
             instead = f" (use {_INSTEAD[keyword]}: it matches when any one does)" if keyword in _INSTEAD else ""
             raise self._error(f"{keyword} is computed from other rows and cannot be queried{instead}", tok)
         if tok.text in keyword_dict and dictionary_VR(keyword_dict[tok.text]) == "SQ":
-            raise self._error(f"{tok.text} is a sequence (VR SQ) and cannot be queried", tok)
+            raise self._error(f"{tok.text} is a sequence (VR SQ): sequences cannot be queried", tok)
         close = difflib.get_close_matches(tok.text.lower(), _LOWER_KEYS, n=1, cutoff=0.6)
         hint = f" (did you mean {_LOWER_KEYS[close[0]]}?)" if close else ""
-        what = "is not kept in the index" if tok.text in keyword_dict else "is not a keyword this query knows"
-        raise self._error(f"'{tok.text}' {what}{hint}", tok)
+        if tok.text in keyword_dict:
+            raise self._error(f"{tok.text} is not kept in the index{hint}", tok)
+        raise self._error(f"unknown keyword '{tok.text}'{hint}", tok)
 
     def _attribute(self, tok: _Token, key: Key) -> _Attr:
         op = self._take()
         if op.kind != "op":
             raise self._error(f"expected an operator (=, !=, <, <=, >, >=, ~) after '{tok.text}', "
                               f"found {self._found(op)}", op)
-        value_tok, value = self._value(op)
+        found, value = self._value(op)
         if key.vr not in _NUMERIC_VRS:
             if key.vr in ("DA", "DT") and re.fullmatch(r"\d{4}-\d\d(-\d\d)?", value):
                 value = value.replace("-", "")
             return _Attr(key, op.text, value)
-        if op.text == "~" or not _NUMBER.fullmatch(value):
-            what = "an operator other than '~'" if op.text == "~" else f"a number after '{op.text}'"
-            raise self._error(f"expected {what} for {tok.text} (VR {key.vr}), found {self._found(value_tok)}",
-                              op if op.text == "~" else value_tok)
+        if op.text == "~":
+            raise self._error(f"'~' compares text, and {tok.text} (VR {key.vr}) is a number", op)
+        if not _NUMBER.fullmatch(value):
+            raise self._error(f"expected a number after '{op.text}' for {tok.text} (VR {key.vr}), "
+                              f"found {self._found(found)}", found)
         return _Attr(key, op.text, float(value))
 
     def _value(self, op: _Token) -> tuple[_Token, str]:
@@ -310,34 +278,31 @@ class _Parser:
         quote = " (quote it to use it as a value)" if tok.kind == "word" else ""
         raise self._error(f"expected a value after '{op.text}', found {self._found(tok)}{quote}", tok)
 
-    def _prefixed(self, tok: _Token) -> _Node:
-        prefix, _, name = tok.text.partition(":")
-        prefix = prefix.lower()
-        nxt = self._peek()
-        if not name and nxt.kind == "string" and nxt.pos == tok.end and prefix in ("tag", "project"):
-            name = self._take().text  # tag:"long key", project:"Trial 2"
-        if prefix == "has":
+    def _link(self, tok: _Token) -> _Link:
+        kind, _, name = tok.text.partition(":")
+        kind = kind.lower()
+        if kind == "has":
             if name.lower() != "derived":
                 raise self._error(f"expected has:derived, found '{tok.text}'", tok)
-            return _Derived()
-        if prefix not in ("tag", "project"):
-            raise self._error(f"unknown prefix '{prefix}:'; expected tag:, project: or has:", tok)
+            return _Link("derived")
+        if kind not in ("tag", "project"):
+            raise self._error(f"unknown prefix '{kind}:'; expected tag:, project: or has:", tok)
+        if not name and self._peek().kind == "string" and self._peek().pos == tok.end:
+            name = self._take().text  # tag:"long key", project:"Trial 2"
         if not name:
-            what = "a tag key" if prefix == "tag" else "a project name"
-            raise self._error(f"expected {what} after '{prefix}:', found {self._found(self._peek())}", self._peek())
-        if prefix == "project":
-            return _Project(name)
-        if self._peek().kind != "op":
-            return _Tag(name, None)
+            what = "a tag key" if kind == "tag" else "a project name"
+            raise self._error(f"expected {what} after '{kind}:', found {self._found(self._peek())}", self._peek())
+        if kind == "project" or self._peek().kind != "op":
+            return _Link(kind, name)
         op = self._take()
-        return _Tag(name, op.text, self._value(op)[1])
+        return _Link(kind, name, op.text, self._value(op)[1])
 
 
-# --- SQL -------------------------------------------------------------------------------------
+# --- SQL ---------------------------------------------------------------------------------------
 
 
 def _like(value: str) -> str:
-    """``value`` as a LIKE pattern that matches it literally (used with ESCAPE '\\')."""
+    """``value`` as a LIKE pattern that matches it literally (with ESCAPE '\\')."""
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
@@ -353,29 +318,27 @@ def _compare(col: str, vr: str, op: str, value: str | float) -> tuple[str, list[
     negate = "NOT " if op == "!=" else ""
     if vr == "PN":  # LIKE folds case; the second pattern matches the first component group
         pattern = _like(value).replace("*", "%").replace("?", "_")
-        alone = "" if "=" in value else f" OR {col} LIKE ? ESCAPE '\\'"
-        return f"{negate}({col} LIKE ? ESCAPE '\\'{alone})", [pattern] + ([] if "=" in value else [pattern + "=%"])
-    if "*" in value or "?" in value:  # GLOB: case-sensitive, '%' and '_' are plain characters
+        if "=" in value:
+            return f"{negate}({col} LIKE ? ESCAPE '\\')", [pattern]
+        return f"{negate}({col} LIKE ? ESCAPE '\\' OR {col} LIKE ? ESCAPE '\\')", [pattern, pattern + "=%"]
+    if "*" in value or "?" in value:  # GLOB: case-sensitive, and '%' and '_' are plain characters
         return f"{negate}({col} GLOB ?)", [value.replace("[", "[[]")]
     return f"{col} {op} ?", [value]
 
 
-@dataclass
 class _Compiler:
-    """Compiles a tree for one result level; joins only the ancestors the conditions use."""
+    """Compiles a tree for one result level: each condition on another level is a semi-join.
 
-    level: int
-    args: list[object] = field(default_factory=list)
-    top: int = -1  # the highest ancestor whose table must be joined
+    ``x IN (subquery)`` with a subquery that does not depend on the outer row: SQLite runs it
+    once, from the best index of its condition, and probes the result per entity, so nothing
+    multiplies rows. (With a correlated EXISTS, SQLite without ANALYZE statistics probed the
+    condition's index once per entity: 1.8 s instead of 0.4 s for a common SOPClassUID at study
+    level over 1M instances.)
+    """
 
-    def __post_init__(self) -> None:
-        self.top = self.level
-
-    def from_sql(self) -> str:
-        joins = [_TABLES[self.level]]
-        for up in range(self.level - 1, self.top - 1, -1):
-            joins.append(f"JOIN {_TABLES[up]} ON {_ALIAS[up]}.id = {_ALIAS[up + 1]}.{_PARENT[up + 1]}")
-        return " ".join(joins)
+    def __init__(self, level: int) -> None:
+        self.level = level
+        self.args: list[object] = []
 
     def sql(self, node: _Node) -> str:
         match node:
@@ -384,49 +347,41 @@ class _Compiler:
             case _Bool(op, terms):
                 return "(" + f" {op.upper()} ".join(self.sql(t) for t in terms) + ")"
             case _Attr(key, op, value):
-                depth = _DEPTH[key.level]
                 cond, args = _compare(key.sql, key.vr, op, value)
                 self.args.extend(args)
-                if depth <= self.level:
-                    self.top = min(self.top, depth)
-                    return cond
-                return self._below(depth, cond)
-            case _Tag(key, op, value):
+                return self._at(_DEPTH[key.level], cond)
+            case _Link("tag", name, op, value):
                 cond, args = ("1", []) if op is None else _compare("value", "LO", op, value)
-                return self._related("tags", f"key = ? AND {cond}", [key, *args], range(4), ancestors=True)
-            case _Project(name):
+                return self._linked("tags", f"key = ? AND {cond}", [name, *args], range(4))
+            case _Link("project", name):
                 cond, args = _compare("name", "LO", "=", name)
-                where = f"project_id IN (SELECT id FROM projects WHERE {cond})"
-                return self._related("project_members", where, args, range(3), ancestors=True)
-            case _Derived():
-                return self._related("derived", "1", [], range(1, 3), ancestors=False)
+                return self._linked("project_members", f"project_id IN (SELECT id FROM projects WHERE {cond})",
+                                    args, range(3))
+            case _Link("derived"):  # the entity's own derived data or its descendants'
+                return self._linked("derived", "1", [], range(max(1, self.level), 3))
         raise AssertionError(node)
 
-    def _below(self, depth: int, cond: str) -> str:
-        """Some descendant at ``depth`` satisfies ``cond`` (which uses that level's aliases)."""
-        first = self.level + 1
-        chain = [_TABLES[first]]
-        chain += [f"JOIN {_TABLES[d]} ON {_ALIAS[d]}.{_PARENT[d]} = {_ALIAS[d - 1]}.id" for d in range(first + 1, depth + 1)]
-        return (f"EXISTS (SELECT 1 FROM {' '.join(chain)} "
-                f"WHERE {_ALIAS[first]}.{_PARENT[first]} = {_ALIAS[self.level]}.id AND {cond})")
+    def _at(self, depth: int, cond: str) -> str:
+        """``cond`` (on the alias of level ``depth``) holds for the entity itself, for its one
+        ancestor at that depth, or for any of its descendants there."""
+        level = self.level
+        if depth == level:
+            return cond
+        if depth < level:  # the parent's line up to ``depth`` satisfies cond
+            tables = [_TABLES[level - 1]] + [f"JOIN {_TABLES[d]} ON {_ALIAS[d]}.id = {_ALIAS[d + 1]}.{_PARENT[d + 1]}"
+                                             for d in range(level - 2, depth - 1, -1)]
+            column, picked = f"{_ALIAS[level]}.{_PARENT[level]}", f"{_ALIAS[level - 1]}.id"
+        else:  # some line down from a child to ``depth`` satisfies cond
+            tables = [_TABLES[level + 1]] + [f"JOIN {_TABLES[d]} ON {_ALIAS[d]}.{_PARENT[d]} = {_ALIAS[d - 1]}.id"
+                                             for d in range(level + 2, depth + 1)]
+            column, picked = f"{_ALIAS[level]}.id", f"{_ALIAS[level + 1]}.{_PARENT[level + 1]}"
+        return f"{column} IN (SELECT {picked} FROM {' '.join(tables)} WHERE {cond})"
 
-    def _related(self, table: str, where: str, args: list[object], levels: range, *, ancestors: bool) -> str:
-        """Rows of ``table`` (level, entity_id, ...) naming the entity, an ancestor or a descendant.
-
-        Each level's ids come from a subquery that does not depend on the outer row, so SQLite
-        computes it once from the table's own indexes and probes it per entity.
-        """
+    def _linked(self, table: str, where: str, args: list[object], depths: range) -> str:
+        """Rows of ``table`` (level, entity_id, ...) that name the entity, an ancestor or a descendant."""
         terms = []
-        for depth in levels:
-            if depth < self.level and not ancestors:
-                continue
-            ids = f"SELECT entity_id FROM {table} WHERE level = '{LEVELS[depth]}' AND {where}"
+        for depth in depths:
             self.args.extend(args)
-            if depth == self.level:
-                terms.append(f"{_ALIAS[depth]}.id IN ({ids})")
-            elif depth < self.level:  # the ancestor's id is the parent column of the level below it
-                self.top = min(self.top, depth + 1)
-                terms.append(f"{_ALIAS[depth + 1]}.{_PARENT[depth + 1]} IN ({ids})")
-            else:
-                terms.append(self._below(depth, f"{_ALIAS[depth]}.id IN ({ids})"))
+            ids = f"SELECT entity_id FROM {table} WHERE level = '{LEVELS[depth]}' AND {where}"
+            terms.append(self._at(depth, f"{_ALIAS[depth]}.id IN ({ids})"))
         return "(" + " OR ".join(terms) + ")" if terms else "0"
