@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,28 @@ def _organise_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         member.add_argument("name")
         member.add_argument("selectors", nargs="+", metavar="SELECTOR", help=_SELECTOR_HELP)
         member.add_argument("--level", choices=["patient", "study", "series"], default="study")
+    fnd = sub.add_parser("find", parents=[common], help="structured queries over the archive",
+                         description="Examples: 'Modality=PT and StudyDate>=20240101', 'tag:diagnosis=AD', "
+                                     "'project:TRIAL1 and not has:derived'. See docs/research.md.")
+    fnd.add_argument("query", nargs="?", default="", metavar="QUERY")
+    fnd.add_argument("--level", choices=["patient", "study", "series", "instance"], default="study")
+    shape = fnd.add_mutually_exclusive_group()
+    shape.add_argument("--json", dest="output", action="store_const", const="json", help="one JSON object per line")
+    shape.add_argument("--paths", dest="output", action="store_const", const="paths",
+                       help="mount paths, one per line (for xargs)")
+    shape.add_argument("--count", dest="output", action="store_const", const="count", help="only how many")
+    fnd.add_argument("--mount", type=Path, metavar="DIR", help="the mount point the paths start with")
+    fnd.add_argument("--limit", type=int, metavar="N")
+    drv = sub.add_parser("derive", parents=[common], help="derived data linked to a study or series")
+    drv_actions = drv.add_subparsers(dest="action", metavar="ACTION", required=True)
+    dadd = drv_actions.add_parser("add", parents=[common], help="store files as derived data of one study or series")
+    dadd.add_argument("selector", metavar="SELECTOR", help=_SELECTOR_HELP)
+    dadd.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    dadd.add_argument("--level", choices=["study", "series"], default="series")
+    dadd.add_argument("--kind", choices=["voi", "stats", "fit", "map", "other"], default="other")
+    dlist = drv_actions.add_parser("list", parents=[common], help="derived data of studies or series")
+    dlist.add_argument("selector", metavar="SELECTOR", help=_SELECTOR_HELP)
+    dlist.add_argument("--level", choices=["study", "series"], default="series")
     tag = sub.add_parser("tag", parents=[common], help="tags (KEY=VALUE) on patients, studies, series, instances")
     tag_actions = tag.add_subparsers(dest="action", metavar="ACTION", required=True)
     for action, what in (("set", "KEY=VALUE"), ("unset", "KEY"), ("list", None)):
@@ -152,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
             return _status(settings)
         if args.command in ("project", "tag"):
             return _organise(settings, args)
+        if args.command == "find":
+            return _find(settings, args)
+        if args.command == "derive":
+            return _derive(settings, args)
         return _serve(settings, args)
     except KeyboardInterrupt:
         return 130
@@ -310,6 +337,61 @@ def _organise(settings: config.Settings, args: argparse.Namespace) -> int:
     except (org.OrganiseError, ValueError) as exc:
         print(f"dicomfs: {exc}", file=sys.stderr)
         return 2
+    finally:
+        archive.close()
+
+
+def _find(settings: config.Settings, args: argparse.Namespace) -> int:
+    from dicomfs.find import find
+    from dicomfs.index.db import Database
+
+    if not settings.index_path.exists():
+        print(f"dicomfs: no archive at {settings.data_dir}", file=sys.stderr)
+        return 2
+    db = Database(settings.index_path, readonly=True)
+    try:
+        count = find(db, args.query, args.level, args.output or "table", args.mount or settings.mount.path,
+                     sys.stdout, args.limit)
+    except ValueError as exc:  # QuerySyntaxError's text ends with the query and a caret under the error
+        print(f"dicomfs: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        db.close()
+    return 0 if count or args.output == "count" else 1
+
+
+def _derive(settings: config.Settings, args: argparse.Namespace) -> int:
+    from dicomfs.archive import open_archive
+    from dicomfs.derived import DerivedError, DerivedStore
+    from dicomfs.index import organise as org
+
+    archive = open_archive(settings.data_dir)
+    store = DerivedStore(settings.derived_path, archive.db)
+    try:
+        ids = org.select(archive.db, args.level, [args.selector])
+        if args.action == "list":
+            for entity_id in ids:
+                for item in archive.db.query(
+                        "SELECT name, kind, size, origin_uid FROM derived WHERE level = ? AND entity_id = ? "
+                        "ORDER BY name", (args.level, entity_id)):
+                    print("\t".join(map(str, item)))
+            return 0
+        if len(ids) != 1:
+            print(f"dicomfs: the selector names {len(ids)} {args.level} entities; derived data needs exactly one",
+                  file=sys.stderr)
+            return 2
+        for path in args.files:
+            temp = store.temp_path()
+            shutil.copyfile(path, temp)
+            item = store.commit(args.level, ids[0], path.name, temp, kind=args.kind)
+            print(f"{path.name}: stored as derived {item.kind} data of {args.level} {item.origin_uid}")
+        return 0
+    except (org.OrganiseError, DerivedError, ValueError) as exc:
+        print(f"dicomfs: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"dicomfs: {exc}", file=sys.stderr)
+        return 1
     finally:
         archive.close()
 

@@ -635,9 +635,17 @@ class Tree:
         return summary_json("SERIES", attributes, "Instances", children)
 
     def _organisation(self, level: str, row_id: int) -> dict[str, Any]:
-        """Tags and projects of this level's entity (not inherited: each level shows its own)."""
-        return {"Tags": organise.tags_of(self.db, level, row_id),
-                "Projects": organise.projects_of(self.db, level, row_id)}
+        """Tags, projects and derived data of this level's entity (each level shows its own)."""
+        found: dict[str, Any] = {"Tags": organise.tags_of(self.db, level, row_id),
+                                 "Projects": organise.projects_of(self.db, level, row_id)}
+        if level in ("study", "series"):
+            found["Derived"] = [
+                {"name": f"{DERIVED_NAME}/{name}", "kind": kind, "size": size, "origin": {"level": level, "uid": uid},
+                 "created": created, "updated": updated, "SOPInstanceUID": sop_uid}
+                for name, kind, size, uid, created, updated, sop_uid in self.db.query(
+                    "SELECT name, kind, size, origin_uid, created_at, updated_at, sop_uid FROM derived "
+                    "WHERE level = ? AND entity_id = ? ORDER BY name", (level, row_id))]
+        return found
 
     def _row_dict(self, table: str, row_id: int) -> dict[str, Any]:
         cursor = self.db.conn.execute(f"SELECT * FROM {table} WHERE id = ?", (row_id,))

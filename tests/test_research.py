@@ -84,3 +84,42 @@ def test_tags_are_set_listed_shown_and_removed(daemon: Daemon, archive: dict[str
     assert "diagnosis=MCI" in cli(daemon, "tag", "list", study_uid)
     assert "removed from 1 study" in cli(daemon, "tag", "unset", study_uid, "diagnosis")
     wait_for(lambda: json.loads((study / "study.json").read_text())["Tags"] == {}, 2.0, "the tag gone")
+
+
+def test_find_prints_tables_json_paths_and_counts(daemon: Daemon, archive: dict[str, list[Path]]) -> None:
+    cli(daemon, "tag", "set", uid(archive["p2_ct"][0], "StudyInstanceUID"), "diagnosis=AD")
+    assert cli(daemon, "find", "Modality=PT", "--count").strip() == "1"
+    assert cli(daemon, "find", "Modality=CT", "--count").strip() == "2"
+    table = cli(daemon, "find", "tag:diagnosis=AD")
+    assert "TWO^PAT" in table and "ONE^PAT" not in table
+    [line] = cli(daemon, "find", "Modality=PT and tag:diagnosis=AD", "--json").splitlines()
+    found = json.loads(line)
+    assert found["PatientID"] == "P2" and found["Tags"] == {"diagnosis": "AD"}
+    paths = cli(daemon, "find", "Modality=PT", "--level", "series", "--paths", "--mount", str(daemon.mount))
+    [series_path] = paths.splitlines()
+    assert sorted(os.listdir(series_path)) == ["001.dcm", "001.jpg", "001.json", "002.dcm", "002.jpg", "002.json",
+                                              "derived", "series.json"]
+    instances = cli(daemon, "find", "PatientID=P1", "--level", "instance", "--paths", "--mount", str(daemon.mount))
+    assert all(Path(p).is_file() for p in instances.splitlines()) and len(instances.splitlines()) == 3
+    bad = cli(daemon, "find", "Modality=PT StudyDate>2024", check=False)
+    assert "expected 'and', 'or' or end of query" in bad and "^" in bad
+    assert "did you mean" in cli(daemon, "find", "Modalty=PT", check=False).lower()
+
+
+def test_derive_add_links_files_to_their_origin(daemon: Daemon, archive: dict[str, list[Path]],
+                                                 tmp_path: Path) -> None:
+    voi = tmp_path / "striatum.voi"
+    voi.write_text("VOI data")
+    series_uid = uid(archive["p2_pt"][0], "SeriesInstanceUID")
+    out = cli(daemon, "derive", "add", series_uid, str(voi), "--kind", "voi")
+    assert f"stored as derived voi data of series {series_uid}" in out
+    assert "striatum.voi\tvoi\t8\t" in cli(daemon, "derive", "list", series_uid)
+    assert cli(daemon, "find", "has:derived", "--count").strip() == "1"
+    series_dir = Path(cli(daemon, "find", f"SeriesInstanceUID={series_uid}", "--level", "series", "--paths",
+                          "--mount", str(daemon.mount)).strip())
+    wait_for(lambda: (series_dir / "derived" / "striatum.voi").exists(), 2.0, "the derived file in the mount")
+    assert (series_dir / "derived" / "striatum.voi").read_text() == "VOI data"
+    summary = json.loads((series_dir / "series.json").read_text())
+    [item] = summary["Derived"]
+    assert item["name"] == "derived/striatum.voi" and item["origin"] == {"level": "series", "uid": series_uid}
+    assert "needs exactly one" in cli(daemon, "derive", "add", "Modality=CT", str(voi), check=False)

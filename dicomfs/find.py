@@ -1,0 +1,100 @@
+"""``dicomfs find``: structured queries over the index, printed as a table, JSON lines or mount paths.
+
+Paths are the ones the mount shows under ``/patients`` (built by the same ``Tree``, so names
+with collision suffixes match exactly), ready for ``xargs``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, TextIO
+
+from dicomfs.index import language, organise
+from dicomfs.index.db import Database
+from dicomfs.tree import TOP_PATIENTS, Kind, Tree, inode_of
+
+_PARENT = {
+    "study": ("SELECT patient_id FROM studies WHERE id = ?", "patient"),
+    "series": ("SELECT study_id FROM series WHERE id = ?", "study"),
+    "instance": ("SELECT series_id FROM instances WHERE id = ?", "series"),
+}
+_KIND = {"patient": Kind.PATIENT, "study": Kind.P_STUDY, "series": Kind.P_SERIES, "instance": Kind.DCM}
+_DESCRIBE = {
+    "patient": ("SELECT patient_name, patient_id, num_studies, num_instances FROM patients WHERE id = ?",
+                ("PatientName", "PatientID", "NumberOfPatientRelatedStudies", "NumberOfPatientRelatedInstances")),
+    "study": ("SELECT p.patient_name, p.patient_id, st.study_date, st.study_description, st.num_series, "
+              "st.num_instances, st.study_uid FROM studies st JOIN patients p ON p.id = st.patient_id WHERE st.id = ?",
+              ("PatientName", "PatientID", "StudyDate", "StudyDescription", "NumberOfStudyRelatedSeries",
+               "NumberOfStudyRelatedInstances", "StudyInstanceUID")),
+    "series": ("SELECT p.patient_id, st.study_date, se.series_number, se.modality, se.series_description, "
+               "se.num_instances, se.series_uid FROM series se JOIN studies st ON st.id = se.study_id "
+               "JOIN patients p ON p.id = st.patient_id WHERE se.id = ?",
+               ("PatientID", "StudyDate", "SeriesNumber", "Modality", "SeriesDescription",
+                "NumberOfSeriesRelatedInstances", "SeriesInstanceUID")),
+    "instance": ("SELECT se.series_uid, i.instance_number, i.sop_class_uid, i.sop_uid FROM instances i "
+                 "JOIN series se ON se.id = i.series_id WHERE i.id = ?",
+                 ("SeriesInstanceUID", "InstanceNumber", "SOPClassUID", "SOPInstanceUID")),
+}
+
+
+class MountPaths:
+    """Mount paths of entities, through the tree's own listings (cached per folder)."""
+
+    def __init__(self, db: Database, mount: Path) -> None:
+        self.db = db
+        self.mount = mount
+        self.tree = Tree(db)
+        self._names: dict[int, dict[int, str]] = {}
+
+    def path(self, level: str, row_id: int) -> Path:
+        if level == "patient":
+            top = inode_of(Kind.TOP, TOP_PATIENTS)
+            return self.mount / "patients" / self._name(top, inode_of(Kind.PATIENT, row_id))
+        sql, parent_level = _PARENT[level]
+        parent_id = int(self.db.get_val(sql, (row_id,)))
+        name = self._name(inode_of(_KIND[parent_level], parent_id), inode_of(_KIND[level], row_id))
+        return self.path(parent_level, parent_id) / name
+
+    def _name(self, folder: int, inode: int) -> str:
+        names = self._names.get(folder)
+        if names is None:
+            names = self._names[folder] = {e.inode: e.name.decode() for e in self.tree.listing(folder).entries}
+        return names[inode]
+
+
+def find(db: Database, text: str, level: str, output: str, mount: Path, out: TextIO, limit: int | None) -> int:
+    """Print the matches of ``text`` at ``level``; returns how many matched."""
+    ids = language.run(db, text, level, limit=limit)
+    if output == "count":
+        out.write(f"{len(ids)}\n")
+        return len(ids)
+    paths = MountPaths(db, mount) if output in ("paths", "json") else None
+    sql, columns = _DESCRIBE[level]
+    rows = []
+    for row_id in ids:
+        values = dict(zip(columns, db.get_row(sql, (row_id,)), strict=True))
+        if output == "paths":
+            assert paths is not None
+            out.write(f"{paths.path(level, row_id)}\n")
+            continue
+        if output == "json":
+            assert paths is not None
+            values["path"] = str(paths.path(level, row_id))
+            if level != "instance":
+                values["Tags"] = organise.tags_of(db, level, row_id)
+                values["Projects"] = organise.projects_of(db, level, row_id)
+            out.write(json.dumps(values, ensure_ascii=False, default=str) + "\n")
+            continue
+        rows.append(values)
+    if output == "table":
+        _table(rows, columns, out)
+    return len(ids)
+
+
+def _table(rows: list[dict[str, Any]], columns: tuple[str, ...], out: TextIO) -> None:
+    text = [{c: "" if r[c] is None else str(r[c]) for c in columns} for r in rows]
+    widths = {c: max([len(c), *(len(r[c]) for r in text)]) for c in columns}
+    out.write("  ".join(c.ljust(widths[c]) for c in columns).rstrip() + "\n")
+    for r in text:
+        out.write("  ".join(r[c].ljust(widths[c]) for c in columns).rstrip() + "\n")
