@@ -24,7 +24,7 @@ import pyfuse3
 import trio
 
 from dicomfs.derived import DerivedError, DerivedStore, check_name
-from dicomfs.tree import SUMMARY_KINDS, Kind, NotFoundError, Tree, inode_of, split_inode
+from dicomfs.tree import SUMMARY_KINDS, TOP_QUERY, Kind, NotFoundError, Tree, inode_of, split_inode
 from dicomfs.views import RenderError, render_view
 
 if TYPE_CHECKING:
@@ -84,6 +84,7 @@ class _Writing:
 
 
 _VIEW_SUFFIX = {Kind.JSON: "json", Kind.JPG: "jpg"}
+_QUERY_FOLDER = inode_of(Kind.TOP, TOP_QUERY)
 
 
 class Operations(pyfuse3.Operations):
@@ -105,7 +106,15 @@ class Operations(pyfuse3.Operations):
     @_fuse_errors
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
         await self._prepare(parent_inode)
-        return self.tree.lookup(parent_inode, name).attr
+        try:
+            return self.tree.lookup(parent_inode, name).attr
+        except NotFoundError:
+            if parent_inode != _QUERY_FOLDER:
+                raise
+        try:  # any valid query is a folder of /query, saved or not
+            return self.tree.query_entry(name.decode("utf-8")).attr
+        except (ValueError, UnicodeDecodeError):
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
 
     @_fuse_errors
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
@@ -268,7 +277,22 @@ class Operations(pyfuse3.Operations):
     async def _read_only(self, *args: Any, **kwargs: Any) -> Any:
         raise pyfuse3.FUSEError(errno.EROFS)
 
-    mknod = mkdir = rmdir = symlink = link = _read_only  # type: ignore[assignment]
+    mknod = symlink = link = _read_only  # type: ignore[assignment]
+
+    @_fuse_errors
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
+        if parent_inode != _QUERY_FOLDER:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        # Reached only for names that are no valid query: a valid one exists already (EEXIST).
+        raise pyfuse3.FUSEError(errno.EINVAL)
+
+    @_fuse_errors
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        """``rmdir /query/<query>`` removes a saved query from the list."""
+        if parent_inode != _QUERY_FOLDER:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        self.tree.lookup(parent_inode, name)  # ENOENT unless listed
+        self.tree.forget_query(name.decode("utf-8"))
     setxattr = removexattr = fallocate = _read_only  # type: ignore[assignment]
 
     # ---------------------------------------------------------------- derived/: the writable folders

@@ -59,10 +59,14 @@ class Kind(enum.IntEnum):
     J_SERIES = 20
     DERIVED = 21  # <study or series folder>/derived: id is that folder's inode (unique per path)
     DERIVED_FILE = 22  # id is the derived row id
+    QUERY = 23  # /query/<query>: id is the queries row id
+    Q_STUDY = 24  # /query/<query>/<study>: id packs (query id, study id)
+    Q_SERIES = 25
 
 
-TOP_PATIENTS, TOP_STUDIES, TOP_DATES, TOP_PROJECTS = 1, 2, 3, 4
-_TOP_NAMES = {TOP_PATIENTS: "patients", TOP_STUDIES: "studies", TOP_DATES: "dates", TOP_PROJECTS: "projects"}
+TOP_PATIENTS, TOP_STUDIES, TOP_DATES, TOP_PROJECTS, TOP_QUERY = 1, 2, 3, 4, 5
+_TOP_NAMES = {TOP_PATIENTS: "patients", TOP_STUDIES: "studies", TOP_DATES: "dates", TOP_PROJECTS: "projects",
+              TOP_QUERY: "query"}
 UNKNOWN_YEAR_NAME = "unknown"
 
 _STUDY_KIND = {Kind.PATIENT: Kind.P_STUDY, Kind.TOP: Kind.U_STUDY, Kind.DAY: Kind.D_STUDY, Kind.YEAR: Kind.D_STUDY}
@@ -70,8 +74,9 @@ _SERIES_KIND = {Kind.P_STUDY: Kind.P_SERIES, Kind.U_STUDY: Kind.U_SERIES, Kind.D
 STUDY_KINDS = frozenset(_SERIES_KIND)
 SERIES_KINDS = frozenset(_SERIES_KIND.values())
 PROJECT_KINDS = frozenset({Kind.PROJECT, Kind.J_PATIENT, Kind.J_STUDY, Kind.J_SERIES})
+QUERY_KINDS = frozenset({Kind.QUERY, Kind.Q_STUDY, Kind.Q_SERIES})
 DIR_KINDS = frozenset({Kind.TOP, Kind.PATIENT, Kind.YEAR, Kind.DAY, Kind.DERIVED}) | STUDY_KINDS | SERIES_KINDS \
-    | PROJECT_KINDS
+    | PROJECT_KINDS | QUERY_KINDS
 DERIVED_NAME = "derived"
 INSTANCE_VIEW_KINDS = frozenset({Kind.DCM, Kind.JSON, Kind.JPG})
 SUMMARY_KINDS = frozenset({Kind.PATIENT_JSON, Kind.STUDY_JSON, Kind.SERIES_JSON})
@@ -81,7 +86,7 @@ SUMMARY_NAMES = {Kind.PATIENT_JSON: "patient.json", Kind.STUDY_JSON: "study.json
 # The level table whose updated_at is the mtime of a folder or summary of that kind.
 _LEVEL_TABLE = {
     Kind.PATIENT: "patients", Kind.PATIENT_JSON: "patients", Kind.J_PATIENT: "patients",
-    Kind.J_STUDY: "studies", Kind.J_SERIES: "series",
+    Kind.J_STUDY: "studies", Kind.J_SERIES: "series", Kind.Q_STUDY: "studies", Kind.Q_SERIES: "series",
     **{k: "studies" for k in (Kind.P_STUDY, Kind.U_STUDY, Kind.D_STUDY, Kind.STUDY_JSON)},
     **{k: "series" for k in (Kind.P_SERIES, Kind.U_SERIES, Kind.D_SERIES, Kind.SERIES_JSON)},
 }
@@ -192,7 +197,10 @@ class Tree:
             if kind is Kind.PROJECT:
                 return self._dir_attr(inode, float(self.db.get_val(
                     "SELECT created_at FROM projects WHERE id = ?", (row_id,))))
-            if kind in PROJECT_KINDS:
+            if kind is Kind.QUERY:
+                return self._dir_attr(inode, float(self.db.get_val(
+                    "SELECT created_at FROM queries WHERE id = ?", (row_id,))))
+            if kind in PROJECT_KINDS | QUERY_KINDS:
                 return self._dir_attr(inode, self._level_mtime(kind, unpack_ids(row_id)[1]))
             if kind in DIR_KINDS:  # patient, study and series folders
                 return self._dir_attr(inode, self._level_mtime(kind, row_id))
@@ -270,7 +278,8 @@ class Tree:
             if day:
                 stale.add(inode_of(Kind.DAY, day))
         if series_ids:  # project and derived/ folders depend on these too; they are few: drop them all
-            stale.update(i for i in self._listings if split_inode(i)[0] in PROJECT_KINDS | {Kind.DERIVED})
+            scoped = PROJECT_KINDS | QUERY_KINDS | {Kind.DERIVED}
+            stale.update(i for i in self._listings if split_inode(i)[0] in scoped)
         for inode in stale:
             self._listings.pop(inode, None)
             self._summaries.pop(inode, None)
@@ -287,10 +296,10 @@ class Tree:
         kind, row_id = self._split(inode)
         if kind is Kind.DERIVED:
             return None
-        if kind in STUDY_KINDS or kind is Kind.J_STUDY:
-            return "study", unpack_ids(row_id)[1] if kind is Kind.J_STUDY else row_id
-        if kind in SERIES_KINDS or kind is Kind.J_SERIES:
-            return "series", unpack_ids(row_id)[1] if kind is Kind.J_SERIES else row_id
+        if kind in STUDY_KINDS or kind in (Kind.J_STUDY, Kind.Q_STUDY):
+            return "study", unpack_ids(row_id)[1] if kind in (Kind.J_STUDY, Kind.Q_STUDY) else row_id
+        if kind in SERIES_KINDS or kind in (Kind.J_SERIES, Kind.Q_SERIES):
+            return "series", unpack_ids(row_id)[1] if kind in (Kind.J_SERIES, Kind.Q_SERIES) else row_id
         return None
 
     def derived_origin(self, inode: int) -> tuple[str, int]:
@@ -338,6 +347,8 @@ class Tree:
             return self._build_project(kind, row_id)
         if kind is Kind.DERIVED:
             return self._build_derived(row_id)
+        if kind in QUERY_KINDS:
+            return self._build_query(kind, row_id)
         return self._build_series(kind, row_id)
 
     def _build_top(self, top: int) -> list[Entry]:
@@ -356,6 +367,9 @@ class Tree:
             rows = self.db.query("SELECT id, name, created_at FROM projects ORDER BY id")
             # Project names are validated when created: safe as they are.
             return [self._dir_entry(r[1], inode_of(Kind.PROJECT, r[0]), r[2]) for r in rows]
+        if top == TOP_QUERY:  # saved queries; any other valid query is found by lookup (fs.py)
+            rows = self.db.query("SELECT id, text, created_at FROM queries WHERE saved = 1 ORDER BY id")
+            return [self._dir_entry(r[1], inode_of(Kind.QUERY, r[0]), r[2]) for r in rows]
         if top == TOP_DATES:
             years: dict[int, float] = {}
             for study_date, updated in self.db.query("SELECT study_date, updated_at FROM studies"):
@@ -382,6 +396,56 @@ class Tree:
         return [
             self._dir_entry(naming.iso_date(str(d)), inode_of(Kind.DAY, d), t) for d, t in days.items()
         ]
+
+    # ----------------------------------------------------------------- /query
+
+    def forget_query(self, text: str) -> None:
+        """rmdir in /query: no longer listed (the folder still answers if used again)."""
+        self.db.execute("UPDATE queries SET saved = 0 WHERE text = ?", (text,))
+        self.forget(inode_of(Kind.TOP, TOP_QUERY))
+
+    def query_entry(self, text: str) -> Entry:
+        """The folder of any valid query (ValueError otherwise).
+
+        A query used once is saved: listed in /query from then on, across remounts, until
+        rmdir. (mkdir cannot be the way to save: the kernel looks the name up first, and
+        every valid query already exists.)
+        """
+        from dicomfs.index import language
+
+        language.compile_query(text, "study")  # raises QuerySyntaxError, a ValueError
+        if self.db.execute("INSERT INTO queries (text, saved, created_at) VALUES (?, 1, ?) "
+                           "ON CONFLICT (text) DO UPDATE SET saved = 1 WHERE saved = 0", (text, time.time())):
+            self.forget(inode_of(Kind.TOP, TOP_QUERY))
+        query_id, created = self.db.get_row("SELECT id, created_at FROM queries WHERE text = ?", (text,))
+        return self._dir_entry(text, inode_of(Kind.QUERY, query_id), created)
+
+    def _build_query(self, kind: Kind, row_id: int) -> list[Entry]:
+        if kind is Kind.QUERY:
+            from dicomfs.index import language
+
+            text = str(self.db.get_val("SELECT text FROM queries WHERE id = ?", (row_id,)))
+            ids = language.run(self.db, text, "study")
+            rows = [(pack_ids(row_id, r[0]), *r[1:]) for study_id in ids
+                    for r in self.db.query(_STUDY_ROWS + "WHERE st.id = ?", (study_id,))]
+            named = naming.unique_names(rows, lambda r: naming.safe_component(
+                f"{naming.person_name(r[6]) or '(no name)'} {_study_base(r)}", fallback="(study)"))
+            return [self._dir_entry(n, inode_of(Kind.Q_STUDY, r[0]), r[5]) for n, r in named]
+        query_id, entity_id = unpack_ids(row_id)
+        if kind is Kind.Q_STUDY:
+            entries = self._build_study(Kind.P_STUDY, entity_id)
+            return [self._rescoped(e, Kind.Q_SERIES, query_id) for e in entries[:-1]] + \
+                [self._derived_entry(inode_of(kind, row_id))]
+        entries = self._build_series(Kind.P_SERIES, entity_id)
+        return [*entries[:-1], self._derived_entry(inode_of(kind, row_id))]
+
+    def _rescoped(self, entry: Entry, kind: Kind, scope_id: int) -> Entry:
+        """A series folder entry of a study listing, moved into a /query or /projects scope."""
+        entry_kind, row_id = split_inode(entry.inode)
+        if entry_kind not in SERIES_KINDS:
+            return entry  # study.json
+        inode = inode_of(kind, pack_ids(scope_id, row_id))
+        return Entry(entry.name, self._dir_attr(inode, entry.attr.st_mtime_ns / 1e9))
 
     # ----------------------------------------------------------------- derived/
 

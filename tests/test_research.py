@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -123,3 +124,28 @@ def test_derive_add_links_files_to_their_origin(daemon: Daemon, archive: dict[st
     [item] = summary["Derived"]
     assert item["name"] == "derived/striatum.voi" and item["origin"] == {"level": "series", "uid": series_uid}
     assert "needs exactly one" in cli(daemon, "derive", "add", "Modality=CT", str(voi), check=False)
+
+
+def test_query_folders_list_matching_studies_and_saved_ones_persist(
+    daemon: Daemon, archive: dict[str, list[Path]]
+) -> None:
+    cli(daemon, "tag", "set", uid(archive["p2_ct"][0], "StudyInstanceUID"), "diagnosis=AD")
+    query = daemon.mount / "query"
+    assert os.listdir(query) == []
+    found = query / "Modality=PT and tag:diagnosis=AD"
+    [study] = os.listdir(found)  # any valid query is a folder
+    assert study.startswith("TWO^PAT")
+    series = sorted(os.listdir(found / study))
+    assert series == ["003 CT Lung 1.0", "005 PT FDG", "derived", "study.json"]
+    assert (found / study / "005 PT FDG" / "001.dcm").read_bytes()[128:132] == b"DICM"
+    assert len(os.listdir(query / "Modality=CT")) == 2
+    assert not (query / "Modality=PT StudyDate").exists()  # not a query: no such folder
+    with pytest.raises(OSError) as err:
+        os.mkdir(query / "Modalty=PT")
+    assert err.value.errno == errno.EINVAL
+    assert sorted(os.listdir(query)) == ["Modality=CT", "Modality=PT and tag:diagnosis=AD"]  # used = saved
+    os.rmdir(query / "Modality=CT")
+    daemon.stop()
+    daemon.start()
+    assert os.listdir(daemon.mount / "query") == ["Modality=PT and tag:diagnosis=AD"]  # persists across remounts
+    assert len(os.listdir(daemon.mount / "query" / "Modality=PT and tag:diagnosis=AD")) == 1

@@ -223,6 +223,14 @@ CREATE TABLE derived (
     UNIQUE (level, entity_id, name)
 );
 CREATE INDEX derived_origin ON derived(level, entity_id);
+
+-- Queries used as folders of the mount's /query; `saved` ones (made with mkdir) are listed there.
+CREATE TABLE queries (
+    id                  INTEGER PRIMARY KEY AUTOINCREMENT,
+    text                TEXT NOT NULL UNIQUE,
+    saved               INTEGER NOT NULL DEFAULT 0,
+    created_at          REAL NOT NULL
+);
 """
 
 # Each entry upgrades the schema from version i to i + 1.
