@@ -89,7 +89,7 @@ async def _mount(
     mount_point = settings.mount.path
     tree = Tree(archive.db)
     ops = Operations(tree, archive.store.root, render_threads=settings.mount.render_threads, remote=fetcher,
-                     derived=DerivedStore(settings.derived_path, archive.db))
+                     derived=DerivedStore(settings.derived_path, archive.db, archive.store.root))
     options = set(pyfuse3.default_options) | {"fsname=dicomfs", "subtype=dicomfs"}
     if settings.mount.allow_other:
         options.add("allow_other")

@@ -41,6 +41,7 @@ class DerivedFile:
     size: int
     created_at: float
     updated_at: float
+    sop_uid: str | None  # a derived DICOM object, stored in the archive's store, not here
 
 
 def check_name(name: str) -> str:
@@ -54,8 +55,9 @@ def check_name(name: str) -> str:
 class DerivedStore:
     """Writes derived files and their index rows (on the thread that owns ``db``)."""
 
-    def __init__(self, root: Path, db: Database) -> None:
+    def __init__(self, root: Path, db: Database, instance_root: Path | None = None) -> None:
         self.root = root
+        self.instance_root = instance_root  # the store of instances, for derived DICOM objects
         self.tmp_dir = root / ".tmp"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.db = db
@@ -104,11 +106,13 @@ class DerivedStore:
         """Rename within the same derived/ folder, replacing a file of the new name."""
         check_name(new_name)
         item = self.get(derived_id)
-        new_relpath = f"{uid_component(item.origin_uid)}/{new_name}"
         replaced = self.db.query("SELECT id, file_path FROM derived WHERE level = ? AND entity_id = ? AND name = ?",
                                  (item.level, item.entity_id, new_name))
-        os.replace(self.root / item.file_path, self.root / new_relpath)
-        fsync_dir((self.root / new_relpath).parent)
+        new_relpath = ""  # a derived DICOM object: only its name here changes
+        if item.file_path:
+            new_relpath = f"{uid_component(item.origin_uid)}/{new_name}"
+            os.replace(self.root / item.file_path, self.root / new_relpath)
+            fsync_dir((self.root / new_relpath).parent)
         with self.db.transaction():
             for other_id, _ in replaced:
                 if other_id != derived_id:
@@ -116,6 +120,18 @@ class DerivedStore:
             self.db.execute("UPDATE derived SET name = ?, file_path = ?, updated_at = ? WHERE id = ?",
                             (new_name, new_relpath, time.time(), derived_id))
             self._changed(item.level, item.entity_id, time.time())
+
+    def path_of(self, item: DerivedFile) -> Path:
+        """Where the bytes are: our derived folder, or the store file of a derived DICOM object."""
+        if item.file_path or not item.sop_uid:
+            return self.root / item.file_path
+        try:
+            relpath = self.db.get_val("SELECT file_path FROM instances WHERE sop_uid = ?", (item.sop_uid,))
+        except NoSuchRowError:
+            raise DerivedError(errno.ENOENT, f"the DICOM object {item.sop_uid} is gone") from None
+        if not relpath or self.instance_root is None:
+            raise DerivedError(errno.EIO, f"the DICOM object {item.sop_uid} is not local")
+        return self.instance_root / str(relpath)
 
     def get(self, derived_id: int) -> DerivedFile:
         try:
@@ -140,4 +156,4 @@ class DerivedStore:
         self.db.execute("INSERT INTO changes (series_id, at) VALUES (?, ?)", (series_id, now))
 
 
-_COLUMNS = "id, level, entity_id, origin_uid, name, kind, file_path, size, created_at, updated_at"
+_COLUMNS = "id, level, entity_id, origin_uid, name, kind, file_path, size, created_at, updated_at, sop_uid"

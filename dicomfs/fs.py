@@ -324,8 +324,10 @@ class Operations(pyfuse3.Operations):
     def _open_derived(self, inode: int, flags: int) -> pyfuse3.FileInfo:
         store = self._derived_store()
         item = store.get(split_inode(inode)[1])
-        path = store.root / item.file_path
+        path = store.path_of(item)
         handle = _Handle()
+        if item.sop_uid and flags & os.O_ACCMODE != os.O_RDONLY:
+            raise pyfuse3.FUSEError(errno.EROFS)  # a derived DICOM object: change it by sending a new one
         if flags & os.O_ACCMODE == os.O_RDONLY:
             handle.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         else:
@@ -363,7 +365,7 @@ class Operations(pyfuse3.Operations):
         store = self._derived_store()
         item = store.get(split_inode(writing.inode)[1])
         writing.temp = store.temp_path()
-        shutil.copyfile(store.root / item.file_path, writing.temp)
+        shutil.copyfile(store.path_of(item), writing.temp)
         os.close(handle.fd)
         handle.fd = os.open(writing.temp, os.O_RDWR | os.O_CLOEXEC)
 

@@ -134,7 +134,30 @@ class Indexer:
             f"INSERT INTO instances ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
             tuple(row.values()),
         )
+        if parsed.referenced_series or parsed.referenced_instances:
+            self._link_derived(parsed, series_id, now)
         return Ingested(sop_uid, Outcome.STORED, series_id)
+
+    def _link_derived(self, parsed: ParsedInstance, own_series: int, now: float) -> None:
+        """Show a derived DICOM object in the derived/ folder of each series it was made from."""
+        refs = parsed.referenced_series
+        found = self.db.query(
+            f"SELECT id, series_uid FROM series WHERE series_uid IN ({', '.join('?' * len(refs))})", refs
+        ) if refs else []
+        if parsed.referenced_instances:
+            marks = ", ".join("?" * len(parsed.referenced_instances))
+            found += self.db.query(
+                f"SELECT DISTINCT se.id, se.series_uid FROM instances i JOIN series se ON se.id = i.series_id "
+                f"WHERE i.sop_uid IN ({marks})", parsed.referenced_instances)
+        modality = parsed.series.get("modality") or "DICOM"
+        name = f"{modality}_{parsed.sop_uid}.dcm"
+        for series_id, series_uid in dict(found).items():
+            if series_id == own_series:
+                continue
+            self.db.execute(
+                "INSERT INTO derived (level, entity_id, origin_uid, name, kind, file_path, sop_uid, size, created_at, "
+                "updated_at) VALUES ('series', ?, ?, ?, 'dicom', '', ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (series_id, series_uid, name, parsed.sop_uid, parsed.instance["file_size"], now, now))
 
     def _fill_placeholder(
         self, instance_id: int, series_id: int, parsed: ParsedInstance, temp: Path, now: float, folders: set[Path]

@@ -56,6 +56,9 @@ class ParsedInstance:
     study: dict[str, Any] = field(default_factory=dict)
     series: dict[str, Any] = field(default_factory=dict)
     instance: dict[str, Any] = field(default_factory=dict)
+    # A derived DICOM object (SEG, RTSTRUCT, SR, ...): the series and instances it was made from.
+    referenced_series: list[str] = field(default_factory=list)
+    referenced_instances: list[str] = field(default_factory=list)
 
     @property
     def sop_uid(self) -> str:
@@ -88,11 +91,13 @@ def parse_instance(raw: bytes, *, source: str = "", received: bool = False) -> P
         values = _extract(ds)
         json_size = len(dataset_json(ds))
         has_image = renders_image(ds)
+        references = derived_references(ds)
     except (NotDicomError, InvalidInstanceError):
         raise
     except Exception as exc:  # pydicom raises many types on malformed input
         raise InvalidInstanceError(f"malformed DICOM: {type(exc).__name__}: {exc}") from exc
-    parsed = ParsedInstance(data=data, added_part10_header=added, **values)
+    parsed = ParsedInstance(data=data, added_part10_header=added, **values,
+                            referenced_series=references[0], referenced_instances=references[1])
     parsed.instance.update(
         json_size=json_size,
         json_version=JSON_VERSION,
@@ -105,7 +110,55 @@ def parse_instance(raw: bytes, *, source: str = "", received: bool = False) -> P
     return parsed
 
 
+# SOP classes that are made from other images: their references link them to their sources.
+_DERIVED_CLASS_PREFIXES = (
+    "1.2.840.10008.5.1.4.1.1.66",  # Raw Data, Spatial Registration, Fiducials, Segmentation (.66.4)
+    "1.2.840.10008.5.1.4.1.1.481.3",  # RT Structure Set
+    "1.2.840.10008.5.1.4.1.1.88.",  # Structured Reports, Key Object Selection
+    "1.2.840.10008.5.1.4.1.1.30",  # Parametric Map
+    "1.2.840.10008.5.1.4.1.1.11.",  # Presentation States
+    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture (when it names its sources)
+)
+
+
+def derived_references(ds: Dataset) -> tuple[list[str], list[str]]:
+    """(series UIDs, SOP instance UIDs) a derived object names as its sources; empty for others.
+
+    Reads Referenced Series Sequence, Source Image Sequence, Referenced Image Sequence, the
+    RT Referenced Frame of Reference tree and SR evidence, at the top level and one level down.
+    """
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if not sop_class.startswith(_DERIVED_CLASS_PREFIXES) and "SourceImageSequence" not in ds:
+        return [], []
+    series: list[str] = []
+    instances: list[str] = []
+
+    def add(values: list[str], value: Any) -> None:
+        text = str(value or "").strip()
+        if text and text not in values:
+            values.append(text)
+
+    def walk(item: Dataset, depth: int) -> None:
+        for element in item:
+            if element.VR != "SQ" or depth > 4:
+                continue
+            for child in element.value:
+                if "SeriesInstanceUID" in child:
+                    add(series, child.SeriesInstanceUID)
+                if "ReferencedSOPInstanceUID" in child:
+                    add(instances, child.ReferencedSOPInstanceUID)
+                walk(child, depth + 1)
+
+    try:
+        walk(ds, 0)
+    except Exception:  # a malformed sequence only loses the links, never the object
+        return series, instances
+    own = str(ds.get("SeriesInstanceUID", ""))
+    return [s for s in series if s != own], instances
+
+
 def _as_part10(raw: bytes) -> tuple[bytes, bool]:
+
     """Return Part 10 bytes; a bare dataset keeps its bytes, behind a new preamble and meta."""
     if len(raw) >= 132 and raw[128:132] == b"DICM":
         return raw, False

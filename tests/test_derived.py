@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import errno
+import json
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import dicomgen
+import pydicom
 import pytest
 from conftest import Daemon, run_cli
 
@@ -91,3 +93,53 @@ def test_concurrent_writers_never_interleave(mounted: Daemon) -> None:
     assert target.read_bytes() in payloads  # one whole version, whichever closed last
     two = subprocess.run(["sh", "-c", f"printf a > '{target}' & printf b > '{target}' & wait"], timeout=30)
     assert two.returncode == 0 and target.read_bytes() in (b"a", b"b")
+
+
+def test_derived_dicom_objects_appear_with_the_series_they_reference(
+    daemon: Daemon, data_dir: Path, tmp_path: Path
+) -> None:
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ct = dicomgen.series(tmp_path / "ct", 2)
+    first = pydicom.dcmread(ct[0])
+    ref = Dataset()
+    ref.SeriesInstanceUID = first.SeriesInstanceUID
+    seg = dicomgen.make_dataset(rows=0, columns=0, StudyInstanceUID=first.StudyInstanceUID, Modality="SEG",
+                                SOPClassUID="1.2.840.10008.5.1.4.1.1.66.4", SeriesNumber=90,
+                                SeriesDescription="Lesions", ReferencedSeriesSequence=Sequence([ref]))
+    rt_series = Dataset()
+    rt_series.SeriesInstanceUID = first.SeriesInstanceUID
+    rt_study = Dataset()
+    rt_study.RTReferencedSeriesSequence = Sequence([rt_series])
+    frame = Dataset()
+    frame.RTReferencedStudySequence = Sequence([rt_study])
+    rtstruct = dicomgen.make_dataset(rows=0, columns=0, StudyInstanceUID=first.StudyInstanceUID, Modality="RTSTRUCT",
+                                     SOPClassUID="1.2.840.10008.5.1.4.1.1.481.3", SeriesNumber=91,
+                                     ReferencedFrameOfReferenceSequence=Sequence([frame]))
+    image = Dataset()
+    image.ReferencedSOPClassUID = first.SOPClassUID
+    image.ReferencedSOPInstanceUID = first.SOPInstanceUID
+    capture = dicomgen.make_dataset(StudyInstanceUID=first.StudyInstanceUID, Modality="OT", SeriesNumber=92,
+                                    SOPClassUID="1.2.840.10008.5.1.4.1.1.7", SourceImageSequence=Sequence([image]))
+    for name, ds in (("seg.dcm", seg), ("rt.dcm", rtstruct), ("sc.dcm", capture)):
+        dicomgen.write(tmp_path / "derived" / name, ds)
+    run_cli("import", "--data-dir", data_dir, tmp_path / "ct")
+    run_cli("import", "--data-dir", data_dir, tmp_path / "derived")  # after the images they reference
+    daemon.start()
+    folder = daemon.mount / SERIES / "derived"
+    names = sorted(os.listdir(folder))
+    assert names == sorted([f"SEG_{seg.SOPInstanceUID}.dcm", f"RTSTRUCT_{rtstruct.SOPInstanceUID}.dcm",
+                            f"OT_{capture.SOPInstanceUID}.dcm"])
+    seg_series = next(p for p in (daemon.mount / STUDY).iterdir() if p.name.startswith("090 SEG"))
+    assert (folder / f"SEG_{seg.SOPInstanceUID}.dcm").read_bytes() == (seg_series / "001.dcm").read_bytes()
+    summary = json.loads((daemon.mount / SERIES / "series.json").read_text())
+    assert {d["SOPInstanceUID"] for d in summary["Derived"]} == {seg.SOPInstanceUID, rtstruct.SOPInstanceUID,
+                                                                  capture.SOPInstanceUID}
+    assert all(d["kind"] == "dicom" for d in summary["Derived"])
+    with pytest.raises(OSError) as err:
+        (folder / f"SEG_{seg.SOPInstanceUID}.dcm").write_bytes(b"x")
+    assert err.value.errno == errno.EROFS
+    os.unlink(folder / f"OT_{capture.SOPInstanceUID}.dcm")  # removes the link only
+    assert len(os.listdir(folder)) == 2
+    assert any(p.name.startswith("092 OT") for p in (daemon.mount / STUDY).iterdir())
