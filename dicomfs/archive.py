@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dicomfs.config import ProjectRule
 from dicomfs.index.db import Database
 from dicomfs.index.schema import migrate
 from dicomfs.ingest import Indexer
@@ -21,9 +23,9 @@ class Archive:
         self.db.close()
 
 
-def open_archive(data_dir: Path) -> Archive:
+def open_archive(data_dir: Path, rules: Sequence[ProjectRule] = ()) -> Archive:
     data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(data_dir / "index.sqlite")
     migrate(db)
     store = Store(data_dir / "store")
-    return Archive(db, store, Indexer(db, store))
+    return Archive(db, store, Indexer(db, store, rules))

@@ -220,7 +220,7 @@ def _import(settings: config.Settings, args: argparse.Namespace) -> int:
         print(f"dicomfs: {path}: no such file or directory", file=sys.stderr)
     if missing:
         return 2
-    archive = open_archive(settings.data_dir)
+    archive = open_archive(settings.data_dir, settings.rules)
     try:
         report = run_import(
             archive, args.paths, workers=args.workers or settings.import_.workers,
@@ -273,7 +273,7 @@ def _remote(settings: config.Settings, args: argparse.Namespace) -> int:
             if not args.json:
                 print(f"{count} {args.level} answers from {remote.name}", file=sys.stderr)
             return 0
-        archive = open_archive(settings.data_dir)
+        archive = open_archive(settings.data_dir, settings.rules)
         try:
             if args.action == "refresh":
                 new = commands.refresh(archive, remote, calling)

@@ -53,6 +53,15 @@ class RemoteNode:
 
 
 @dataclass(slots=True)
+class ProjectRule:
+    """Routes arriving studies into a project: ``match`` is a query, ``calling_ae`` the sender."""
+
+    project: str = ""
+    match: str = ""  # in the query language, evaluated at study level; empty: any study
+    calling_ae: str = ""  # only data received from this AE title; empty: any source
+
+
+@dataclass(slots=True)
 class AllowSettings:
     """Calling AE titles allowed per service group; empty = anyone. Entries: "AE" or "AE@host"."""
 
@@ -101,6 +110,7 @@ class Settings:
     mount: MountSettings = field(default_factory=MountSettings)
     import_: ImportSettings = field(default_factory=ImportSettings)
     dicom: DicomSettings = field(default_factory=DicomSettings)
+    rules: list[ProjectRule] = field(default_factory=list)  # [[rules]]: automatic project membership
     source: Path | None = None  # the file these settings were read from
 
     @property
@@ -161,6 +171,9 @@ def _apply(target: Any, doc: dict[str, Any], where: str, sections: dict[str, str
         if attr == "remotes":
             setattr(target, attr, [_remote(item, f"{where}: remotes") for item in _as_list(value, where)])
             continue
+        if attr == "rules":
+            setattr(target, attr, [_rule(item, f"{where}: rules") for item in _as_list(value, where)])
+            continue
         if isinstance(value, dict):
             if not hasattr(current, "__dataclass_fields__"):
                 raise ConfigError(f"{where}: {key!r} is a value, not a section")
@@ -171,8 +184,25 @@ def _apply(target: Any, doc: dict[str, Any], where: str, sections: dict[str, str
 
 def _as_list(value: Any, where: str) -> list[Any]:
     if not isinstance(value, list):
-        raise ConfigError(f"{where}: 'remotes' must be an array of tables ([[dicom.remotes]])")
+        raise ConfigError(f"{where}: must be an array of tables ([[dicom.remotes]], [[rules]])")
     return value
+
+
+def _rule(item: Any, where: str) -> ProjectRule:
+    if not isinstance(item, dict):
+        raise ConfigError(f"{where}: each rule is a table with project, and match and/or calling_ae")
+    rule = ProjectRule()
+    _apply(rule, item, where, {})
+    if not rule.project:
+        raise ConfigError(f"{where}: a rule needs the project it assigns to")
+    if rule.match:
+        from dicomfs.index.language import compile_query
+
+        try:
+            compile_query(rule.match, "study")
+        except ValueError as exc:
+            raise ConfigError(f"{where}: rule for {rule.project!r}: {exc}") from None
+    return rule
 
 
 def _remote(item: Any, where: str) -> RemoteNode:

@@ -38,7 +38,7 @@ class MountError(RuntimeError):
 def serve(settings: Settings) -> None:
     if settings.mount.enabled:  # fail early and plainly, before anything runs
         settings.mount.path = _prepare_mount_point(settings.mount.path)
-    archive = open_archive(settings.data_dir)
+    archive = open_archive(settings.data_dir, settings.rules)
     try:
         removed = archive.store.clean_temporaries()
         if removed:

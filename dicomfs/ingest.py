@@ -11,11 +11,12 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dicomfs.config import ProjectRule
 from dicomfs.index.db import Database, NoSuchRowError
 from dicomfs.parse import ParsedInstance
 from dicomfs.store import Store
@@ -66,9 +67,10 @@ _PLACEHOLDER: dict[str, Any] = {
 class Indexer:
     """Writes to the index; the only module that inserts patients, studies, series, instances."""
 
-    def __init__(self, db: Database, store: Store) -> None:
+    def __init__(self, db: Database, store: Store, rules: Sequence[ProjectRule] = ()) -> None:
         self.db = db
         self.store = store
+        self.rules = list(rules)
 
     def add_batch(self, batch: Iterable[tuple[ParsedInstance, Path]]) -> list[Ingested]:
         """Store and index ``(parsed, temp_path)`` pairs atomically; temp files are consumed.
@@ -81,11 +83,16 @@ class Indexer:
         folders: set[Path] = set()
         now = time.time()
         with self.db.transaction():
+            batch_sources: dict[int, set[str]] = {}
             for parsed, temp in batch:
                 result = self._add_one(parsed, temp, now, folders)
                 results.append(result)
                 if result.outcome is Outcome.STORED:
                     touched.add(result.series_id)
+                    source = str(parsed.instance.get("source") or "")
+                    batch_sources.setdefault(result.series_id, set()).add(source.partition("@")[0])
+            if self.rules and touched:
+                self._apply_rules(touched, batch_sources)
             for series_id in touched:
                 self._note_remote_progress(series_id)
                 self.db.execute("INSERT INTO changes (series_id, at) VALUES (?, ?)", (series_id, now))
@@ -158,6 +165,31 @@ class Indexer:
                 "INSERT INTO derived (level, entity_id, origin_uid, name, kind, file_path, sop_uid, size, created_at, "
                 "updated_at) VALUES ('series', ?, ?, ?, 'dicom', '', ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (series_id, series_uid, name, parsed.sop_uid, parsed.instance["file_size"], now, now))
+
+    def _apply_rules(self, series_ids: set[int], sources: dict[int, set[str]]) -> None:
+        """Put the studies these series belong to into the projects whose rules they match."""
+        from dicomfs.index import language
+
+        by_study: dict[int, set[str]] = {}
+        for series_id in series_ids:
+            study_id = int(self.db.get_val("SELECT study_id FROM series WHERE id = ?", (series_id,)))
+            by_study.setdefault(study_id, set()).update(sources.get(series_id, set()))
+        now = time.time()
+        for rule in self.rules:
+            for study_id, callers in by_study.items():
+                if rule.calling_ae and rule.calling_ae not in callers:
+                    continue
+                if rule.match:
+                    compiled = language.compile_query(rule.match, "study")
+                    if not self.db.query(f"SELECT 1 FROM {compiled.from_sql} WHERE {compiled.id_column} = ? AND "
+                                         f"({compiled.where})", [study_id, *compiled.args]):
+                        continue
+                self.db.execute("INSERT INTO projects (name, description, created_at) VALUES (?, ?, ?) "
+                                "ON CONFLICT (name) DO NOTHING", (rule.project, "created by a rule", now))
+                if self.db.execute(
+                        "INSERT OR IGNORE INTO project_members (project_id, level, entity_id, added_at) "
+                        "SELECT id, 'study', ?, ? FROM projects WHERE name = ?", (study_id, now, rule.project)):
+                    log.info("study %d assigned to project %s by a rule", study_id, rule.project)
 
     def _fill_placeholder(
         self, instance_id: int, series_id: int, parsed: ParsedInstance, temp: Path, now: float, folders: set[Path]

@@ -149,3 +149,24 @@ def test_query_folders_list_matching_studies_and_saved_ones_persist(
     daemon.start()
     assert os.listdir(daemon.mount / "query") == ["Modality=PT and tag:diagnosis=AD"]  # persists across remounts
     assert len(os.listdir(daemon.mount / "query" / "Modality=PT and tag:diagnosis=AD")) == 1
+
+
+def test_rules_route_arriving_studies_into_projects(daemon: Daemon, tmp_path: Path) -> None:
+    from conftest import dcmtk
+
+    config = tmp_path / "rules.toml"
+    config.write_text('[[rules]]\nproject = "AMYLOID"\nmatch = "StudyDescription~amyloid"\n\n'
+                      '[[rules]]\nproject = "FROM-PET1"\ncalling_ae = "PET1"\n')
+    daemon.start("--config", str(config))
+    amyloid = dicomgen.series(tmp_path / "a", 2, PatientID="R1", StudyDescription="PET Amyloid brain")
+    other = dicomgen.series(tmp_path / "b", 1, PatientID="R2", StudyDescription="CT chest")
+    assert dcmtk("storescu", "-aet", "PET1", "-aec", "DICOMFS", "127.0.0.1", daemon.port, *amyloid).returncode == 0
+    assert dcmtk("storescu", "-aet", "CT9", "-aec", "DICOMFS", "127.0.0.1", daemon.port, *other).returncode == 0
+    projects = daemon.mount / "projects"
+    wait_for(lambda: sorted(os.listdir(projects)) == ["AMYLOID", "FROM-PET1"], 3.0, "the rule-made projects")
+    assert [p.split(" [")[1] for p in os.listdir(projects / "AMYLOID")] == ["R1]"]
+    assert [p.split(" [")[1] for p in os.listdir(projects / "FROM-PET1")] == ["R1]"]
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[rules]]\nproject = "X"\nmatch = "Modalty=PT"\n')
+    result = run_cli("find", "--config", bad, "--data-dir", daemon.data_dir, check=False)
+    assert result.returncode == 2 and "did you mean" in result.stderr.lower()
