@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from dicomfs.index import language, organise
 from dicomfs.index.db import Database
+from dicomfs.output import print_table
 from dicomfs.tree import TOP_PATIENTS, Kind, Tree, inode_of
 
 _PARENT = {
@@ -88,13 +89,5 @@ def find(db: Database, text: str, level: str, output: str, mount: Path, out: Tex
             continue
         rows.append(values)
     if output == "table":
-        _table(rows, columns, out)
+        print_table(rows, columns, out)
     return len(ids)
-
-
-def _table(rows: list[dict[str, Any]], columns: tuple[str, ...], out: TextIO) -> None:
-    text = [{c: "" if r[c] is None else str(r[c]) for c in columns} for r in rows]
-    widths = {c: max([len(c), *(len(r[c]) for r in text)]) for c in columns}
-    out.write("  ".join(c.ljust(widths[c]) for c in columns).rstrip() + "\n")
-    for r in text:
-        out.write("  ".join(r[c].ljust(widths[c]) for c in columns).rstrip() + "\n")

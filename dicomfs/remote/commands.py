@@ -20,6 +20,7 @@ from dicomfs import config
 from dicomfs.archive import Archive
 from dicomfs.config import RemoteNode, Settings
 from dicomfs.net import scu
+from dicomfs.output import print_table
 from dicomfs.remote import listing
 from dicomfs.remote.pipeline import StorePipeline, with_store_failures
 
@@ -111,7 +112,7 @@ def query(remote: RemoteNode, level: str, terms: list[str], calling_ae: str, as_
         for row in rows:
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
     else:
-        _table(rows, columns, out)
+        print_table(rows, columns, out)
     return len(rows)
 
 
@@ -122,12 +123,6 @@ def _text(value: Any) -> str:
         return "\\".join(str(v) for v in value)
     return str(value)
 
-
-def _table(rows: list[dict[str, str]], columns: tuple[str, ...], out: TextIO) -> None:
-    widths = {c: max([len(c), *(len(r[c]) for r in rows)]) for c in columns}
-    out.write("  ".join(c.ljust(widths[c]) for c in columns).rstrip() + "\n")
-    for row in rows:
-        out.write("  ".join(row[c].ljust(widths[c]) for c in columns).rstrip() + "\n")
 
 
 def refresh(archive: Archive, remote: RemoteNode, calling_ae: str) -> int:

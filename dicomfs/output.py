@@ -1,0 +1,15 @@
+"""Plain-text tables for the commands that print query results."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], out: TextIO) -> None:
+    """Left-aligned columns under their names; None prints as an empty cell."""
+    text = [{c: "" if r.get(c) is None else str(r[c]) for c in columns} for r in rows]
+    widths = {c: max([len(c), *(len(r[c]) for r in text)]) for c in columns}
+    out.write("  ".join(c.ljust(widths[c]) for c in columns).rstrip() + "\n")
+    for r in text:
+        out.write("  ".join(r[c].ljust(widths[c]) for c in columns).rstrip() + "\n")
