@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.data_dir = args.data_dir
     if args.log_level:
         settings.log_level = args.log_level
-    _setup_logging(settings.log_level)
+    _setup_logging(settings.log_level, quiet_dicom=args.command in ("import", "serve", "remote"))
     try:
         if args.command == "import":
             return _import(settings, args)
@@ -197,7 +197,7 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, quiet_dicom: bool) -> None:
     # Under systemd the journal adds time stamps itself.
     fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else \
         "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -206,9 +206,10 @@ def _setup_logging(level: str) -> None:
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
         # Failed connections are reported by our callers, with the remote's name.
         logging.getLogger("pynetdicom.transport").setLevel(logging.CRITICAL)
-    from dicomfs.parse import quiet_pydicom
+    if quiet_dicom:  # commands that parse DICOM; others spare pydicom's import time
+        from dicomfs.parse import quiet_pydicom
 
-    quiet_pydicom()
+        quiet_pydicom()
 
 
 def _import(settings: config.Settings, args: argparse.Namespace) -> int:

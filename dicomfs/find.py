@@ -13,14 +13,12 @@ from typing import TextIO
 from dicomfs.index import language, organise
 from dicomfs.index.db import Database
 from dicomfs.output import print_table
-from dicomfs.tree import TOP_PATIENTS, Kind, Tree, inode_of
 
 _PARENT = {
     "study": ("SELECT patient_id FROM studies WHERE id = ?", "patient"),
     "series": ("SELECT study_id FROM series WHERE id = ?", "study"),
     "instance": ("SELECT series_id FROM instances WHERE id = ?", "series"),
 }
-_KIND = {"patient": Kind.PATIENT, "study": Kind.P_STUDY, "series": Kind.P_SERIES, "instance": Kind.DCM}
 _DESCRIBE = {
     "patient": ("SELECT patient_name, patient_id, num_studies, num_instances FROM patients WHERE id = ?",
                 ("PatientName", "PatientID", "NumberOfPatientRelatedStudies", "NumberOfPatientRelatedInstances")),
@@ -43,18 +41,23 @@ class MountPaths:
     """Mount paths of entities, through the tree's own listings (cached per folder)."""
 
     def __init__(self, db: Database, mount: Path) -> None:
+        from dicomfs.tree import Tree  # pyfuse3, trio and the views: only for paths
+
         self.db = db
         self.mount = mount
         self.tree = Tree(db)
         self._names: dict[int, dict[int, str]] = {}
 
     def path(self, level: str, row_id: int) -> Path:
+        from dicomfs.tree import TOP_PATIENTS, Kind, inode_of
+
         if level == "patient":
             top = inode_of(Kind.TOP, TOP_PATIENTS)
             return self.mount / "patients" / self._name(top, inode_of(Kind.PATIENT, row_id))
         sql, parent_level = _PARENT[level]
         parent_id = int(self.db.get_val(sql, (row_id,)))
-        name = self._name(inode_of(_KIND[parent_level], parent_id), inode_of(_KIND[level], row_id))
+        kinds = {"patient": Kind.PATIENT, "study": Kind.P_STUDY, "series": Kind.P_SERIES, "instance": Kind.DCM}
+        name = self._name(inode_of(kinds[parent_level], parent_id), inode_of(kinds[level], row_id))
         return self.path(parent_level, parent_id) / name
 
     def _name(self, folder: int, inode: int) -> str:

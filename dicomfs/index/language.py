@@ -46,8 +46,6 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pydicom.datadict import dictionary_VR, keyword_dict
-
 from dicomfs.index.query import KEYS, Key, Level
 
 if TYPE_CHECKING:
@@ -246,6 +244,9 @@ class _Parser:
         if key is not None:
             instead = f" (use {_INSTEAD[keyword]}: it matches when any one does)" if keyword in _INSTEAD else ""
             raise self._error(f"{keyword} is computed from other rows and cannot be queried{instead}", tok)
+        # pydicom only here, for the message: importing it costs ~0.3 s of every `dicomfs find`
+        from pydicom.datadict import dictionary_VR, keyword_dict
+
         if tok.text in keyword_dict and dictionary_VR(keyword_dict[tok.text]) == "SQ":
             raise self._error(f"{tok.text} is a sequence (VR SQ): sequences cannot be queried", tok)
         close = difflib.get_close_matches(tok.text.lower(), _LOWER_KEYS, n=1, cutoff=0.6)
