@@ -307,8 +307,14 @@ def _like(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+# INTEGER columns of the schema (NULL when absent or not a number).
+_INTEGER_COLUMNS = frozenset({"se.series_number", "i.instance_number", "i.rows", "i.columns", "i.number_of_frames"})
+
+
 def _compare(col: str, vr: str, op: str, value: str | float) -> tuple[str, list[object]]:
     """One comparison of a column; never NULL, so that NOT is the complement."""
+    if col in _INTEGER_COLUMNS:  # a plain comparison: SQLite can search the column's index
+        return f"({col} IS NOT NULL AND {col} {op} ?)", [value]
     if vr in _NUMERIC_VRS:  # text columns hold numbers as received; '' and NULL are absent
         return f"coalesce(trim({col}) != '' AND CAST({col} AS REAL) {op} ?, 0)", [value]
     assert isinstance(value, str)
