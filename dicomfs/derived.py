@@ -71,6 +71,14 @@ class DerivedStore:
 
     def commit(self, level: str, entity_id: int, name: str, temp: Path, kind: str = "other") -> DerivedFile:
         """Make ``temp`` the file ``name`` of the origin's derived/ folder (replacing one of that name)."""
+        placed = self.place(level, entity_id, name, temp)
+        return self.record(level, entity_id, name, placed, kind)
+
+    def place(self, level: str, entity_id: int, name: str, temp: Path) -> tuple[str, str, int]:
+        """The file-system half of ``commit`` (fsync, rename, directory fsync): may run in a thread.
+
+        Returns (origin UID, relative path, size) for ``record``.
+        """
         check_name(name)
         origin = self.origin_uid(level, entity_id)
         folder = self.root / uid_component(origin)
@@ -84,6 +92,12 @@ class DerivedStore:
             os.close(fd)
         os.replace(temp, self.root / relpath)
         fsync_dir(folder)
+        return origin, relpath, size
+
+    def record(self, level: str, entity_id: int, name: str, placed: tuple[str, str, int],
+               kind: str = "other") -> DerivedFile:
+        """The index half of ``commit``, on the thread that owns the database."""
+        origin, relpath, size = placed
         now = time.time()
         with self.db.transaction():
             self.db.execute(
@@ -150,9 +164,11 @@ class DerivedStore:
 
     def _changed(self, level: str, entity_id: int, now: float) -> None:
         """One changes row, so that a running mount (maybe another process) lists the change."""
-        series = entity_id if level == "series" else self.db.query(
-            "SELECT id FROM series WHERE study_id = ? LIMIT 1", (entity_id,))
-        series_id = series if isinstance(series, int) else (series[0][0] if series else 0)
+        if level == "series":
+            series_id = entity_id
+        else:  # any series of the study leads the mount to the study; 0 when it has none
+            rows = self.db.query("SELECT id FROM series WHERE study_id = ? LIMIT 1", (entity_id,))
+            series_id = rows[0][0] if rows else 0
         self.db.execute("INSERT INTO changes (series_id, at) VALUES (?, ?)", (series_id, now))
 
 

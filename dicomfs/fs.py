@@ -375,8 +375,10 @@ class Operations(pyfuse3.Operations):
         if not writing.dirty or writing.temp is None:
             return
         store = self._derived_store()
-        await trio.to_thread.run_sync(os.fsync, handle.fd)
-        store.commit(writing.level, writing.entity_id, writing.name, writing.temp)
+        # The durable rename waits for the disk: off the event loop; the index row on it.
+        placed = await trio.to_thread.run_sync(
+            store.place, writing.level, writing.entity_id, writing.name, writing.temp)
+        store.record(writing.level, writing.entity_id, writing.name, placed)
         writing.temp, writing.dirty = None, False
         os.close(handle.fd)
         handle.fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)  # replaced at the next write

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dicomfs.config import ProjectRule
 from dicomfs.index.db import Database, NoSuchRowError
@@ -22,6 +22,9 @@ from dicomfs.parse import ParsedInstance
 from dicomfs.store import Store
 from dicomfs.views import render_view
 from dicomfs.views.dicom_json import JSON_VERSION
+
+if TYPE_CHECKING:
+    from dicomfs.index.language import Compiled
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +67,22 @@ _PLACEHOLDER: dict[str, Any] = {
 }
 
 
+def _compiled(rule: ProjectRule) -> Compiled | None:
+    """A rule's query, compiled once (the configuration has checked it)."""
+    if not rule.match:
+        return None
+    from dicomfs.index.language import compile_query
+
+    return compile_query(rule.match, "study")
+
+
 class Indexer:
     """Writes to the index; the only module that inserts patients, studies, series, instances."""
 
     def __init__(self, db: Database, store: Store, rules: Sequence[ProjectRule] = ()) -> None:
         self.db = db
         self.store = store
-        self.rules = list(rules)
+        self.rules = [(rule, _compiled(rule)) for rule in rules]
 
     def add_batch(self, batch: Iterable[tuple[ParsedInstance, Path]]) -> list[Ingested]:
         """Store and index ``(parsed, temp_path)`` pairs atomically; temp files are consumed.
@@ -95,7 +107,7 @@ class Indexer:
                 self._apply_rules(touched, batch_sources)
             for series_id in touched:
                 self._note_remote_progress(series_id)
-                self.db.execute("INSERT INTO changes (series_id, at) VALUES (?, ?)", (series_id, now))
+                self._note_change(series_id, now)
                 self.db.execute(
                     "UPDATE series SET updated_at = :t WHERE id = :s;"
                     "UPDATE studies SET updated_at = :t WHERE id = (SELECT study_id FROM series WHERE id = :s);"
@@ -168,22 +180,19 @@ class Indexer:
 
     def _apply_rules(self, series_ids: set[int], sources: dict[int, set[str]]) -> None:
         """Put the studies these series belong to into the projects whose rules they match."""
-        from dicomfs.index import language
-
         by_study: dict[int, set[str]] = {}
         for series_id in series_ids:
             study_id = int(self.db.get_val("SELECT study_id FROM series WHERE id = ?", (series_id,)))
             by_study.setdefault(study_id, set()).update(sources.get(series_id, set()))
         now = time.time()
-        for rule in self.rules:
+        for rule, compiled in self.rules:
             for study_id, callers in by_study.items():
                 if rule.calling_ae and rule.calling_ae not in callers:
                     continue
-                if rule.match:
-                    compiled = language.compile_query(rule.match, "study")
-                    if not self.db.query(f"SELECT 1 FROM {compiled.from_sql} WHERE {compiled.id_column} = ? AND "
-                                         f"({compiled.where})", [study_id, *compiled.args]):
-                        continue
+                if compiled is not None and not self.db.query(
+                        f"SELECT 1 FROM {compiled.from_sql} WHERE {compiled.id_column} = ? AND ({compiled.where})",
+                        [study_id, *compiled.args]):
+                    continue
                 self.db.execute("INSERT INTO projects (name, description, created_at) VALUES (?, ?, ?) "
                                 "ON CONFLICT (name) DO NOTHING", (rule.project, "created by a rule", now))
                 if self.db.execute(
@@ -202,6 +211,10 @@ class Indexer:
             (*row.values(), instance_id),
         )
         return Ingested(parsed.sop_uid, Outcome.STORED, series_id)
+
+    def _note_change(self, series_id: int, now: float) -> None:
+        """How a running mount (maybe in another process) learns what to refresh."""
+        self.db.execute("INSERT INTO changes (series_id, at) VALUES (?, ?)", (series_id, now))
 
     def _note_remote_progress(self, series_id: int) -> None:
         """A remote series is complete once it was listed and no listed instance is missing."""
@@ -231,7 +244,7 @@ class Indexer:
                     (study_id, remote, found.num_series, found.num_instances, now),
                 )
             if new:
-                self.db.execute("INSERT INTO changes (series_id, at) VALUES (0, ?)", (now,))
+                self._note_change(0, now)  # above any series: the mount rebuilds all
         return new
 
     def add_remote_series(self, remote: str, study_id: int, series: Iterable[RemoteSeries]) -> None:
@@ -244,7 +257,7 @@ class Indexer:
                     "ON CONFLICT (series_id) DO UPDATE SET num_instances = excluded.num_instances",
                     (series_id, remote, found.num_instances),
                 )
-                self.db.execute("INSERT INTO changes (series_id, at) VALUES (?, ?)", (series_id, now))
+                self._note_change(series_id, now)
             self.db.execute("UPDATE remote_studies SET series_listed_at = ? WHERE study_id = ?", (now, study_id))
 
     def add_remote_instances(self, remote: str, series_id: int, instances: Iterable[dict[str, Any]]) -> None:
@@ -261,7 +274,7 @@ class Indexer:
                 )
             self.db.execute("UPDATE remote_series SET instances_listed_at = ? WHERE series_id = ?", (now, series_id))
             self._note_remote_progress(series_id)
-            self.db.execute("INSERT INTO changes (series_id, at) VALUES (?, ?)", (series_id, now))
+            self._note_change(series_id, now)
 
     def keep_study(self, study_uid: str) -> None:
         """Pulled on purpose: its fetched files are no longer cache, never evicted."""
@@ -288,7 +301,7 @@ class Indexer:
                 "UPDATE instances SET file_path = '', file_size = 0, json_size = 0, json_version = 0, "
                 "has_image = 0, fetched = 0 WHERE series_id = ? AND fetched = 1", (series_id,))
             self._note_remote_progress(series_id)
-            self.db.execute("INSERT INTO changes (series_id, at) VALUES (?, ?)", (series_id, now))
+            self._note_change(series_id, now)
         return paths
 
     def refresh_json_sizes(self) -> int:
