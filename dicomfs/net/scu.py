@@ -37,7 +37,8 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, build_context, build_role
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.pdu import A_ASSOCIATE_RJ
+from pynetdicom.pdu_primitives import A_ASSOCIATE, P_DATA
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
@@ -65,7 +66,8 @@ SOP_CLASS_NOT_SUPPORTED = 0x0122
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
 _PENDING = (0xFF00, 0xFF01)
-_A_ABORT = 0x07  # PDU type (PS3.8 9.3.8)
+_A_ASSOCIATE_RJ = 0x03  # PDU types (PS3.8 9.3.4, 9.3.8)
+_A_ABORT = 0x07
 _DUL_EXIT_TIMEOUT = 2.0  # seconds; it ends within a poll interval of being told to
 
 
@@ -353,6 +355,8 @@ class _Socket(AssociationSocket):
         self.tcp: _TcpSocket
         self.last_received = 0.0  # time.monotonic() of the last complete read
         self.peer_aborted = False  # an A-ABORT came
+        self.rejection: A_ASSOCIATE | None = None  # the A-ASSOCIATE-RJ that came, decoded
+        self._header = b""  # the last PDU type and length read
         self.peer_closed = False  # the connection closed before we had waited `timeout` for it
         self._waker, self._wakee = socket.socketpair()
         self._waker.setblocking(False)
@@ -407,7 +411,11 @@ class _Socket(AssociationSocket):
             self.peer_closed |= now - self.last_received < self.timeout
             return buffer[:done]
         self.last_received = now
-        if nr_bytes == 6 and buffer[0] == _A_ABORT:  # pynetdicom reads each PDU's type and length first
+        # pynetdicom reads each PDU's type and length first, then its body
+        if self._header[:1] == bytes([_A_ASSOCIATE_RJ]):
+            self.rejection = _decoded_rejection(self._header + buffer)
+        self._header = bytes(buffer) if nr_bytes == 6 else b""
+        if self._header[:1] == bytes([_A_ABORT]):
             self.peer_aborted = True
         return buffer
 
@@ -420,6 +428,16 @@ class _Socket(AssociationSocket):
         """Close every socket; only once the DUL thread has ended (pynetdicom leaves some open)."""
         for sock in (self._waker, self._wakee, self.tcp):
             sock.close()
+
+
+def _decoded_rejection(pdu: bytes) -> A_ASSOCIATE | None:
+    """An A-ASSOCIATE-RJ PDU as pynetdicom's primitive (which names result, source and reason)."""
+    rj = A_ASSOCIATE_RJ()
+    try:
+        rj.decode(pdu)
+    except (ValueError, struct.error):
+        return None
+    return rj.to_primitive()
 
 
 class _AE(AE):
@@ -471,7 +489,16 @@ def _dispose(assoc: Association) -> None:
 
 
 def _refusal(assoc: Association) -> str:
-    if assoc.is_rejected:
-        rj = assoc.acceptor.primitive
+    """Why an association was not established.
+
+    A remote that rejects and at once closes can beat pynetdicom's association thread to its
+    check of the transport: it then aborts without looking at the rejection, which the
+    socket has kept.
+    """
+    rj = assoc.acceptor.primitive if assoc.is_rejected else None
+    sock = assoc.dul.socket
+    if rj is None and isinstance(sock, _Socket):
+        rj = sock.rejection
+    if rj is not None:
         return f"association rejected ({rj.result_str}, {rj.source_str}: {rj.reason_str})"
     return _silence(assoc)
