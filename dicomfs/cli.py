@@ -105,8 +105,15 @@ def _organise_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     dadd.add_argument("--level", choices=["study", "series"], default="series")
     dadd.add_argument("--kind", choices=["voi", "stats", "fit", "map", "other"], default="other")
     dlist = drv_actions.add_parser("list", parents=[common], help="derived data of studies or series")
-    dlist.add_argument("selector", metavar="SELECTOR", help=_SELECTOR_HELP)
+    dlist.add_argument("selector", nargs="?", metavar="SELECTOR", help=_SELECTOR_HELP)
     dlist.add_argument("--level", choices=["study", "series"], default="series")
+    dlist.add_argument("--orphaned", action="store_true",
+                       help="derived data whose origin was deleted (instead of a selector)")
+    dele = sub.add_parser("delete", parents=[common], help="delete patients, studies or series from the archive",
+                          description="Derived data made from what is deleted stays, listed as orphaned.")
+    dele.add_argument("selectors", nargs="+", metavar="SELECTOR", help=_SELECTOR_HELP)
+    dele.add_argument("--level", choices=["patient", "study", "series"], default="study")
+    dele.add_argument("--yes", action="store_true", help="delete; without it, only say what would be deleted")
     tag = sub.add_parser("tag", parents=[common], help="tags (KEY=VALUE) on patients, studies, series, instances")
     tag_actions = tag.add_subparsers(dest="action", metavar="ACTION", required=True)
     for action, what in (("set", "KEY=VALUE"), ("unset", "KEY"), ("list", None)):
@@ -179,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
             return _find(settings, args)
         if args.command == "derive":
             return _derive(settings, args)
+        if args.command == "delete":
+            return _delete(settings, args)
         return _serve(settings, args)
     except KeyboardInterrupt:
         return 130
@@ -369,6 +378,11 @@ def _derive(settings: config.Settings, args: argparse.Namespace) -> int:
     archive = open_archive(settings.data_dir)
     store = DerivedStore(settings.derived_path, archive.db)
     try:
+        if args.action == "list" and args.orphaned:
+            return _list_orphans(archive.db, args.selector)
+        if args.selector is None:
+            print("dicomfs: a selector is needed (or --orphaned)", file=sys.stderr)
+            return 2
         ids = org.select(archive.db, args.level, [args.selector])
         if args.action == "list":
             for entity_id in ids:
@@ -393,6 +407,45 @@ def _derive(settings: config.Settings, args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"dicomfs: {exc}", file=sys.stderr)
         return 1
+    finally:
+        archive.close()
+
+
+def _list_orphans(db: Any, origin_uid: str | None) -> int:
+    """Derived items whose origin was deleted: name, kind, size, origin level and UID, deletion time, path."""
+    from dicomfs.output import print_table
+
+    rows = db.query(
+        "SELECT name, kind, size, level, origin_uid, datetime(origin_deleted_at, 'unixepoch') FROM derived "
+        "WHERE origin_deleted_at IS NOT NULL AND (? IS NULL OR origin_uid = ?) ORDER BY origin_uid, name",
+        (origin_uid, origin_uid))
+    columns = ["name", "kind", "size", "origin", "origin UID", "origin deleted (UTC)"]
+    print_table([dict(zip(columns, row, strict=True)) for row in rows], columns, sys.stdout)
+    return 0 if rows else 1
+
+
+def _delete(settings: config.Settings, args: argparse.Namespace) -> int:
+    from dicomfs import deletion
+    from dicomfs.archive import open_archive
+    from dicomfs.index import organise as org
+
+    archive = open_archive(settings.data_dir)
+    try:
+        ids = org.select(archive.db, args.level, args.selectors)
+        if not args.yes:
+            plan = deletion.plan(archive.db, args.level, ids)
+            print(f"would delete {plan.patients} patients, {plan.studies} studies, {plan.series} series, "
+                  f"{plan.instances} instances; {plan.orphaned} derived items would stay, orphaned. "
+                  "Add --yes to delete.")
+            return 1
+        done = deletion.delete(archive.db, archive.store, args.level, ids)
+        print(f"deleted {done.patients} patients, {done.studies} studies, {done.series} series, "
+              f"{done.instances} instances; {done.orphaned} derived items stay, orphaned "
+              "(dicomfs derive list --orphaned)")
+        return 0
+    except org.OrganiseError as exc:
+        print(f"dicomfs: {exc}", file=sys.stderr)
+        return 2
     finally:
         archive.close()
 

@@ -23,10 +23,11 @@ from dicomfs.config import Settings
 from dicomfs.derived import DerivedStore
 from dicomfs.fs import Operations
 from dicomfs.ingest import Ingested
+from dicomfs.inodes import DIR_KINDS, split_inode
 from dicomfs.net.scp import NodeServer
 from dicomfs.parse import ParsedInstance
 from dicomfs.remote.fetch import Fetcher
-from dicomfs.tree import DIR_KINDS, Tree, split_inode
+from dicomfs.tree import Tree
 
 log = logging.getLogger(__name__)
 

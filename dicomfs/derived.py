@@ -42,6 +42,7 @@ class DerivedFile:
     created_at: float
     updated_at: float
     sop_uid: str | None  # a derived DICOM object, stored in the archive's store, not here
+    origin_deleted_at: float | None  # the origin was deleted then: read-only, listed under /orphans
 
 
 def check_name(name: str) -> str:
@@ -164,12 +165,13 @@ class DerivedStore:
 
     def _changed(self, level: str, entity_id: int, now: float) -> None:
         """One changes row, so that a running mount (maybe another process) lists the change."""
-        if level == "series":
-            series_id = entity_id
+        if level == "series":  # 0 (everything) when the series was deleted: its items are under /orphans
+            series_id = entity_id if self.db.query("SELECT 1 FROM series WHERE id = ?", (entity_id,)) else 0
         else:  # any series of the study leads the mount to the study; 0 when it has none
             rows = self.db.query("SELECT id FROM series WHERE study_id = ? LIMIT 1", (entity_id,))
             series_id = rows[0][0] if rows else 0
         self.db.execute("INSERT INTO changes (series_id, at) VALUES (?, ?)", (series_id, now))
 
 
-_COLUMNS = "id, level, entity_id, origin_uid, name, kind, file_path, size, created_at, updated_at, sop_uid"
+_COLUMNS = ("id, level, entity_id, origin_uid, name, kind, file_path, size, created_at, updated_at, sop_uid, "
+            "origin_deleted_at")

@@ -49,7 +49,7 @@ class MountPaths:
         self._names: dict[int, dict[int, str]] = {}
 
     def path(self, level: str, row_id: int) -> Path:
-        from dicomfs.tree import TOP_PATIENTS, Kind, inode_of
+        from dicomfs.inodes import TOP_PATIENTS, Kind, inode_of
 
         if level == "patient":
             top = inode_of(Kind.TOP, TOP_PATIENTS)

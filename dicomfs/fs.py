@@ -24,7 +24,8 @@ import pyfuse3
 import trio
 
 from dicomfs.derived import DerivedError, DerivedStore, check_name
-from dicomfs.tree import SUMMARY_KINDS, TOP_QUERY, Kind, NotFoundError, Tree, inode_of, split_inode
+from dicomfs.inodes import IN_MEMORY_KINDS, TOP_QUERY, Kind, inode_of, split_inode
+from dicomfs.tree import NotFoundError, Tree
 from dicomfs.views import RenderError, render_view
 
 if TYPE_CHECKING:
@@ -173,7 +174,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
         handle = _Handle()
         info = pyfuse3.FileInfo(keep_cache=True)
-        if self.tree.kind(inode) in SUMMARY_KINDS:
+        if self.tree.kind(inode) in IN_MEMORY_KINDS:
             handle.data = self.tree.summary(inode)
             info.keep_cache = False  # regenerated as instances arrive
         else:
@@ -326,8 +327,9 @@ class Operations(pyfuse3.Operations):
         item = store.get(split_inode(inode)[1])
         path = store.path_of(item)
         handle = _Handle()
-        if item.sop_uid and flags & os.O_ACCMODE != os.O_RDONLY:
-            raise pyfuse3.FUSEError(errno.EROFS)  # a derived DICOM object: change it by sending a new one
+        if (item.sop_uid or item.origin_deleted_at is not None) and flags & os.O_ACCMODE != os.O_RDONLY:
+            # A derived DICOM object changes by sending a new one; an orphan is kept as it was.
+            raise pyfuse3.FUSEError(errno.EROFS)
         if flags & os.O_ACCMODE == os.O_RDONLY:
             handle.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         else:
@@ -405,11 +407,18 @@ class Operations(pyfuse3.Operations):
 
     @_fuse_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
-        if self.tree.kind(parent_inode) is not Kind.DERIVED:
+        """Removes a file of a derived/ folder, or an orphan (whose origin was deleted)."""
+        if self.tree.kind(parent_inode) not in (Kind.DERIVED, Kind.ORPHAN):
             raise pyfuse3.FUSEError(errno.EROFS)
         store = self._derived_store()
-        level, entity_id = self.tree.derived_origin(parent_inode)
-        item = store.get_by_name(level, entity_id, _name(name))
+        if self.tree.kind(parent_inode) is Kind.ORPHAN:
+            kind, derived_id = split_inode(self.tree.lookup(parent_inode, name).inode)
+            if kind is not Kind.DERIVED_FILE:
+                raise pyfuse3.FUSEError(errno.EROFS)  # origin.json
+            item = store.get(derived_id)
+        else:
+            level, entity_id = self.tree.derived_origin(parent_inode)
+            item = store.get_by_name(level, entity_id, _name(name))
         store.delete(item.id)
         self.tree.forget(parent_inode)
 

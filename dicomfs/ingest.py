@@ -153,30 +153,55 @@ class Indexer:
             f"INSERT INTO instances ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
             tuple(row.values()),
         )
+        for (derived_sop_uid,) in self.db.query(
+                "SELECT sop_uid FROM derived_sources WHERE ref_uid = ? AND ref_level = 'instance'", (sop_uid,)):
+            self._link_derived(derived_sop_uid, series_id, now)  # an object made from this image came first
         if parsed.referenced_series or parsed.referenced_instances:
-            self._link_derived(parsed, series_id, now)
+            self._record_sources(parsed, now)
         return Ingested(sop_uid, Outcome.STORED, series_id)
 
-    def _link_derived(self, parsed: ParsedInstance, own_series: int, now: float) -> None:
-        """Show a derived DICOM object in the derived/ folder of each series it was made from."""
-        refs = parsed.referenced_series
+    def _record_sources(self, parsed: ParsedInstance, now: float) -> None:
+        """Remember what a derived DICOM object was made from, and link it to what is here already."""
+        refs = [("series", uid) for uid in parsed.referenced_series]
+        refs += [("instance", uid) for uid in parsed.referenced_instances]
+        for level, uid in refs:
+            self.db.execute("INSERT OR IGNORE INTO derived_sources (sop_uid, ref_level, ref_uid) VALUES (?, ?, ?)",
+                            (parsed.sop_uid, level, uid))
+        marks = ", ".join("?" * len(parsed.referenced_series))
         found = self.db.query(
-            f"SELECT id, series_uid FROM series WHERE series_uid IN ({', '.join('?' * len(refs))})", refs
-        ) if refs else []
+            f"SELECT id FROM series WHERE series_uid IN ({marks})", parsed.referenced_series
+        ) if parsed.referenced_series else []
         if parsed.referenced_instances:
             marks = ", ".join("?" * len(parsed.referenced_instances))
             found += self.db.query(
-                f"SELECT DISTINCT se.id, se.series_uid FROM instances i JOIN series se ON se.id = i.series_id "
-                f"WHERE i.sop_uid IN ({marks})", parsed.referenced_instances)
-        modality = parsed.series.get("modality") or "DICOM"
-        name = f"{modality}_{parsed.sop_uid}.dcm"
-        for series_id, series_uid in dict(found).items():
-            if series_id == own_series:
-                continue
-            self.db.execute(
-                "INSERT INTO derived (level, entity_id, origin_uid, name, kind, file_path, sop_uid, size, created_at, "
-                "updated_at) VALUES ('series', ?, ?, ?, 'dicom', '', ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (series_id, series_uid, name, parsed.sop_uid, parsed.instance["file_size"], now, now))
+                f"SELECT DISTINCT series_id FROM instances WHERE sop_uid IN ({marks})", parsed.referenced_instances)
+        for series_id in {row[0] for row in found}:
+            self._link_derived(parsed.sop_uid, series_id, now)
+
+    def _link_derived(self, derived_sop_uid: str, series_id: int, now: float) -> None:
+        """Show a derived DICOM object in the derived/ folder of a series it was made from."""
+        own_series, modality, size = self.db.get_row(
+            "SELECT i.series_id, se.modality, i.file_size FROM instances i JOIN series se ON se.id = i.series_id "
+            "WHERE i.sop_uid = ?", (derived_sop_uid,))
+        if series_id == own_series:
+            return
+        self.db.execute(
+            "INSERT INTO derived (level, entity_id, origin_uid, name, kind, file_path, sop_uid, size, created_at, "
+            "updated_at) SELECT 'series', id, series_uid, ?, 'dicom', '', ?, ?, ?, ? FROM series WHERE id = ? "
+            "ON CONFLICT DO NOTHING",
+            (f"{modality or 'DICOM'}_{derived_sop_uid}.dcm", derived_sop_uid, size, now, now, series_id))
+
+    def _welcome(self, table: str, row_id: int, uid: str, now: float) -> None:
+        """A study or series row is new: take back derived data left by a deleted one of that UID,
+        and link derived objects that named this series before it arrived."""
+        level = "study" if table == "studies" else "series"
+        self.db.execute(
+            "UPDATE derived SET entity_id = ?, origin_deleted_at = NULL, origin_description = '' "
+            "WHERE level = ? AND origin_uid = ? AND origin_deleted_at IS NOT NULL", (row_id, level, uid))
+        if level == "series":
+            for (derived_sop_uid,) in self.db.query(
+                    "SELECT sop_uid FROM derived_sources WHERE ref_uid = ? AND ref_level = 'series'", (uid,)):
+                self._link_derived(derived_sop_uid, row_id, now)
 
     def _apply_rules(self, series_ids: set[int], sources: dict[int, set[str]]) -> None:
         """Put the studies these series belong to into the projects whose rules they match."""
@@ -336,4 +361,7 @@ class Indexer:
             f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
             tuple(row.values()),
         )
-        return self.db.last_rowid()
+        row_id = self.db.last_rowid()
+        if table in ("studies", "series"):
+            self._welcome(table, row_id, str(values[key]), now)
+        return row_id

@@ -1,9 +1,6 @@
 """The mounted tree as data: which entries each folder has, and what the kernel sees of them.
 
-Inode numbers are computed, not allocated: ``row id << 5 | kind``. Row ids come from
-AUTOINCREMENT columns, so a number is never reused, needs no table, and survives remounts.
-A folder that appears in several layouts gets one kind per layout (the kernel allows a
-directory only one parent); an instance file shares one inode across layouts.
+Inode numbers are computed from index rows (see ``inodes``).
 
 Listings are built with one query per folder, cached in memory (most recently used kept),
 and dropped when the index reports a change below them. Sizes are known without rendering:
@@ -13,7 +10,6 @@ the image geometry (see ``views.jpeg``), summaries are generated with the listin
 
 from __future__ import annotations
 
-import enum
 import logging
 import os
 import stat
@@ -25,63 +21,42 @@ from typing import Any
 
 import pyfuse3
 
-from dicomfs.index import naming, organise
+from dicomfs import summaries
+from dicomfs.index import naming
 from dicomfs.index.db import Database, NoSuchRowError
+from dicomfs.inodes import (
+    DERIVED_NAME,
+    DIR_KINDS,
+    INSTANCE_VIEW_KINDS,
+    KIND_BITS,
+    ORPHAN_JSON_NAME,
+    PROJECT_KINDS,
+    QUERY_KINDS,
+    SERIES_KIND_IN,
+    SERIES_KINDS,
+    STUDY_KINDS,
+    SUMMARY_KINDS,
+    SUMMARY_NAMES,
+    TOP_DATES,
+    TOP_NAMES,
+    TOP_ORPHANS,
+    TOP_PATIENTS,
+    TOP_PROJECTS,
+    TOP_QUERY,
+    TOP_STUDIES,
+    UNKNOWN_YEAR_NAME,
+    Kind,
+    inode_of,
+    orphan_id,
+    orphan_origin,
+    pack_ids,
+    split_inode,
+    unpack_ids,
+)
+from dicomfs.summaries import STUDY_ROWS, study_base
 from dicomfs.views.jpeg import is_color, jpeg_size
-from dicomfs.views.summary import summary_json
 
 log = logging.getLogger(__name__)
-
-KIND_BITS = 5
-ROOT_INODE = pyfuse3.ROOT_INODE  # == 1: kind TOP, id 0
-
-
-class Kind(enum.IntEnum):
-    TOP = 1  # id 0: the root; 1 /patients, 2 /studies, 3 /dates
-    PATIENT = 2  # /patients/<patient>
-    P_STUDY = 3  # /patients/<patient>/<study>
-    U_STUDY = 4  # /studies/<StudyInstanceUID>
-    D_STUDY = 5  # /dates/<year>/<day>/<study>
-    P_SERIES = 6
-    U_SERIES = 7
-    D_SERIES = 8
-    YEAR = 9  # id: the year, 0 for studies without a valid date
-    DAY = 10  # id: YYYYMMDD
-    DCM = 11  # files: id is the instance row id
-    JSON = 12
-    JPG = 13
-    PATIENT_JSON = 14  # id is the patient, study or series row id
-    STUDY_JSON = 15
-    SERIES_JSON = 16
-    PROJECT = 17  # /projects/<name>: id is the project row id
-    J_PATIENT = 18  # /projects/<name>/<patient>/...: id packs (project id, row id), see pack_ids
-    J_STUDY = 19
-    J_SERIES = 20
-    DERIVED = 21  # <study or series folder>/derived: id is that folder's inode (unique per path)
-    DERIVED_FILE = 22  # id is the derived row id
-    QUERY = 23  # /query/<query>: id is the queries row id
-    Q_STUDY = 24  # /query/<query>/<study>: id packs (query id, study id)
-    Q_SERIES = 25
-
-
-TOP_PATIENTS, TOP_STUDIES, TOP_DATES, TOP_PROJECTS, TOP_QUERY = 1, 2, 3, 4, 5
-_TOP_NAMES = {TOP_PATIENTS: "patients", TOP_STUDIES: "studies", TOP_DATES: "dates", TOP_PROJECTS: "projects",
-              TOP_QUERY: "query"}
-UNKNOWN_YEAR_NAME = "unknown"
-
-_STUDY_KIND = {Kind.PATIENT: Kind.P_STUDY, Kind.TOP: Kind.U_STUDY, Kind.DAY: Kind.D_STUDY, Kind.YEAR: Kind.D_STUDY}
-_SERIES_KIND = {Kind.P_STUDY: Kind.P_SERIES, Kind.U_STUDY: Kind.U_SERIES, Kind.D_STUDY: Kind.D_SERIES}
-STUDY_KINDS = frozenset(_SERIES_KIND)
-SERIES_KINDS = frozenset(_SERIES_KIND.values())
-PROJECT_KINDS = frozenset({Kind.PROJECT, Kind.J_PATIENT, Kind.J_STUDY, Kind.J_SERIES})
-QUERY_KINDS = frozenset({Kind.QUERY, Kind.Q_STUDY, Kind.Q_SERIES})
-DIR_KINDS = frozenset({Kind.TOP, Kind.PATIENT, Kind.YEAR, Kind.DAY, Kind.DERIVED}) | STUDY_KINDS | SERIES_KINDS \
-    | PROJECT_KINDS | QUERY_KINDS
-DERIVED_NAME = "derived"
-INSTANCE_VIEW_KINDS = frozenset({Kind.DCM, Kind.JSON, Kind.JPG})
-SUMMARY_KINDS = frozenset({Kind.PATIENT_JSON, Kind.STUDY_JSON, Kind.SERIES_JSON})
-
-SUMMARY_NAMES = {Kind.PATIENT_JSON: "patient.json", Kind.STUDY_JSON: "study.json", Kind.SERIES_JSON: "series.json"}
 
 # The level table whose updated_at is the mtime of a folder or summary of that kind.
 _LEVEL_TABLE = {
@@ -100,24 +75,6 @@ _BLKSIZE = 131072
 ENTRY_TIMEOUT = 300.0  # names and most attributes never change; changes are invalidated explicitly
 SUMMARY_ATTR_TIMEOUT = 1.0  # summaries change size as instances arrive
 REMOTE_ATTR_TIMEOUT = 1.0  # files not yet fetched from a remote PACS: their size becomes known on open
-
-
-def inode_of(kind: Kind, row_id: int) -> int:
-    return (row_id << KIND_BITS) | kind
-
-
-def pack_ids(project_id: int, row_id: int) -> int:
-    """One id for a folder inside a project: the same study shows in several projects."""
-    return (project_id << 32) | row_id
-
-
-def unpack_ids(packed: int) -> tuple[int, int]:
-    return packed >> 32, packed & 0xFFFFFFFF
-
-
-def split_inode(inode: int) -> tuple[Kind, int]:
-    """Kind and id of an inode; ValueError for a number this tree never hands out."""
-    return Kind(inode & ((1 << KIND_BITS) - 1)), inode >> KIND_BITS
 
 
 class NotFoundError(LookupError):
@@ -194,6 +151,11 @@ class Tree:
                 return self._derived_dir_attr(inode)
             if kind is Kind.DERIVED_FILE:
                 return self._derived_file_attr(row_id)
+            if kind is Kind.ORPHAN:
+                return self._dir_attr(inode, self._orphan_mtime(row_id))
+            if kind is Kind.ORPHAN_JSON:
+                return self._file_attr(inode, len(self.summary(inode)), self._orphan_mtime(row_id),
+                                       SUMMARY_ATTR_TIMEOUT)
             if kind is Kind.PROJECT:
                 return self._dir_attr(inode, float(self.db.get_val(
                     "SELECT created_at FROM projects WHERE id = ?", (row_id,))))
@@ -331,7 +293,7 @@ class Tree:
         if kind is Kind.TOP:
             return self._build_top(row_id)
         if kind is Kind.PATIENT:
-            rows = self.db.query(_STUDY_ROWS + "WHERE st.patient_id = ? ORDER BY st.id", (row_id,))
+            rows = self.db.query(STUDY_ROWS + "WHERE st.patient_id = ? ORDER BY st.id", (row_id,))
             entries = self._study_entries(Kind.P_STUDY, rows, reserved=["patient.json"])
             return [*entries, self._summary_entry(Kind.PATIENT_JSON, row_id)]
         if kind is Kind.YEAR:
@@ -339,7 +301,7 @@ class Tree:
         if kind is Kind.DAY:
             day = str(row_id)
             acr_nema = f"{day[:4]}.{day[4:6]}.{day[6:]}"
-            rows = self.db.query(_STUDY_ROWS + "WHERE st.study_date IN (?, ?) ORDER BY st.id", (day, acr_nema))
+            rows = self.db.query(STUDY_ROWS + "WHERE st.study_date IN (?, ?) ORDER BY st.id", (day, acr_nema))
             return self._study_entries(Kind.D_STUDY, rows)
         if kind in STUDY_KINDS:
             return self._build_study(kind, row_id)
@@ -347,6 +309,8 @@ class Tree:
             return self._build_project(kind, row_id)
         if kind is Kind.DERIVED:
             return self._build_derived(row_id)
+        if kind is Kind.ORPHAN:
+            return self._build_orphan(row_id)
         if kind in QUERY_KINDS:
             return self._build_query(kind, row_id)
         return self._build_series(kind, row_id)
@@ -354,7 +318,9 @@ class Tree:
     def _build_top(self, top: int) -> list[Entry]:
         if top == 0:
             now = self.mounted_at_ns / 1e9
-            return [self._dir_entry(name, inode_of(Kind.TOP, t), now) for t, name in _TOP_NAMES.items()]
+            return [self._dir_entry(name, inode_of(Kind.TOP, t), now) for t, name in TOP_NAMES.items()]
+        if top == TOP_ORPHANS:
+            return self._build_orphans()
         if top == TOP_PATIENTS:
             rows = self.db.query("SELECT id, patient_name, patient_id, updated_at FROM patients ORDER BY id")
             named = naming.unique_names(rows, lambda r: naming.patient_name(r[1], r[2]))
@@ -383,7 +349,7 @@ class Tree:
 
     def _build_year(self, year: int) -> list[Entry]:
         if year == 0:  # studies without a usable date sit directly in /dates/unknown
-            rows = [r for r in self.db.query(_STUDY_ROWS + "ORDER BY st.id") if _date_ids(r[1])[0] == 0]
+            rows = [r for r in self.db.query(STUDY_ROWS + "ORDER BY st.id") if _date_ids(r[1])[0] == 0]
             return self._study_entries(Kind.D_STUDY, rows)
         days: dict[int, float] = {}
         for study_date, updated in self.db.query(
@@ -427,9 +393,9 @@ class Tree:
             text = str(self.db.get_val("SELECT text FROM queries WHERE id = ?", (row_id,)))
             ids = language.run(self.db, text, "study")
             rows = [(pack_ids(row_id, r[0]), *r[1:]) for study_id in ids
-                    for r in self.db.query(_STUDY_ROWS + "WHERE st.id = ?", (study_id,))]
+                    for r in self.db.query(STUDY_ROWS + "WHERE st.id = ?", (study_id,))]
             named = naming.unique_names(rows, lambda r: naming.safe_component(
-                f"{naming.person_name(r[6]) or '(no name)'} {_study_base(r)}", fallback="(study)"))
+                f"{naming.person_name(r[6]) or '(no name)'} {study_base(r)}", fallback="(study)"))
             return [self._dir_entry(n, inode_of(Kind.Q_STUDY, r[0]), r[5]) for n, r in named]
         query_id, entity_id = unpack_ids(row_id)
         if kind is Kind.Q_STUDY:
@@ -468,13 +434,46 @@ class Tree:
                 for derived_id, name, size, mtime in rows]
 
     def _derived_file_attr(self, derived_id: int) -> pyfuse3.EntryAttributes:
-        size, mtime = self.db.get_row("SELECT size, updated_at FROM derived WHERE id = ?", (derived_id,))
-        return self._derived_attr(derived_id, size, mtime)
+        size, mtime, deleted = self.db.get_row(
+            "SELECT size, updated_at, origin_deleted_at FROM derived WHERE id = ?", (derived_id,))
+        return self._derived_attr(derived_id, size, mtime, writable=deleted is None)
 
-    def _derived_attr(self, derived_id: int, size: int, mtime: float) -> pyfuse3.EntryAttributes:
+    def _derived_attr(self, derived_id: int, size: int, mtime: float, *, writable: bool = True
+                      ) -> pyfuse3.EntryAttributes:
         attr = self._file_attr(inode_of(Kind.DERIVED_FILE, derived_id), size, mtime, SUMMARY_ATTR_TIMEOUT)
-        attr.st_mode = _WRITABLE_FILE_MODE
+        if writable:
+            attr.st_mode = _WRITABLE_FILE_MODE
         return attr
+
+    # ----------------------------------------------------------------- /orphans
+
+    _ORPHANED = "FROM derived WHERE origin_deleted_at IS NOT NULL"
+
+    def _build_orphans(self) -> list[Entry]:
+        """One folder per deleted study or series that left derived data, named by level and UID."""
+        rows = self.db.query(f"SELECT level, entity_id, origin_uid, max(origin_deleted_at) {self._ORPHANED} "
+                             "GROUP BY level, entity_id ORDER BY min(id)")
+        named = naming.unique_names(rows, lambda r: naming.safe_component(f"{r[0]}-{r[2]}", fallback=r[0]))
+        return [self._dir_entry(n, inode_of(Kind.ORPHAN, orphan_id(r[0], r[1])), r[3]) for n, r in named]
+
+    def _build_orphan(self, orphan: int) -> list[Entry]:
+        level, entity_id = orphan_origin(orphan)
+        rows = self.db.query(f"SELECT id, name, size, updated_at {self._ORPHANED} AND level = ? AND entity_id = ? "
+                             "ORDER BY id", (level, entity_id))
+        if not rows:
+            raise NotFoundError(orphan)
+        files = [Entry(name.encode(), self._derived_attr(derived_id, size, mtime, writable=False))
+                 for derived_id, name, size, mtime in rows if name != ORPHAN_JSON_NAME]
+        json_inode = inode_of(Kind.ORPHAN_JSON, orphan)
+        return [*files, Entry(ORPHAN_JSON_NAME.encode(), self.attributes(json_inode))]
+
+    def _orphan_mtime(self, orphan: int) -> float:
+        level, entity_id = orphan_origin(orphan)
+        deleted = self.db.get_val(f"SELECT max(origin_deleted_at) {self._ORPHANED} AND level = ? AND entity_id = ?",
+                                  (level, entity_id))
+        if deleted is None:
+            raise NoSuchRowError(orphan)
+        return float(deleted)
 
     # ----------------------------------------------------------------- /projects
 
@@ -498,7 +497,7 @@ class Tree:
         project_id, entity_id = unpack_ids(row_id)
         if kind is Kind.J_PATIENT:
             rows = self.db.query(
-                _STUDY_ROWS + "WHERE st.patient_id = :e AND (EXISTS (SELECT 1 FROM project_members m WHERE "
+                STUDY_ROWS + "WHERE st.patient_id = :e AND (EXISTS (SELECT 1 FROM project_members m WHERE "
                 "m.project_id = :p AND ((m.level = 'patient' AND m.entity_id = :e) OR (m.level = 'study' AND "
                 "m.entity_id = st.id))) OR EXISTS (SELECT 1 FROM series se2 JOIN project_members m ON "
                 "m.project_id = :p AND m.level = 'series' AND m.entity_id = se2.id WHERE se2.study_id = st.id)) "
@@ -525,7 +524,7 @@ class Tree:
             def base(r: Any) -> str:
                 return naming.dated_study_name(r[2], r[6], r[3], r[4])
         else:
-            base = _study_base
+            base = study_base
         named = naming.unique_names(rows, base, reserved=reserved)
         return [self._dir_entry(n, inode_of(kind, r[0]), r[5]) for n, r in named]
 
@@ -537,7 +536,7 @@ class Tree:
         )
         if not rows and not self.db.query("SELECT 1 FROM studies WHERE id = ?", (study_id,)):
             raise NotFoundError(study_id)
-        series_kind = _SERIES_KIND[kind]
+        series_kind = SERIES_KIND_IN[kind]
         if kind is Kind.U_STUDY:
             named = naming.unique_names(rows, lambda r: naming.uid_name(r[1]), reserved=["study.json", DERIVED_NAME])
         else:
@@ -552,7 +551,7 @@ class Tree:
         rows = self._instance_rows(series_id)
         named = self._instance_names(kind, rows)
         if kind is not Kind.U_SERIES:  # the summary lists these same names: build it now, once
-            self._summaries[inode_of(Kind.SERIES_JSON, series_id)] = self._series_summary(series_id, named)
+            self._summaries[inode_of(Kind.SERIES_JSON, series_id)] = summaries.series_summary(self.db, series_id, named)
         entries = [self._summary_entry(Kind.SERIES_JSON, series_id)]
         file_attr = self._file_attr
         for stem, (instance_id, _, _, file_size, json_size, rows_, columns, photometric, has_image, mtime, _,
@@ -598,125 +597,18 @@ class Tree:
 
     def _make_summary(self, kind: Kind, row_id: int) -> bytes:
         try:
+            if kind is Kind.ORPHAN_JSON:
+                return summaries.orphan_summary(self.db, *orphan_origin(row_id))
             if kind is Kind.PATIENT_JSON:
-                return self._patient_summary(row_id)
+                return summaries.patient_summary(self.db, row_id)
             if kind is Kind.STUDY_JSON:
-                return self._study_summary(row_id)
+                return summaries.study_summary(self.db, row_id)
             if kind is Kind.SERIES_JSON:
-                return self._series_summary(row_id, self._instance_names(Kind.P_SERIES, self._instance_rows(row_id)))
+                named = self._instance_names(Kind.P_SERIES, self._instance_rows(row_id))
+                return summaries.series_summary(self.db, row_id, named)
         except NoSuchRowError:
             pass
         raise NotFoundError(row_id)
-
-    def _patient_summary(self, patient_id: int) -> bytes:
-        p = self._row_dict("patients", patient_id)
-        studies = self.db.query(_STUDY_ROWS + "WHERE st.patient_id = ? ORDER BY st.id", (patient_id,))
-        named = naming.unique_names(studies, _study_base, reserved=["patient.json"])
-        children = [
-            {"name": n, "StudyInstanceUID": r[8], "StudyDate": r[1], "StudyDescription": r[3],
-             "AccessionNumber": r[4], "ModalitiesInStudy": (r[7] or "").split("\\") if r[7] else []}
-            for n, r in named
-        ]
-        return summary_json("PATIENT", {**_patient_attributes(p), **self._organisation("patient", patient_id)},
-                            "Studies", children)
-
-    def _study_summary(self, study_id: int) -> bytes:
-        s = self._row_dict("studies", study_id)
-        p = self._row_dict("patients", s["patient_id"])
-        series = self.db.query(
-            "SELECT id, series_uid, series_number, modality, series_description, num_instances "
-            "FROM series WHERE study_id = ? ORDER BY id",
-            (study_id,),
-        )
-        named = naming.unique_names(series, lambda r: naming.series_name(r[2], r[3], r[4]),
-                                    reserved=["study.json", DERIVED_NAME])
-        children = [
-            {"name": n, "SeriesInstanceUID": r[1], "SeriesNumber": r[2], "Modality": r[3],
-             "SeriesDescription": r[4], "NumberOfSeriesRelatedInstances": r[5]}
-            for n, r in named
-        ]
-        modalities = sorted({r[3] for r in series if r[3]})
-        sop_classes = [r[0] for r in self.db.query(
-            "SELECT DISTINCT i.sop_class_uid FROM instances i JOIN series se ON se.id = i.series_id "
-            "WHERE se.study_id = ? ORDER BY 1", (study_id,))]
-        attributes = {
-            **_patient_attributes(p),
-            **_study_attributes(s),
-            "ModalitiesInStudy": modalities,
-            "SOPClassesInStudy": sop_classes,
-            **self._organisation("study", study_id),
-        }
-        remote = self.db.query(
-            "SELECT r.remote, r.num_series, r.num_instances, r.series_listed_at, "
-            "  (SELECT count(*) FROM instances i JOIN series se ON se.id = i.series_id "
-            "   WHERE se.study_id = r.study_id AND i.file_path != '') "
-            "FROM remote_studies r WHERE r.study_id = ?",
-            (study_id,),
-        )
-        if remote:
-            name, num_series, num_instances, listed, local = remote[0]
-            attributes["Remote"] = {"name": name, "NumberOfSeriesThere": num_series,
-                                    "NumberOfInstancesThere": num_instances, "LocalInstances": local,
-                                    "Complete": num_instances is not None and local >= num_instances,
-                                    "SeriesListed": listed is not None}
-        return summary_json("STUDY", attributes, "Series", children)
-
-    def _series_summary(self, series_id: int, named: list[tuple[str, Any]]) -> bytes:
-        se = self._row_dict("series", series_id)
-        s = self._row_dict("studies", se["study_id"])
-        children = [
-            {"name": f"{stem}.dcm", "SOPInstanceUID": r[2], "SOPClassUID": r[10],
-             "InstanceNumber": r[1], "size": r[3], "jpg": f"{stem}.jpg" if r[8] else None, "local": bool(r[11])}
-            for stem, r in named
-        ]
-        attributes = {
-            "PatientID": self.db.get_val("SELECT patient_id FROM patients WHERE id = ?", (s["patient_id"],)),
-            "StudyInstanceUID": s["study_uid"],
-            "SeriesInstanceUID": se["series_uid"],
-            "Modality": se["modality"],
-            "SeriesNumber": se["series_number"],
-            "SeriesDescription": se["series_description"],
-            "SeriesDate": se["series_date"],
-            "SeriesTime": se["series_time"],
-            "BodyPartExamined": se["body_part_examined"],
-            "ProtocolName": se["protocol_name"],
-            "Laterality": se["laterality"],
-            "StationName": se["station_name"],
-            "Manufacturer": se["manufacturer"],
-            "FrameOfReferenceUID": se["frame_of_reference_uid"],
-            "NumberOfSeriesRelatedInstances": se["num_instances"],
-            **self._organisation("series", series_id),
-        }
-        remote = self.db.query(
-            "SELECT remote, num_instances, complete, instances_listed_at FROM remote_series WHERE series_id = ?",
-            (series_id,),
-        )
-        if remote:
-            name, count, complete, listed = remote[0]
-            local = sum(1 for _, r in named if r[11])
-            attributes["Remote"] = {"name": name, "NumberOfInstancesThere": count, "LocalInstances": local,
-                                    "Complete": bool(complete), "InstancesListed": listed is not None}
-        return summary_json("SERIES", attributes, "Instances", children)
-
-    def _organisation(self, level: str, row_id: int) -> dict[str, Any]:
-        """Tags, projects and derived data of this level's entity (each level shows its own)."""
-        found: dict[str, Any] = {"Tags": organise.tags_of(self.db, level, row_id),
-                                 "Projects": organise.projects_of(self.db, level, row_id)}
-        if level in ("study", "series"):
-            found["Derived"] = [
-                {"name": f"{DERIVED_NAME}/{name}", "kind": kind, "size": size, "origin": {"level": level, "uid": uid},
-                 "created": created, "updated": updated, "SOPInstanceUID": sop_uid}
-                for name, kind, size, uid, created, updated, sop_uid in self.db.query(
-                    "SELECT name, kind, size, origin_uid, created_at, updated_at, sop_uid FROM derived "
-                    "WHERE level = ? AND entity_id = ? ORDER BY name", (level, row_id))]
-        return found
-
-    def _row_dict(self, table: str, row_id: int) -> dict[str, Any]:
-        cursor = self.db.conn.execute(f"SELECT * FROM {table} WHERE id = ?", (row_id,))
-        names = [d[0] for d in cursor.getdescription()]
-        for row in cursor:
-            return dict(zip(names, row, strict=True))
-        raise NoSuchRowError(table)
 
     # ----------------------------------------------------------------- attributes
 
@@ -774,55 +666,9 @@ class Tree:
         return attr
 
 
-# Columns: id, study_date, study_time, study_description, accession_number, updated_at,
-# patient name, modalities (backslash-joined), study_uid.
-_STUDY_ROWS = (
-    "SELECT st.id, st.study_date, st.study_time, st.study_description, st.accession_number, "
-    "st.updated_at, p.patient_name, "
-    "(SELECT group_concat(m, '\\') FROM (SELECT DISTINCT modality AS m FROM series "
-    "  WHERE study_id = st.id AND modality != '' ORDER BY modality)), st.study_uid "
-    "FROM studies st JOIN patients p ON p.id = st.patient_id "
-)
-
-
-def _study_base(row: Any) -> str:
-    """A study's folder name from a _STUDY_ROWS row (shared by listings and patient.json)."""
-    return naming.study_name(row[1], row[3], row[4], row[7] or "")
-
-
 def _date_ids(study_date: str) -> tuple[int, int]:
     """(year, YYYYMMDD) of a DA value, (0, 0) when it is not a usable date."""
     iso = naming.iso_date(study_date)
     if not iso:
         return 0, 0
     return int(iso[:4]), int(iso.replace("-", ""))
-
-
-def _patient_attributes(p: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "PatientName": p["patient_name"],
-        "PatientID": p["patient_id"],
-        "IssuerOfPatientID": p["issuer_of_patient_id"],
-        "PatientBirthDate": p["patient_birth_date"],
-        "PatientSex": p["patient_sex"],
-        "OtherPatientIDs": p["other_patient_ids"],
-        "NumberOfPatientRelatedStudies": p["num_studies"],
-        "NumberOfPatientRelatedSeries": p["num_series"],
-        "NumberOfPatientRelatedInstances": p["num_instances"],
-    }
-
-
-def _study_attributes(s: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "StudyInstanceUID": s["study_uid"],
-        "StudyDate": s["study_date"],
-        "StudyTime": s["study_time"],
-        "AccessionNumber": s["accession_number"],
-        "StudyID": s["study_id"],
-        "StudyDescription": s["study_description"],
-        "ReferringPhysicianName": s["referring_physician_name"],
-        "InstitutionName": s["institution_name"],
-        "PatientAge": s["patient_age"],
-        "NumberOfStudyRelatedSeries": s["num_series"],
-        "NumberOfStudyRelatedInstances": s["num_instances"],
-    }

@@ -44,7 +44,7 @@ def test_patients_layout_holds_the_received_bytes(mounted: Daemon, ct_series: li
     )
     for n, source in enumerate(ct_series, start=1):
         assert (series_dir / f"{n:03d}.dcm").read_bytes() == source.read_bytes()
-    assert set(os.listdir(mounted.mount)) == {"patients", "studies", "dates", "projects", "query"}
+    assert set(os.listdir(mounted.mount)) == {"patients", "studies", "dates", "projects", "query", "orphans"}
     assert sorted(os.listdir(series_dir.parent)) == [SERIES, "derived", "study.json"]
     assert "patient.json" in os.listdir(series_dir.parent.parent)
 

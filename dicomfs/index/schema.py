@@ -233,11 +233,39 @@ CREATE TABLE queries (
 );
 """
 
+# Deletion and late links. A derived item whose origin is deleted keeps its row and file, with
+# the time and a description of what the origin was; a study or series of that UID arriving
+# again takes it back. A derived DICOM object names the series and instances it was made
+# from; those not yet in the archive when it arrived are linked when they come.
+SCHEMA_V4 = """
+ALTER TABLE derived ADD COLUMN origin_deleted_at REAL;  -- unix time the origin was deleted (NULL: it exists)
+ALTER TABLE derived ADD COLUMN origin_description TEXT NOT NULL DEFAULT '';  -- JSON: the origin when deleted
+CREATE INDEX derived_orphans ON derived(origin_uid) WHERE origin_deleted_at IS NOT NULL;
+
+CREATE TABLE derived_sources (
+    sop_uid             TEXT NOT NULL,         -- the derived DICOM object
+    ref_level           TEXT NOT NULL CHECK (ref_level IN ('series', 'instance')),
+    ref_uid             TEXT NOT NULL,         -- a Series or SOP Instance UID it references
+    PRIMARY KEY (ref_uid, ref_level, sop_uid)
+) WITHOUT ROWID;
+CREATE INDEX derived_sources_object ON derived_sources(sop_uid);
+
+-- Entities removed by a deletion, with the changes row that announced it: the mount drops
+-- the names the kernel may still hold.
+CREATE TABLE removals (
+    seq                 INTEGER NOT NULL,      -- changes.seq
+    level               TEXT NOT NULL CHECK (level IN ('patient', 'study', 'series', 'instance')),
+    entity_id           INTEGER NOT NULL
+);
+CREATE INDEX removals_seq ON removals(seq);
+"""
+
 # Each entry upgrades the schema from version i to i + 1.
 MIGRATIONS: list[Callable[[Database], None]] = [
     lambda db: db.conn.execute(SCHEMA_V1),
     lambda db: db.conn.execute(SCHEMA_V2),
     lambda db: db.conn.execute(SCHEMA_V3),
+    lambda db: db.conn.execute(SCHEMA_V4),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,192 @@
+"""Contents of ``patient.json``, ``study.json``, ``series.json`` and ``/orphans/*/origin.json``.
+
+Each lists its level's attributes (DICOM keywords), its children under the names the mount
+gives them, and the research organisation of the level: tags, projects, derived data with
+its origin. ``STUDY_ROWS`` and ``study_base`` are shared with the tree so that the names a
+summary lists are the names of the folders.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from dicomfs.index import naming, organise
+from dicomfs.index.db import Database, NoSuchRowError
+from dicomfs.inodes import DERIVED_NAME
+from dicomfs.views.summary import summary_json
+
+# Columns: id, study_date, study_time, study_description, accession_number, updated_at,
+# patient name, modalities (backslash-joined), study_uid.
+STUDY_ROWS = (
+    "SELECT st.id, st.study_date, st.study_time, st.study_description, st.accession_number, "
+    "st.updated_at, p.patient_name, "
+    "(SELECT group_concat(m, '\\') FROM (SELECT DISTINCT modality AS m FROM series "
+    "  WHERE study_id = st.id AND modality != '' ORDER BY modality)), st.study_uid "
+    "FROM studies st JOIN patients p ON p.id = st.patient_id "
+)
+
+
+def study_base(row: Any) -> str:
+    """A study's folder name from a STUDY_ROWS row (shared by listings and patient.json)."""
+    return naming.study_name(row[1], row[3], row[4], row[7] or "")
+
+
+
+def patient_summary(db: Database, patient_id: int) -> bytes:
+    p = row_dict(db, "patients", patient_id)
+    studies = db.query(STUDY_ROWS + "WHERE st.patient_id = ? ORDER BY st.id", (patient_id,))
+    named = naming.unique_names(studies, study_base, reserved=["patient.json"])
+    children = [
+        {"name": n, "StudyInstanceUID": r[8], "StudyDate": r[1], "StudyDescription": r[3],
+         "AccessionNumber": r[4], "ModalitiesInStudy": (r[7] or "").split("\\") if r[7] else []}
+        for n, r in named
+    ]
+    return summary_json("PATIENT", {**_patient_attributes(p), **organisation(db, "patient", patient_id)},
+                        "Studies", children)
+
+def study_summary(db: Database, study_id: int) -> bytes:
+    s = row_dict(db, "studies", study_id)
+    p = row_dict(db, "patients", s["patient_id"])
+    series = db.query(
+        "SELECT id, series_uid, series_number, modality, series_description, num_instances "
+        "FROM series WHERE study_id = ? ORDER BY id",
+        (study_id,),
+    )
+    named = naming.unique_names(series, lambda r: naming.series_name(r[2], r[3], r[4]),
+                                reserved=["study.json", DERIVED_NAME])
+    children = [
+        {"name": n, "SeriesInstanceUID": r[1], "SeriesNumber": r[2], "Modality": r[3],
+         "SeriesDescription": r[4], "NumberOfSeriesRelatedInstances": r[5]}
+        for n, r in named
+    ]
+    modalities = sorted({r[3] for r in series if r[3]})
+    sop_classes = [r[0] for r in db.query(
+        "SELECT DISTINCT i.sop_class_uid FROM instances i JOIN series se ON se.id = i.series_id "
+        "WHERE se.study_id = ? ORDER BY 1", (study_id,))]
+    attributes = {
+        **_patient_attributes(p),
+        **_study_attributes(s),
+        "ModalitiesInStudy": modalities,
+        "SOPClassesInStudy": sop_classes,
+        **organisation(db, "study", study_id),
+    }
+    remote = db.query(
+        "SELECT r.remote, r.num_series, r.num_instances, r.series_listed_at, "
+        "  (SELECT count(*) FROM instances i JOIN series se ON se.id = i.series_id "
+        "   WHERE se.study_id = r.study_id AND i.file_path != '') "
+        "FROM remote_studies r WHERE r.study_id = ?",
+        (study_id,),
+    )
+    if remote:
+        name, num_series, num_instances, listed, local = remote[0]
+        attributes["Remote"] = {"name": name, "NumberOfSeriesThere": num_series,
+                                "NumberOfInstancesThere": num_instances, "LocalInstances": local,
+                                "Complete": num_instances is not None and local >= num_instances,
+                                "SeriesListed": listed is not None}
+    return summary_json("STUDY", attributes, "Series", children)
+
+def series_summary(db: Database, series_id: int, named: list[tuple[str, Any]]) -> bytes:
+    se = row_dict(db, "series", series_id)
+    s = row_dict(db, "studies", se["study_id"])
+    children = [
+        {"name": f"{stem}.dcm", "SOPInstanceUID": r[2], "SOPClassUID": r[10],
+         "InstanceNumber": r[1], "size": r[3], "jpg": f"{stem}.jpg" if r[8] else None, "local": bool(r[11])}
+        for stem, r in named
+    ]
+    attributes = {
+        "PatientID": db.get_val("SELECT patient_id FROM patients WHERE id = ?", (s["patient_id"],)),
+        "StudyInstanceUID": s["study_uid"],
+        "SeriesInstanceUID": se["series_uid"],
+        "Modality": se["modality"],
+        "SeriesNumber": se["series_number"],
+        "SeriesDescription": se["series_description"],
+        "SeriesDate": se["series_date"],
+        "SeriesTime": se["series_time"],
+        "BodyPartExamined": se["body_part_examined"],
+        "ProtocolName": se["protocol_name"],
+        "Laterality": se["laterality"],
+        "StationName": se["station_name"],
+        "Manufacturer": se["manufacturer"],
+        "FrameOfReferenceUID": se["frame_of_reference_uid"],
+        "NumberOfSeriesRelatedInstances": se["num_instances"],
+        **organisation(db, "series", series_id),
+    }
+    remote = db.query(
+        "SELECT remote, num_instances, complete, instances_listed_at FROM remote_series WHERE series_id = ?",
+        (series_id,),
+    )
+    if remote:
+        name, count, complete, listed = remote[0]
+        local = sum(1 for _, r in named if r[11])
+        attributes["Remote"] = {"name": name, "NumberOfInstancesThere": count, "LocalInstances": local,
+                                "Complete": bool(complete), "InstancesListed": listed is not None}
+    return summary_json("SERIES", attributes, "Instances", children)
+
+def organisation(db: Database, level: str, row_id: int) -> dict[str, Any]:
+    """Tags, projects and derived data of this level's entity (each level shows its own)."""
+    found: dict[str, Any] = {"Tags": organise.tags_of(db, level, row_id),
+                             "Projects": organise.projects_of(db, level, row_id)}
+    if level in ("study", "series"):
+        found["Derived"] = [
+            {"name": f"{DERIVED_NAME}/{name}", "kind": kind, "size": size, "origin": {"level": level, "uid": uid},
+             "created": created, "updated": updated, "SOPInstanceUID": sop_uid}
+            for name, kind, size, uid, created, updated, sop_uid in db.query(
+                "SELECT name, kind, size, origin_uid, created_at, updated_at, sop_uid FROM derived "
+                "WHERE level = ? AND entity_id = ? ORDER BY name", (level, row_id))]
+    return found
+
+def row_dict(db: Database, table: str, row_id: int) -> dict[str, Any]:
+    cursor = db.conn.execute(f"SELECT * FROM {table} WHERE id = ?", (row_id,))
+    names = [d[0] for d in cursor.getdescription()]
+    for row in cursor:
+        return dict(zip(names, row, strict=True))
+    raise NoSuchRowError(table)
+
+
+def _patient_attributes(p: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "PatientName": p["patient_name"],
+        "PatientID": p["patient_id"],
+        "IssuerOfPatientID": p["issuer_of_patient_id"],
+        "PatientBirthDate": p["patient_birth_date"],
+        "PatientSex": p["patient_sex"],
+        "OtherPatientIDs": p["other_patient_ids"],
+        "NumberOfPatientRelatedStudies": p["num_studies"],
+        "NumberOfPatientRelatedSeries": p["num_series"],
+        "NumberOfPatientRelatedInstances": p["num_instances"],
+    }
+
+
+def _study_attributes(s: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "StudyInstanceUID": s["study_uid"],
+        "StudyDate": s["study_date"],
+        "StudyTime": s["study_time"],
+        "AccessionNumber": s["accession_number"],
+        "StudyID": s["study_id"],
+        "StudyDescription": s["study_description"],
+        "ReferringPhysicianName": s["referring_physician_name"],
+        "InstitutionName": s["institution_name"],
+        "PatientAge": s["patient_age"],
+        "NumberOfStudyRelatedSeries": s["num_series"],
+        "NumberOfStudyRelatedInstances": s["num_instances"],
+    }
+
+
+def orphan_summary(db: Database, level: str, entity_id: int) -> bytes:
+    """``origin.json`` of an /orphans folder: what the deleted origin was, and what was made from it."""
+    rows = db.query(
+        "SELECT name, kind, size, origin_uid, created_at, updated_at, sop_uid, origin_deleted_at, origin_description "
+        "FROM derived WHERE origin_deleted_at IS NOT NULL AND level = ? AND entity_id = ? ORDER BY id",
+        (level, entity_id))
+    if not rows:
+        raise NoSuchRowError("derived")
+    deleted_at = max(r[7] for r in rows)
+    origin = {"level": level, "uid": rows[0][3], "deleted": True,
+              "deleted_at": datetime.fromtimestamp(deleted_at, UTC).isoformat(timespec="seconds"),
+              "was": json.loads(rows[0][8] or "{}")}
+    children = [{"name": name, "kind": kind, "size": size, "created": created, "updated": updated,
+                 "SOPInstanceUID": sop_uid} for name, kind, size, _, created, updated, sop_uid, _, _ in rows]
+    return summary_json("ORPHANED DERIVED DATA", {"Origin": origin}, "Derived", children)
