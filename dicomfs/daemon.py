@@ -165,9 +165,14 @@ async def _watch_changes(archive: Archive, tree: Tree, interval: float) -> None:
         if newest == last:
             continue
         series = [r[0] for r in db.query("SELECT DISTINCT series_id FROM changes WHERE seq > ?", (last,))]
+        removed = {(level, entity_id) for level, entity_id in db.query(
+            "SELECT level, entity_id FROM removals WHERE seq > ?", (last,))}
         last = newest
+        gone = tree.removed_entries(removed) if removed else []
         stale = tree.changed_series(series)
         await trio.to_thread.run_sync(_invalidate, stale)
+        for parent, name in gone:  # a name the kernel may hold for ENTRY_TIMEOUT: drop it now
+            pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
 
 
 def _invalidate(inodes: list[int]) -> None:

@@ -116,6 +116,9 @@ class Tree:
         self.max_listings = max_listings
         self._listings: OrderedDict[int, Listing] = OrderedDict()
         self._summaries: dict[int, bytes] = {}
+        # Where each folder was listed (folder inode → parent inode, name): the kernel may hold
+        # these names long after the listing left the cache, and a deletion must drop them.
+        self._folder_names: dict[int, tuple[int, bytes]] = {}
 
     # ----------------------------------------------------------------- queries from fs.py
 
@@ -128,6 +131,9 @@ class Tree:
         if kind not in DIR_KINDS:
             raise NotADirectoryError(inode)
         listing = Listing(self._build(kind, row_id))
+        if kind not in _FILE_FOLDER_KINDS:
+            for entry in listing.entries:
+                self._folder_names[entry.inode] = (inode, entry.name)
         self._listings[inode] = listing
         if len(self._listings) > self.max_listings:
             self._listings.popitem(last=False)
@@ -213,7 +219,7 @@ class Tree:
         Series id 0 stands for changes above any series (remote studies listed): everything
         cached is forgotten.
         """
-        stale: set[int] = {inode_of(Kind.TOP, t) for t in (0, TOP_PATIENTS, TOP_STUDIES, TOP_DATES)}
+        stale: set[int] = {inode_of(Kind.TOP, t) for t in (0, TOP_PATIENTS, TOP_STUDIES, TOP_DATES, TOP_ORPHANS)}
         series_ids = set(series_ids)
         if 0 in series_ids:
             stale.update(self._listings)
@@ -246,6 +252,38 @@ class Tree:
             self._listings.pop(inode, None)
             self._summaries.pop(inode, None)
         return sorted(stale)
+
+    def removed_entries(self, removed: set[tuple[str, int]]) -> list[tuple[int, bytes]]:
+        """(parent inode, name) of every folder name handed out that a deletion took away.
+
+        ``removed`` holds (level, row id) pairs of deleted patients, studies and series. Date
+        folders left empty are found by listing the dates anew.
+        """
+        gone: list[tuple[int, bytes]] = []
+        dates: set[int] = set()
+        for inode, (parent, name) in list(self._folder_names.items()):
+            kind, row_id = split_inode(inode)
+            if kind in (Kind.YEAR, Kind.DAY):
+                dates.add(parent)
+                continue
+            level = _ENTITY_LEVEL.get(kind)
+            if level is None:
+                continue
+            if kind in _PACKED_KINDS:
+                row_id = unpack_ids(row_id)[1]
+            if (level, row_id) in removed:
+                gone.append((parent, name))
+                del self._folder_names[inode]
+        for parent in dates:
+            try:
+                still = {split_inode(entry.inode)[1] for entry in self._build(*split_inode(parent))}
+            except (NotFoundError, NoSuchRowError):
+                still = set()
+            for inode, (listed_in, name) in list(self._folder_names.items()):
+                if listed_in == parent and split_inode(inode)[1] not in still:
+                    gone.append((parent, name))
+                    del self._folder_names[inode]
+        return gone
 
     def forget_all(self) -> None:
         self._listings.clear()
@@ -619,7 +657,9 @@ class Tree:
         return Entry(name.encode("utf-8"), self._dir_attr(inode, mtime))
 
     def _dir_attr(self, inode: int, mtime: float) -> pyfuse3.EntryAttributes:
-        attr = self._base_attr(inode, mtime, ENTRY_TIMEOUT)
+        # An orphan folder leaves when its origin comes back: not worth tracking, so kept briefly.
+        timeout = SUMMARY_ATTR_TIMEOUT if inode & ((1 << KIND_BITS) - 1) == Kind.ORPHAN else ENTRY_TIMEOUT
+        attr = self._base_attr(inode, mtime, timeout)
         attr.st_mode = _DIR_MODE
         return attr
 
@@ -664,6 +704,17 @@ class Tree:
         attr.st_blksize = _BLKSIZE
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = int(mtime * 1e9)
         return attr
+
+
+# The level of the entity a folder of each kind shows, for finding the folders a deletion removed.
+_ENTITY_LEVEL = {
+    Kind.PATIENT: "patient", Kind.J_PATIENT: "patient",
+    **{k: "study" for k in (*STUDY_KINDS, Kind.J_STUDY, Kind.Q_STUDY)},
+    **{k: "series" for k in (*SERIES_KINDS, Kind.J_SERIES, Kind.Q_SERIES)},
+}
+_PACKED_KINDS = frozenset({Kind.J_PATIENT, Kind.J_STUDY, Kind.J_SERIES, Kind.Q_STUDY, Kind.Q_SERIES})
+# Folders whose entries are files (and derived/, which goes with its folder): not remembered.
+_FILE_FOLDER_KINDS = SERIES_KINDS | {Kind.J_SERIES, Kind.Q_SERIES, Kind.DERIVED, Kind.ORPHAN}
 
 
 def _date_ids(study_date: str) -> tuple[int, int]:

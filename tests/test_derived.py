@@ -13,7 +13,7 @@ from pathlib import Path
 import dicomgen
 import pydicom
 import pytest
-from conftest import Daemon, run_cli
+from conftest import Daemon, run_cli, wait_for
 
 STUDY = Path("patients/DOE^JOHN [12345]/2024-03-01 CT Thorax [ACC123]")
 SERIES = STUDY / "003 CT Lung 1.0"
@@ -95,9 +95,12 @@ def test_concurrent_writers_never_interleave(mounted: Daemon) -> None:
     assert two.returncode == 0 and target.read_bytes() in (b"a", b"b")
 
 
+@pytest.mark.parametrize("derived_first", [False, True], ids=["images-first", "derived-first"])
 def test_derived_dicom_objects_appear_with_the_series_they_reference(
-    daemon: Daemon, data_dir: Path, tmp_path: Path
+    daemon: Daemon, data_dir: Path, tmp_path: Path, derived_first: bool
 ) -> None:
+    """Linked whichever arrives first; when the derived objects come first, the link is made
+    as the images arrive, while the mount is up."""
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
 
@@ -124,13 +127,21 @@ def test_derived_dicom_objects_appear_with_the_series_they_reference(
                                     SOPClassUID="1.2.840.10008.5.1.4.1.1.7", SourceImageSequence=Sequence([image]))
     for name, ds in (("seg.dcm", seg), ("rt.dcm", rtstruct), ("sc.dcm", capture)):
         dicomgen.write(tmp_path / "derived" / name, ds)
-    run_cli("import", "--data-dir", data_dir, tmp_path / "ct")
-    run_cli("import", "--data-dir", data_dir, tmp_path / "derived")  # after the images they reference
-    daemon.start()
     folder = daemon.mount / SERIES / "derived"
-    names = sorted(os.listdir(folder))
-    assert names == sorted([f"SEG_{seg.SOPInstanceUID}.dcm", f"RTSTRUCT_{rtstruct.SOPInstanceUID}.dcm",
-                            f"OT_{capture.SOPInstanceUID}.dcm"])
+    expected = sorted([f"SEG_{seg.SOPInstanceUID}.dcm", f"RTSTRUCT_{rtstruct.SOPInstanceUID}.dcm",
+                       f"OT_{capture.SOPInstanceUID}.dcm"])
+    if derived_first:
+        daemon.start()
+        run_cli("import", "--data-dir", data_dir, tmp_path / "derived")
+        wait_for(lambda: (daemon.mount / STUDY).is_dir(), 5, "the derived objects' study in the mount")
+        assert not folder.parent.exists()  # the referenced series is not there yet
+        run_cli("import", "--data-dir", data_dir, tmp_path / "ct")
+        wait_for(lambda: folder.is_dir() and sorted(os.listdir(folder)) == expected, 5, "the late links")
+    else:
+        run_cli("import", "--data-dir", data_dir, tmp_path / "ct")
+        run_cli("import", "--data-dir", data_dir, tmp_path / "derived")  # after the images they reference
+        daemon.start()
+    assert sorted(os.listdir(folder)) == expected
     seg_series = next(p for p in (daemon.mount / STUDY).iterdir() if p.name.startswith("090 SEG"))
     assert (folder / f"SEG_{seg.SOPInstanceUID}.dcm").read_bytes() == (seg_series / "001.dcm").read_bytes()
     summary = json.loads((daemon.mount / SERIES / "series.json").read_text())
