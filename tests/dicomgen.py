@@ -87,3 +87,14 @@ def series(directory: Path, count: int, **attrs: Any) -> list[Path]:
                           FrameOfReferenceUID=frame, ImagePositionPatient=[0, 0, float(n)], **attrs)
         paths.append(write(directory / f"IM{n:05d}.dcm", ds))
     return paths
+
+
+def segmentation_of(source: Dataset, **attrs: Any) -> Dataset:
+    """A SEG object (no pixels) in ``source``'s study that names ``source``'s series as its source."""
+    from pydicom.sequence import Sequence
+
+    ref = Dataset()
+    ref.SeriesInstanceUID = source.SeriesInstanceUID
+    return make_dataset(rows=0, columns=0, StudyInstanceUID=source.StudyInstanceUID, Modality="SEG",
+                        SOPClassUID="1.2.840.10008.5.1.4.1.1.66.4", SeriesNumber=90,
+                        ReferencedSeriesSequence=Sequence([ref]), **attrs)

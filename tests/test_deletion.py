@@ -131,16 +131,9 @@ def test_deleting_one_series_keeps_the_rest_of_its_study(
 def test_a_deleted_derived_object_leaves_the_folders_it_was_shown_in(
     daemon: Daemon, data_dir: Path, tmp_path: Path
 ) -> None:
-    from pydicom.dataset import Dataset
-    from pydicom.sequence import Sequence
-
     ct = dicomgen.series(tmp_path / "ct", 2)
     first = pydicom.dcmread(ct[0])
-    ref = Dataset()
-    ref.SeriesInstanceUID = first.SeriesInstanceUID
-    seg = dicomgen.make_dataset(rows=0, columns=0, StudyInstanceUID=first.StudyInstanceUID, Modality="SEG",
-                                SOPClassUID="1.2.840.10008.5.1.4.1.1.66.4", SeriesNumber=90,
-                                ReferencedSeriesSequence=Sequence([ref]))
+    seg = dicomgen.segmentation_of(first)
     dicomgen.write(tmp_path / "seg" / "seg.dcm", seg)
     run_cli("import", "--data-dir", data_dir, tmp_path / "ct", tmp_path / "seg")
     daemon.start()

@@ -106,11 +106,7 @@ def test_derived_dicom_objects_appear_with_the_series_they_reference(
 
     ct = dicomgen.series(tmp_path / "ct", 2)
     first = pydicom.dcmread(ct[0])
-    ref = Dataset()
-    ref.SeriesInstanceUID = first.SeriesInstanceUID
-    seg = dicomgen.make_dataset(rows=0, columns=0, StudyInstanceUID=first.StudyInstanceUID, Modality="SEG",
-                                SOPClassUID="1.2.840.10008.5.1.4.1.1.66.4", SeriesNumber=90,
-                                SeriesDescription="Lesions", ReferencedSeriesSequence=Sequence([ref]))
+    seg = dicomgen.segmentation_of(first, SeriesDescription="Lesions")
     rt_series = Dataset()
     rt_series.SeriesInstanceUID = first.SeriesInstanceUID
     rt_study = Dataset()
