@@ -144,3 +144,22 @@ def test_a_deleted_derived_object_leaves_the_folders_it_was_shown_in(
     # Names in derived/ are kept by the kernel for a second at most (other processes write there too).
     wait_for(lambda: not (derived / f"SEG_{seg.SOPInstanceUID}.dcm").exists(), 3, "the SEG name to go")
     assert os.listdir(daemon.mount / "orphans") == []  # nothing was made from the SEG series
+
+
+def test_an_index_of_the_previous_schema_is_upgraded_in_place(tmp_path: Path) -> None:
+    from dicomfs.index.db import Database
+    from dicomfs.index.schema import MIGRATIONS, SCHEMA_VERSION, migrate
+
+    db = Database(tmp_path / "index.sqlite")
+    for step in range(3):  # the schema before deletion and late links
+        with db.transaction():
+            MIGRATIONS[step](db)
+            db.execute(f"PRAGMA user_version = {step + 1}")
+    with db.transaction():
+        db.execute("INSERT INTO derived (level, entity_id, origin_uid, name, file_path, size, created_at, "
+                   "updated_at) VALUES ('study', 7, '1.2.3', 'fit.csv', '1.2.3/fit.csv', 4, 0, 0)")
+    migrate(db)
+    assert db.get_val("PRAGMA user_version") == SCHEMA_VERSION == 4
+    assert db.get_row("SELECT name, origin_deleted_at, origin_description FROM derived") == ("fit.csv", None, "")
+    assert db.get_val("SELECT count(*) FROM derived_sources") == 0
+    db.close()
