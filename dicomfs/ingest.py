@@ -192,11 +192,12 @@ class Indexer:
             (f"{modality or 'DICOM'}_{derived_sop_uid}.dcm", derived_sop_uid, size, now, now, series_id))
 
     def _welcome(self, table: str, row_id: int, uid: str, now: float) -> None:
-        """A study or series row is new: take back derived data left by a deleted one of that UID,
+        """A study or series row is new: take back derived data left by a deleted one of that UID (a
+        name taken meanwhile leaves that item orphaned rather than failing the ingest),
         and link derived objects that named this series before it arrived."""
         level = "study" if table == "studies" else "series"
         self.db.execute(
-            "UPDATE derived SET entity_id = ?, origin_deleted_at = NULL, origin_description = '' "
+            "UPDATE OR IGNORE derived SET entity_id = ?, origin_deleted_at = NULL, origin_description = '' "
             "WHERE level = ? AND origin_uid = ? AND origin_deleted_at IS NOT NULL", (row_id, level, uid))
         if level == "series":
             for (derived_sop_uid,) in self.db.query(
