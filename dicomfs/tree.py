@@ -74,6 +74,7 @@ _BLKSIZE = 131072
 
 ENTRY_TIMEOUT = 300.0  # names and most attributes never change; changes are invalidated explicitly
 SUMMARY_ATTR_TIMEOUT = 1.0  # summaries change size as instances arrive
+ORPHAN_TIMEOUT = 1.0  # an orphan folder leaves when its origin comes back: not tracked, so kept briefly
 REMOTE_ATTR_TIMEOUT = 1.0  # files not yet fetched from a remote PACS: their size becomes known on open
 
 
@@ -158,7 +159,7 @@ class Tree:
             if kind is Kind.DERIVED_FILE:
                 return self._derived_file_attr(row_id)
             if kind is Kind.ORPHAN:
-                return self._dir_attr(inode, self._orphan_mtime(row_id))
+                return self._dir_attr(inode, self._orphan_mtime(row_id), ORPHAN_TIMEOUT)
             if kind is Kind.ORPHAN_JSON:
                 return self._file_attr(inode, len(self.summary(inode)), self._orphan_mtime(row_id),
                                        SUMMARY_ATTR_TIMEOUT)
@@ -492,7 +493,8 @@ class Tree:
         rows = self.db.query(f"SELECT level, entity_id, origin_uid, max(origin_deleted_at) {self._ORPHANED} "
                              "GROUP BY level, entity_id ORDER BY min(id)")
         named = naming.unique_names(rows, lambda r: naming.safe_component(f"{r[0]}-{r[2]}", fallback=r[0]))
-        return [self._dir_entry(n, inode_of(Kind.ORPHAN, orphan_id(r[0], r[1])), r[3]) for n, r in named]
+        return [self._dir_entry(n, inode_of(Kind.ORPHAN, orphan_id(r[0], r[1])), r[3], ORPHAN_TIMEOUT)
+                for n, r in named]
 
     def _build_orphan(self, orphan: int) -> list[Entry]:
         level, entity_id = orphan_origin(orphan)
@@ -653,12 +655,10 @@ class Tree:
     def _dates_mtime(self) -> float:
         return float(self.db.get_val_or(None, "SELECT max(updated_at) FROM studies") or self.mounted_at_ns / 1e9)
 
-    def _dir_entry(self, name: str, inode: int, mtime: float) -> Entry:
-        return Entry(name.encode("utf-8"), self._dir_attr(inode, mtime))
+    def _dir_entry(self, name: str, inode: int, mtime: float, timeout: float = ENTRY_TIMEOUT) -> Entry:
+        return Entry(name.encode("utf-8"), self._dir_attr(inode, mtime, timeout))
 
-    def _dir_attr(self, inode: int, mtime: float) -> pyfuse3.EntryAttributes:
-        # An orphan folder leaves when its origin comes back: not worth tracking, so kept briefly.
-        timeout = SUMMARY_ATTR_TIMEOUT if inode & ((1 << KIND_BITS) - 1) == Kind.ORPHAN else ENTRY_TIMEOUT
+    def _dir_attr(self, inode: int, mtime: float, timeout: float = ENTRY_TIMEOUT) -> pyfuse3.EntryAttributes:
         attr = self._base_attr(inode, mtime, timeout)
         attr.st_mode = _DIR_MODE
         return attr
