@@ -108,16 +108,17 @@ def main() -> int:
             find_ms = statistics.median(timed(find, args.repeat)) * 1e3
             echo_ms = statistics.median(timed(echo, args.repeat)) * 1e3
             archive = open_archive(data)
-            from dicomfs.index import query
 
-            q = query.build(query.Level.STUDY, {"PatientName": "DOE^PATIENT16*", "StudyInstanceUID": "",
+            from dicomfs.index import cfind
+
+            q = cfind.build(cfind.Level.STUDY, {"PatientName": "DOE^PATIENT16*", "StudyInstanceUID": "",
                                                 "StudyDate": "", "ModalitiesInStudy": "",
                                                 "NumberOfStudyRelatedInstances": ""},
                             patient_root=False, fold_names=True)
             sql_times = []
             for _ in range(args.repeat):
                 t = time.perf_counter()
-                answers = list(query.run(archive.db, q))
+                answers = list(cfind.run(archive.db, q))
                 sql_times.append(time.perf_counter() - t)
             archive.close()
             sql_ms = statistics.median(sql_times) * 1e3

@@ -31,7 +31,7 @@ from bench import common, synth
 from bench.common import info, report
 
 TARGET = 0.5
-_STARTUP = "import dicomfs.cli, dicomfs.archive, dicomfs.importer"
+_STARTUP = "import dicomfs.cli, dicomfs.archive, dicomfs.ingest.files"
 
 
 def parse_headers(paths: list[Path]) -> None:

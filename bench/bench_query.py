@@ -7,7 +7,7 @@ patient names, a ``diagnosis`` tag (AD/MCI/CN) on ~10 % of studies and other tag
 and series, three projects of a few hundred members (studies, patients, series), and derived
 data on some series and studies.
 
-Each query is timed in this process with ``language.run`` (warm: one untimed run first), next
+Each query is timed in this process with ``query_language.run`` (warm: one untimed run first), next
 to the bare SQL a person would write by hand for the same answer (``Case.baseline``, same ids
 checked), alternating the two for ``--repeat`` rounds. Then the end-to-end wall time of one
 ``dicomfs find --count`` next to ``python -c pass`` (interpreter start). ``--plans`` prints the
@@ -40,7 +40,7 @@ from bench import common
 from bench.bench_find import fill
 from bench.common import Timing, info, report
 from dicomfs.archive import open_archive
-from dicomfs.index import language
+from dicomfs.index import query_language
 from dicomfs.index.db import Database
 
 TARGET_MS = 200.0
@@ -178,17 +178,17 @@ def _clock(fn: Callable[[], object]) -> float:
 
 def measure(db: Database, case: Case, repeat: int) -> tuple[Timing, Timing, list[int], list[int]]:
     """Both ways warm, then alternating: (language, baseline, ids by language, ids by baseline)."""
-    ours = language.run(db, case.text)
+    ours = query_language.run(db, case.text)
     theirs = [row[0] for row in db.query(case.baseline)]
     by_language, by_hand = Timing(), Timing()
     for _ in range(repeat):
-        by_language.runs.append(_clock(lambda: language.run(db, case.text)))
+        by_language.runs.append(_clock(lambda: query_language.run(db, case.text)))
         by_hand.runs.append(_clock(lambda: db.query(case.baseline)))
     return by_language, by_hand, ours, theirs
 
 
 def generated_sql(db: Database, text: str) -> tuple[str, object]:
-    """The statement and bindings ``language.run`` executes, caught with apsw's exec trace."""
+    """The statement and bindings ``query_language.run`` executes, caught with apsw's exec trace."""
     seen: list[tuple[str, object]] = []
 
     def trace(_cursor: object, sql: str, bindings: object) -> bool:
@@ -197,7 +197,7 @@ def generated_sql(db: Database, text: str) -> tuple[str, object]:
 
     db.conn.exec_trace = trace
     try:
-        language.run(db, text)
+        query_language.run(db, text)
     finally:
         db.conn.exec_trace = None
     return seen[-1]
@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                     sql, bindings = generated_sql(db, case.text)
                     info(f"{case.name}: {sql}\n      bindings {bindings}\n{explain(db, sql, bindings)}\n"
                          f"    hand-written: {case.baseline}\n{explain(db, case.baseline)}")
-            expected = len(language.run(db, END_TO_END))
+            expected = len(query_language.run(db, END_TO_END))
         finally:
             archive.close()
         failed |= not end_to_end(data, expected, args.repeat, args.wait_find, args.profile)

@@ -9,7 +9,7 @@ from pathlib import Path
 from dicomfs.config import ProjectRule
 from dicomfs.index.db import Database
 from dicomfs.index.schema import migrate
-from dicomfs.ingest import Indexer
+from dicomfs.ingest.writer import Indexer
 from dicomfs.store import Store
 
 

@@ -223,7 +223,7 @@ def _setup_logging(level: str, quiet_dicom: bool) -> None:
 
 def _import(settings: config.Settings, args: argparse.Namespace) -> int:
     from dicomfs.archive import open_archive
-    from dicomfs.importer import run_import
+    from dicomfs.ingest.files import run_import
 
     missing = [p for p in args.paths if not p.exists()]
     for path in missing:
@@ -246,22 +246,22 @@ def _import(settings: config.Settings, args: argparse.Namespace) -> int:
 
 def _remote(settings: config.Settings, args: argparse.Namespace) -> int:
     from dicomfs.archive import open_archive
+    from dicomfs.commands import remote as remote_commands
     from dicomfs.net import scu
-    from dicomfs.remote import commands
-    from dicomfs.remote.listing import FilterError
+    from dicomfs.remote.catalog import FilterError
 
     calling = settings.dicom.ae_title
     try:
         if args.action == "add":
-            path = commands.config_path(settings, args.config)
+            path = remote_commands.config_path(settings, args.config)
             remote = config.RemoteNode(name=args.name, ae_title=args.aet, host=args.host, port=args.port,
                                        retrieve=args.retrieve, listing=args.listing, timeout=args.timeout)
-            commands.add(path, remote, settings)
+            remote_commands.add(path, remote, settings)
             print(f"added remote {args.name} ({args.aet} at {args.host}:{args.port}) to {path}")
             return 0
         if args.action == "remove":
-            path = commands.config_path(settings, args.config)
-            commands.remove(path, args.name)
+            path = remote_commands.config_path(settings, args.config)
+            remote_commands.remove(path, args.name)
             print(f"removed remote {args.name} from {path}")
             return 0
         if args.action == "list":
@@ -279,23 +279,23 @@ def _remote(settings: config.Settings, args: argparse.Namespace) -> int:
             print(f"{remote.name}: C-ECHO succeeded")
             return 0
         if args.action == "query":
-            count = commands.query(remote, args.level.upper(), args.terms, calling, args.json, sys.stdout)
+            count = remote_commands.query(remote, args.level.upper(), args.terms, calling, args.json, sys.stdout)
             if not args.json:
                 print(f"{count} {args.level} answers from {remote.name}", file=sys.stderr)
             return 0
         archive = open_archive(settings.data_dir, settings.rules)
         try:
             if args.action == "refresh":
-                new = commands.refresh(archive, remote, calling)
+                new = remote_commands.refresh(archive, remote, calling)
                 print(f"{remote.name}: saved queries run, {new} new studies")
                 return 0
-            result = commands.pull(archive, remote, args.study, args.series, settings, args.progress)
+            result = remote_commands.pull(archive, remote, args.study, args.series, settings, args.progress)
         finally:
             archive.close()
         print(f"{remote.name}: {result.completed} instances retrieved, {result.failed} failed, "
               f"{result.warning} with warnings")
         return 0 if result.failed == 0 else 1
-    except (commands.CommandError, FilterError) as exc:
+    except (remote_commands.CommandError, FilterError) as exc:
         print(f"dicomfs: {exc}", file=sys.stderr)
         return 2
     except scu.RemoteError as exc:
@@ -352,7 +352,7 @@ def _organise(settings: config.Settings, args: argparse.Namespace) -> int:
 
 
 def _find(settings: config.Settings, args: argparse.Namespace) -> int:
-    from dicomfs.find import find
+    from dicomfs.commands.find import find
     from dicomfs.index.db import Database
 
     if not settings.index_path.exists():
@@ -413,7 +413,7 @@ def _derive(settings: config.Settings, args: argparse.Namespace) -> int:
 
 def _list_orphans(db: Any, origin_uid: str | None) -> int:
     """Derived items whose origin was deleted: name, kind, size, origin level and UID, deletion time, path."""
-    from dicomfs.output import print_table
+    from dicomfs.commands.output import print_table
 
     rows = db.query(
         "SELECT name, kind, size, level, origin_uid, datetime(origin_deleted_at, 'unixepoch') FROM derived "
@@ -451,7 +451,7 @@ def _delete(settings: config.Settings, args: argparse.Namespace) -> int:
 
 
 def _status(settings: config.Settings) -> int:
-    from dicomfs.status import report
+    from dicomfs.commands.status import report
 
     print(report(settings))
     return 0

@@ -196,7 +196,7 @@ def _rule(item: Any, where: str) -> ProjectRule:
     if not rule.project:
         raise ConfigError(f"{where}: a rule needs the project it assigns to")
     if rule.match:
-        from dicomfs.index.language import compile_query
+        from dicomfs.index.query_language import compile_query
 
         try:
             compile_query(rule.match, "study")

@@ -21,13 +21,13 @@ import trio
 from dicomfs.archive import Archive, open_archive
 from dicomfs.config import Settings
 from dicomfs.derived import DerivedStore
-from dicomfs.fs import Operations
-from dicomfs.ingest import Ingested
-from dicomfs.inodes import DIR_KINDS, split_inode
+from dicomfs.ingest.writer import Ingested
+from dicomfs.mount.inodes import DIR_KINDS, split_inode
+from dicomfs.mount.operations import Operations
+from dicomfs.mount.tree import Tree
 from dicomfs.net.scp import NodeServer
 from dicomfs.parse import ParsedInstance
 from dicomfs.remote.fetch import Fetcher
-from dicomfs.tree import Tree
 
 log = logging.getLogger(__name__)
 

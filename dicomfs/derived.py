@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dicomfs.index import naming
 from dicomfs.index.db import Database, NoSuchRowError
+from dicomfs.mount import naming
 from dicomfs.store import fsync_dir, uid_component
 
 KINDS = ("voi", "stats", "fit", "map", "dicom", "other")

@@ -14,8 +14,8 @@ from conftest import DICOMFS, cli_env, run_cli, wait_for
 from pydicom.fileset import FileSet
 
 from dicomfs.archive import Archive, open_archive
-from dicomfs.importer import run_import
 from dicomfs.index.db import Database
+from dicomfs.ingest.files import run_import
 
 
 @pytest.fixture

@@ -210,7 +210,7 @@ def test_sigint_unmounts_cleanly(daemon: Daemon, data_dir: Path, ct_series: list
 def test_names_in_every_character_set_reach_the_tree(daemon: Daemon, data_dir: Path) -> None:
     from pydicom.data import get_charset_files
 
-    from dicomfs.index.naming import person_name
+    from dicomfs.mount.naming import person_name
 
     result = run_cli("import", "--data-dir", data_dir, *get_charset_files("chr*.dcm"), check=False)
     assert "rejected 2" in result.stdout  # the two chrSQEncoding samples carry no UIDs

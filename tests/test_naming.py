@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dicomfs.index import naming
+from dicomfs.mount import naming
 
 
 @pytest.mark.parametrize(

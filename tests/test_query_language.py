@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from dicomfs.archive import open_archive
-from dicomfs.index import language
+from dicomfs.index import query_language
 from dicomfs.index.db import Database
-from dicomfs.index.language import LEVELS, QuerySyntaxError, compile_query, run
+from dicomfs.index.query_language import LEVELS, QuerySyntaxError, compile_query, run
 
 
 class Rows:
@@ -396,7 +396,7 @@ def test_an_unknown_level_is_refused() -> None:
 
 
 def test_the_module_examples_run() -> None:
-    assert doctest.testmod(language).failed == 0
+    assert doctest.testmod(query_language).failed == 0
 
 
 # --- errors ---------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Projects and tags: the research organisation kept beside the DICOM hierarchy.
 
 Selections name entities by UID (Study/Series Instance UID; Patient ID at patient level) or
-by a query in the archive's language (``dicomfs.index.language``). Every change adds a
+by a query in the archive's language (``dicomfs.index.query_language``). Every change adds a
 ``changes`` row with series id 0, which makes a running mount rebuild what it shows.
 Deleting a project never touches images: only its memberships go.
 """
@@ -39,9 +39,9 @@ def select(db: Database, level: str, selectors: list[str]) -> list[int]:
     ids: list[int] = []
     for selector in selectors:
         if _is_query(selector):
-            from dicomfs.index import language
+            from dicomfs.index import query_language
 
-            found = language.run(db, selector, level)
+            found = query_language.run(db, selector, level)
         else:
             found = [r[0] for r in db.query(
                 f"SELECT id FROM {_TABLE[level]} WHERE {_UID_COLUMN[level]} = ?", (selector.strip(),))]

@@ -36,9 +36,9 @@ from pynetdicom.sop_class import (
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomfs.config import DicomSettings
-from dicomfs.index import query
+from dicomfs.index import cfind
 from dicomfs.index.db import Database
-from dicomfs.ingest import Ingested
+from dicomfs.ingest.writer import Ingested
 from dicomfs.parse import InvalidInstanceError, NotDicomError, ParsedInstance, parse_instance, part10_header
 from dicomfs.store import Store
 
@@ -294,15 +294,15 @@ def _handle_find(event: evt.Event, node: NodeServer) -> Iterator[tuple[Any, Any]
     identifier = event.identifier
     patient_root = event.request.AffectedSOPClassUID == PatientRootQueryRetrieveInformationModelFind
     try:
-        level = query.Level(str(identifier.get("QueryRetrieveLevel", "")).strip())
+        level = cfind.Level(str(identifier.get("QueryRetrieveLevel", "")).strip())
         requested = {e.keyword: e.value for e in identifier if e.keyword and e.keyword not in _QUERY_CONTROL}
-        q = query.build(level, requested, patient_root=patient_root, fold_names=node.settings.fold_names)
-    except (ValueError, query.QueryError) as exc:
+        q = cfind.build(level, requested, patient_root=patient_root, fold_names=node.settings.fold_names)
+    except (ValueError, cfind.QueryError) as exc:
         yield _failure(IDENTIFIER_DOES_NOT_MATCH, str(exc)), None
         return
     unknown = [e for e in identifier if e.keyword not in _QUERY_CONTROL and e.keyword not in q.returned]
     try:
-        for row in query.run(node.reader(), q):
+        for row in cfind.run(node.reader(), q):
             if event.is_cancelled:
                 yield CANCEL, None
                 return
@@ -318,16 +318,16 @@ MOVE_DESTINATION_UNKNOWN = 0xA801
 _PATIENT_ROOT_RETRIEVE = (PatientRootQueryRetrieveInformationModelGet, PatientRootQueryRetrieveInformationModelMove)
 
 
-def _retrieve_set(event: evt.Event, node: NodeServer) -> list[query.StoredInstance]:
+def _retrieve_set(event: evt.Event, node: NodeServer) -> list[cfind.StoredInstance]:
     identifier = event.identifier
     patient_root = event.request.AffectedSOPClassUID in _PATIENT_ROOT_RETRIEVE
-    level = query.Level(str(identifier.get("QueryRetrieveLevel", "")).strip())
+    level = cfind.Level(str(identifier.get("QueryRetrieveLevel", "")).strip())
     keys = {e.keyword: e.value for e in identifier if e.keyword}
-    return query.retrieve_set(node.reader(), level, keys, patient_root=patient_root)
+    return cfind.retrieve_set(node.reader(), level, keys, patient_root=patient_root)
 
 
 def _sub_operations(
-    event: evt.Event, node: NodeServer, instances: list[query.StoredInstance]
+    event: evt.Event, node: NodeServer, instances: list[cfind.StoredInstance]
 ) -> Iterator[tuple[int, Any]]:
     """Yield each stored instance for a C-STORE sub-operation; stop on cancel."""
     for instance in instances:
@@ -351,7 +351,7 @@ def _handle_get(event: evt.Event, node: NodeServer) -> Iterator[Any]:
         return
     try:
         instances = _retrieve_set(event, node)
-    except (ValueError, query.QueryError) as exc:
+    except (ValueError, cfind.QueryError) as exc:
         yield 1  # with 0 pynetdicom answers Success before reading our status
         yield _failure(IDENTIFIER_DOES_NOT_MATCH, str(exc)), None
         return
@@ -373,7 +373,7 @@ def _handle_move(event: evt.Event, node: NodeServer) -> Iterator[Any]:
         return
     try:
         instances = _retrieve_set(event, node)
-    except (ValueError, query.QueryError) as exc:
+    except (ValueError, cfind.QueryError) as exc:
         yield remote.host, remote.port, {"ae_title": remote.ae_title}
         yield 1  # with 0 pynetdicom answers Success before reading our status
         yield _failure(IDENTIFIER_DOES_NOT_MATCH, str(exc)), None
@@ -384,7 +384,7 @@ def _handle_move(event: evt.Event, node: NodeServer) -> Iterator[Any]:
     yield from _sub_operations(event, node, instances)
 
 
-def _contexts_for(instances: list[query.StoredInstance]) -> list[Any]:
+def _contexts_for(instances: list[cfind.StoredInstance]) -> list[Any]:
     syntaxes: dict[str, list[str]] = {}
     for instance in instances:
         wanted = syntaxes.setdefault(instance.sop_class_uid, [])

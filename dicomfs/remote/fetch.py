@@ -23,11 +23,11 @@ import trio
 
 from dicomfs.config import DicomSettings, RemoteNode
 from dicomfs.index.db import Database, NoSuchRowError
-from dicomfs.ingest import Indexer, Ingested
+from dicomfs.ingest.pipeline import StorePipeline, with_store_failures
+from dicomfs.ingest.writer import Indexer, Ingested
 from dicomfs.net import scu
 from dicomfs.parse import ParsedInstance
-from dicomfs.remote import listing
-from dicomfs.remote.pipeline import StorePipeline, with_store_failures
+from dicomfs.remote import catalog
 from dicomfs.store import Store
 
 log = logging.getLogger(__name__)
@@ -89,10 +89,10 @@ class Fetcher:
         new = 0
         for saved in remote.listing:
             try:
-                match = listing.parse_filter(saved)
+                match = catalog.parse_filter(saved)
                 studies = await trio.to_thread.run_sync(
-                    listing.find_studies, remote, match, self.settings.ae_title, abandon_on_cancel=True)
-            except (listing.FilterError, scu.RemoteError) as exc:
+                    catalog.find_studies, remote, match, self.settings.ae_title, abandon_on_cancel=True)
+            except (catalog.FilterError, scu.RemoteError) as exc:
                 # Background work that runs again at the next refresh: a warning, not an error.
                 log.warning("remote %s: saved query %r failed: %s", remote.name, saved, exc)
                 continue
@@ -112,7 +112,7 @@ class Fetcher:
             if self.db.get_val("SELECT series_listed_at FROM remote_studies WHERE study_id = ?", (study_id,)):
                 return  # listed while we waited
             remote = self._remote(name)
-            series = await self._in_thread(listing.find_series, remote, study_uid, self.settings.ae_title)
+            series = await self._in_thread(catalog.find_series, remote, study_uid, self.settings.ae_title)
             self.indexer.add_remote_series(remote.name, study_id, series)
 
     async def prepare_series(self, series_id: int) -> None:
@@ -128,7 +128,7 @@ class Fetcher:
             if self.db.get_val("SELECT instances_listed_at FROM remote_series WHERE series_id = ?", (series_id,)):
                 return
             remote = self._remote(name)
-            found = await self._in_thread(listing.find_instances, remote, study_uid, series_uid,
+            found = await self._in_thread(catalog.find_instances, remote, study_uid, series_uid,
                                           self.settings.ae_title)
             self.indexer.add_remote_instances(remote.name, series_id, found)
 

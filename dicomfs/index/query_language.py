@@ -46,7 +46,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dicomfs.index.query import KEYS, Key, Level
+from dicomfs.index.cfind import KEYS, Key, Level
 
 if TYPE_CHECKING:
     from dicomfs.index.db import Database

@@ -24,8 +24,8 @@ import pyfuse3
 import trio
 
 from dicomfs.derived import DerivedError, DerivedStore, check_name
-from dicomfs.inodes import IN_MEMORY_KINDS, TOP_QUERY, Kind, inode_of, split_inode
-from dicomfs.tree import NotFoundError, Tree
+from dicomfs.mount.inodes import IN_MEMORY_KINDS, TOP_QUERY, Kind, inode_of, split_inode
+from dicomfs.mount.tree import NotFoundError, Tree
 from dicomfs.views import RenderError, render_view
 
 if TYPE_CHECKING:

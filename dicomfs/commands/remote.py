@@ -18,11 +18,11 @@ import tomlkit
 
 from dicomfs import config
 from dicomfs.archive import Archive
+from dicomfs.commands.output import print_table
 from dicomfs.config import RemoteNode, Settings
+from dicomfs.ingest.pipeline import StorePipeline, with_store_failures
 from dicomfs.net import scu
-from dicomfs.output import print_table
-from dicomfs.remote import listing
-from dicomfs.remote.pipeline import StorePipeline, with_store_failures
+from dicomfs.remote import catalog
 
 
 class CommandError(RuntimeError):
@@ -45,7 +45,7 @@ def add(path: Path, remote: RemoteNode, settings: Settings) -> None:
     if settings.dicom.remote(remote.name):
         raise CommandError(f"a remote named {remote.name!r} exists already (remove it first)")
     for saved in remote.listing:
-        listing.parse_filter(saved)  # refuse a bad saved query now, not at the daemon's next start
+        catalog.parse_filter(saved)  # refuse a bad saved query now, not at the daemon's next start
     doc = _load(path)
     dicom = doc.setdefault("dicom", tomlkit.table())
     remotes = dicom.setdefault("remotes", tomlkit.aot())
@@ -103,7 +103,7 @@ _COLUMNS = {
 
 
 def query(remote: RemoteNode, level: str, terms: list[str], calling_ae: str, as_json: bool, out: TextIO) -> int:
-    match = listing.parse_filter(terms)
+    match = catalog.parse_filter(terms)
     columns = _COLUMNS[level]
     keys = {**dict.fromkeys(columns, ""), **match}
     answers = scu.find(remote, level, keys, calling_ae=calling_ae, timeout=remote.timeout)
@@ -131,7 +131,7 @@ def refresh(archive: Archive, remote: RemoteNode, calling_ae: str) -> int:
         raise CommandError(f"remote {remote.name!r} has no saved queries (its 'listing' setting is empty)")
     new = 0
     for saved in remote.listing:
-        studies = listing.find_studies(remote, listing.parse_filter(saved), calling_ae)
+        studies = catalog.find_studies(remote, catalog.parse_filter(saved), calling_ae)
         new += archive.indexer.add_remote_studies(remote.name, studies)
     return new
 
@@ -144,7 +144,7 @@ def pull(archive: Archive, remote: RemoteNode, study_uid: str, series_uid: str |
     calling_ae = settings.dicom.ae_title
     level, keys = ("SERIES", {"StudyInstanceUID": study_uid, "SeriesInstanceUID": series_uid}) if series_uid \
         else ("STUDY", {"StudyInstanceUID": study_uid})
-    studies = listing.find_studies(remote, {"StudyInstanceUID": study_uid}, calling_ae)
+    studies = catalog.find_studies(remote, {"StudyInstanceUID": study_uid}, calling_ae)
     if not studies:
         raise CommandError(f"remote {remote.name} has no study {study_uid}")
     archive.indexer.add_remote_studies(remote.name, studies)

@@ -21,10 +21,9 @@ from typing import Any
 
 import pyfuse3
 
-from dicomfs import summaries
-from dicomfs.index import naming
 from dicomfs.index.db import Database, NoSuchRowError
-from dicomfs.inodes import (
+from dicomfs.mount import naming, summaries
+from dicomfs.mount.inodes import (
     DERIVED_NAME,
     DIR_KINDS,
     INSTANCE_VIEW_KINDS,
@@ -53,7 +52,7 @@ from dicomfs.inodes import (
     split_inode,
     unpack_ids,
 )
-from dicomfs.summaries import STUDY_ROWS, study_base
+from dicomfs.mount.summaries import STUDY_ROWS, study_base
 from dicomfs.views.jpeg import is_color, jpeg_size
 
 log = logging.getLogger(__name__)
@@ -416,9 +415,9 @@ class Tree:
         rmdir. (mkdir cannot be the way to save: the kernel looks the name up first, and
         every valid query already exists.)
         """
-        from dicomfs.index import language
+        from dicomfs.index import query_language
 
-        language.compile_query(text, "study")  # raises QuerySyntaxError, a ValueError
+        query_language.compile_query(text, "study")  # raises QuerySyntaxError, a ValueError
         if self.db.execute("INSERT INTO queries (text, saved, created_at) VALUES (?, 1, ?) "
                            "ON CONFLICT (text) DO UPDATE SET saved = 1 WHERE saved = 0", (text, time.time())):
             self.forget(inode_of(Kind.TOP, TOP_QUERY))
@@ -427,10 +426,10 @@ class Tree:
 
     def _build_query(self, kind: Kind, row_id: int) -> list[Entry]:
         if kind is Kind.QUERY:
-            from dicomfs.index import language
+            from dicomfs.index import query_language
 
             text = str(self.db.get_val("SELECT text FROM queries WHERE id = ?", (row_id,)))
-            ids = language.run(self.db, text, "study")
+            ids = query_language.run(self.db, text, "study")
             rows = [(pack_ids(row_id, r[0]), *r[1:]) for study_id in ids
                     for r in self.db.query(STUDY_ROWS + "WHERE st.id = ?", (study_id,))]
             named = naming.unique_names(rows, lambda r: naming.safe_component(

@@ -24,7 +24,7 @@ from dicomfs.views import render_view
 from dicomfs.views.dicom_json import JSON_VERSION
 
 if TYPE_CHECKING:
-    from dicomfs.index.language import Compiled
+    from dicomfs.index.query_language import Compiled
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def _compiled(rule: ProjectRule) -> Compiled | None:
     """A rule's query, compiled once (the configuration has checked it)."""
     if not rule.match:
         return None
-    from dicomfs.index.language import compile_query
+    from dicomfs.index.query_language import compile_query
 
     return compile_query(rule.match, "study")
 

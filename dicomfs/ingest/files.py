@@ -21,7 +21,7 @@ import pydicom
 from tqdm import tqdm
 
 from dicomfs.archive import Archive
-from dicomfs.ingest import Outcome
+from dicomfs.ingest.writer import Outcome
 from dicomfs.parse import InvalidInstanceError, NotDicomError, ParsedInstance, parse_instance, quiet_pydicom
 from dicomfs.store import Store
 

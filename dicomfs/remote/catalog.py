@@ -15,7 +15,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 
 from dicomfs.config import RemoteNode
-from dicomfs.ingest import RemoteSeries, RemoteStudy
+from dicomfs.ingest.writer import RemoteSeries, RemoteStudy
 from dicomfs.net import scu
 from dicomfs.parse import InvalidInstanceError, instance_values, patient_values, series_values, study_values
 

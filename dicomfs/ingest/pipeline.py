@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from dicomfs.ingest import Ingested
+from dicomfs.ingest.writer import Ingested
 from dicomfs.net.scu import RetrieveResult
 from dicomfs.parse import InvalidInstanceError, NotDicomError, ParsedInstance, parse_instance
 from dicomfs.store import Store

@@ -12,9 +12,10 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from dicomfs.index import naming, organise
+from dicomfs.index import organise
 from dicomfs.index.db import Database, NoSuchRowError
-from dicomfs.inodes import DERIVED_NAME
+from dicomfs.mount import naming
+from dicomfs.mount.inodes import DERIVED_NAME
 from dicomfs.views.summary import summary_json
 
 # Columns: id, study_date, study_time, study_description, accession_number, updated_at,

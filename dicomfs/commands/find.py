@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 from typing import TextIO
 
-from dicomfs.index import language, organise
+from dicomfs.commands.output import print_table
+from dicomfs.index import organise, query_language
 from dicomfs.index.db import Database
-from dicomfs.output import print_table
 
 _PARENT = {
     "study": ("SELECT patient_id FROM studies WHERE id = ?", "patient"),
@@ -41,7 +41,7 @@ class MountPaths:
     """Mount paths of entities, through the tree's own listings (cached per folder)."""
 
     def __init__(self, db: Database, mount: Path) -> None:
-        from dicomfs.tree import Tree  # pyfuse3, trio and the views: only for paths
+        from dicomfs.mount.tree import Tree  # pyfuse3, trio and the views: only for paths
 
         self.db = db
         self.mount = mount
@@ -49,7 +49,7 @@ class MountPaths:
         self._names: dict[int, dict[int, str]] = {}
 
     def path(self, level: str, row_id: int) -> Path:
-        from dicomfs.inodes import TOP_PATIENTS, Kind, inode_of
+        from dicomfs.mount.inodes import TOP_PATIENTS, Kind, inode_of
 
         if level == "patient":
             top = inode_of(Kind.TOP, TOP_PATIENTS)
@@ -69,7 +69,7 @@ class MountPaths:
 
 def find(db: Database, text: str, level: str, output: str, mount: Path, out: TextIO, limit: int | None) -> int:
     """Print the matches of ``text`` at ``level``; returns how many matched."""
-    ids = language.run(db, text, level, limit=limit)
+    ids = query_language.run(db, text, level, limit=limit)
     if output == "count":
         out.write(f"{len(ids)}\n")
         return len(ids)
