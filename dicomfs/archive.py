@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dicomfs.config import ProjectRule
+from dicomfs.index.changes import ChangeLog
 from dicomfs.index.db import Database
 from dicomfs.index.schema import migrate
 from dicomfs.ingest.writer import Indexer
@@ -18,6 +19,7 @@ class Archive:
     db: Database
     store: Store
     indexer: Indexer
+    changes: ChangeLog  # the one change log of this connection: the daemon's mount subscribes to it
 
     def close(self) -> None:
         self.db.close()
@@ -28,4 +30,5 @@ def open_archive(data_dir: Path, rules: Sequence[ProjectRule] = ()) -> Archive:
     db = Database(data_dir / "index.sqlite")
     migrate(db)
     store = Store(data_dir / "store")
-    return Archive(db, store, Indexer(db, store, rules))
+    changes = ChangeLog(db)
+    return Archive(db, store, Indexer(db, store, rules, changes), changes)

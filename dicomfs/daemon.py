@@ -22,9 +22,9 @@ from dicomfs.archive import Archive, open_archive
 from dicomfs.config import Settings
 from dicomfs.derived import DerivedStore
 from dicomfs.ingest.writer import Ingested
-from dicomfs.mount.inodes import DIR_KINDS, split_inode
 from dicomfs.mount.operations import Operations
 from dicomfs.mount.tree import Tree
+from dicomfs.mount.watch import follow_changes
 from dicomfs.net.scp import NodeServer
 from dicomfs.parse import ParsedInstance
 from dicomfs.remote.fetch import Fetcher
@@ -90,7 +90,7 @@ async def _mount(
     mount_point = settings.mount.path
     tree = Tree(archive.db)
     ops = Operations(tree, archive.store.root, render_threads=settings.mount.render_threads, remote=fetcher,
-                     derived=DerivedStore(settings.derived_path, archive.db, archive.store.root))
+                     derived=DerivedStore(settings.derived_path, archive.db, archive.store.root, archive.changes))
     options = set(pyfuse3.default_options) | {"fsname=dicomfs", "subtype=dicomfs"}
     if settings.mount.allow_other:
         options.add("allow_other")
@@ -98,7 +98,7 @@ async def _mount(
     log.info("mounted the archive at %s", mount_point)
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_changes, archive, tree, settings.poll_interval)
+            nursery.start_soon(follow_changes, archive.changes, tree, settings.poll_interval)
             nursery.start_soon(_tune_read_ahead, mount_point, settings.mount.read_ahead_kb)
             task_status.started()
             await pyfuse3.main()  # returns when the mount is released from outside
@@ -153,41 +153,6 @@ def _set_read_ahead(mount_point: Path, kb: int) -> None:
         Path(f"/sys/class/bdi/{device}/read_ahead_kb").write_text(str(kb))
     except OSError as exc:
         log.debug("cannot set read-ahead for %s: %s", mount_point, exc)
-
-
-async def _watch_changes(archive: Archive, tree: Tree, interval: float) -> None:
-    """Refresh what the mount shows when the index changes (this or another process)."""
-    db = archive.db
-    last = db.get_val("SELECT coalesce(max(seq), 0) FROM changes")
-    while True:
-        await trio.sleep(interval)
-        newest = db.get_val("SELECT coalesce(max(seq), 0) FROM changes")
-        if newest == last:
-            continue
-        series = [r[0] for r in db.query("SELECT DISTINCT series_id FROM changes WHERE seq > ?", (last,))]
-        removed = {(level, entity_id) for level, entity_id in db.query(
-            "SELECT level, entity_id FROM removals WHERE seq > ?", (last,))}
-        last = newest
-        gone = tree.removed_entries(removed) if removed else []
-        stale = tree.changed_series(series)
-        await trio.to_thread.run_sync(_invalidate, stale)
-        for parent, name in gone:  # a name the kernel may hold for ENTRY_TIMEOUT: drop it now
-            pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
-
-
-def _invalidate(inodes: list[int]) -> None:
-    """Tell the kernel to drop cached attributes (folders) or content (summaries).
-
-    Runs in a thread: invalidating page contents waits for page locks that an in-flight read
-    may hold, and that read can only finish when the event loop answers it.
-    """
-    for inode in inodes:
-        kind, _ = split_inode(inode)
-        try:
-            pyfuse3.invalidate_inode(inode, attr_only=kind in DIR_KINDS)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOENT, errno.ENOTCONN):
-                log.debug("invalidate_inode(%d): %s", inode, exc)
 
 
 async def _on_signals(cancel_scope: trio.CancelScope, node: NodeServer | None) -> None:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from dicomfs.index.changes import ChangeLog
 from dicomfs.index.db import Database
 from dicomfs.store import Store
 
@@ -143,9 +144,10 @@ def _orphan_derived(db: Database, now: float) -> None:
 
 
 def _remove_rows(db: Database, now: float) -> None:
-    """The rows themselves, then one changes row and the removals a running mount acts on."""
+    """The rows themselves, then the removals a running mount acts on (in the change log)."""
     doomed = {"patient": "temp.doomed_patients", "study": "temp.doomed_studies", "series": "temp.doomed_series"}
     instances = "SELECT id FROM instances WHERE series_id IN (SELECT id FROM temp.doomed_series)"
+    removed = [(level, row[0]) for level, table in doomed.items() for row in db.query(f"SELECT id FROM {table}")]
     db.execute(f"DELETE FROM tags WHERE level = 'instance' AND entity_id IN ({instances})")
     for level, table in doomed.items():
         db.execute(f"DELETE FROM tags WHERE level = ? AND entity_id IN (SELECT id FROM {table})", (level,))
@@ -157,7 +159,4 @@ def _remove_rows(db: Database, now: float) -> None:
     db.execute("DELETE FROM series WHERE id IN (SELECT id FROM temp.doomed_series)")
     db.execute("DELETE FROM studies WHERE id IN (SELECT id FROM temp.doomed_studies)")
     db.execute("DELETE FROM patients WHERE id IN (SELECT id FROM temp.doomed_patients)")
-    db.execute("INSERT INTO changes (series_id, at) VALUES (0, ?)", (now,))
-    seq = db.last_rowid()
-    for level, table in doomed.items():
-        db.execute(f"INSERT INTO removals (seq, level, entity_id) SELECT ?, ?, id FROM {table}", (seq, level))
+    ChangeLog(db).note_removal(removed, now)

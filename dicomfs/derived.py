@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dicomfs.index.changes import ChangeLog
 from dicomfs.index.db import Database, NoSuchRowError
 from dicomfs.mount import naming
 from dicomfs.store import fsync_dir, uid_component
@@ -56,12 +57,14 @@ def check_name(name: str) -> str:
 class DerivedStore:
     """Writes derived files and their index rows (on the thread that owns ``db``)."""
 
-    def __init__(self, root: Path, db: Database, instance_root: Path | None = None) -> None:
+    def __init__(self, root: Path, db: Database, instance_root: Path | None = None,
+                 changes: ChangeLog | None = None) -> None:
         self.root = root
         self.instance_root = instance_root  # the store of instances, for derived DICOM objects
         self.tmp_dir = root / ".tmp"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.db = db
+        self.changes = changes or ChangeLog(db)
 
     def origin_uid(self, level: str, entity_id: int) -> str:
         table, column = _UID_COLUMN[level]
@@ -164,13 +167,15 @@ class DerivedStore:
         return DerivedFile(*row)
 
     def _changed(self, level: str, entity_id: int, now: float) -> None:
-        """One changes row, so that a running mount (maybe another process) lists the change."""
-        if level == "series":  # 0 (everything) when the series was deleted: its items are under /orphans
-            series_id = entity_id if self.db.query("SELECT 1 FROM series WHERE id = ?", (entity_id,)) else 0
-        else:  # any series of the study leads the mount to the study; 0 when it has none
+        """Note the change, so that a running mount (maybe another process) lists it."""
+        if level == "series":
+            rows = self.db.query("SELECT id FROM series WHERE id = ?", (entity_id,))
+        else:  # any series of the study leads the mount to the study
             rows = self.db.query("SELECT id FROM series WHERE study_id = ? LIMIT 1", (entity_id,))
-            series_id = rows[0][0] if rows else 0
-        self.db.execute("INSERT INTO changes (series_id, at) VALUES (?, ?)", (series_id, now))
+        if rows:
+            self.changes.note_series([rows[0][0]], now)
+        else:  # a deleted origin (its items are under /orphans), or a study without series
+            self.changes.note_everything(now)
 
 
 _COLUMNS = ("id, level, entity_id, origin_uid, name, kind, file_path, size, created_at, updated_at, sop_uid, "

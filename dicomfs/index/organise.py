@@ -2,7 +2,7 @@
 
 Selections name entities by UID (Study/Series Instance UID; Patient ID at patient level) or
 by a query in the archive's language (``dicomfs.index.query_language``). Every change adds a
-``changes`` row with series id 0, which makes a running mount rebuild what it shows.
+change of scope "everything" to the change log, which makes a running mount rebuild what it shows.
 Deleting a project never touches images: only its memberships go.
 """
 
@@ -12,6 +12,7 @@ import re
 import time
 from dataclasses import dataclass
 
+from dicomfs.index.changes import ChangeLog
 from dicomfs.index.db import Database, NoSuchRowError
 
 LEVELS = ("patient", "study", "series", "instance")
@@ -56,7 +57,7 @@ def _is_query(selector: str) -> bool:
 
 
 def _changed(db: Database) -> None:
-    db.execute("INSERT INTO changes (series_id, at) VALUES (0, ?)", (time.time(),))
+    ChangeLog(db).note_everything()
 
 
 # ------------------------------------------------------------------ projects

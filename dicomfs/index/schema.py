@@ -110,6 +110,7 @@ CREATE INDEX instances_series ON instances(series_id, instance_number);
 CREATE INDEX instances_sop_class ON instances(sop_class_uid);
 
 -- One row per series touched by a committed write; the daemon polls it to refresh the mount.
+-- (Schema v5 replaces it with an explicit scope; see index/changes.py.)
 CREATE TABLE changes (
     seq                 INTEGER PRIMARY KEY AUTOINCREMENT,
     series_id           INTEGER NOT NULL,
@@ -260,12 +261,30 @@ CREATE TABLE removals (
 CREATE INDEX removals_seq ON removals(seq);
 """
 
+# The change log with an explicit scope (index/changes.py) instead of series id 0 standing for
+# "everything". The table is rebuilt: a column cannot lose NOT NULL in place. Sequence numbers
+# are kept, so removals still point at their change row.
+SCHEMA_V5 = """
+CREATE TABLE changes_v5 (
+    seq                 INTEGER PRIMARY KEY AUTOINCREMENT,
+    scope               TEXT NOT NULL CHECK (scope IN ('series', 'everything')),  -- what the mount refreshes
+    series_id           INTEGER,               -- the series a write touched (scope 'series'), else NULL
+    at                  REAL NOT NULL          -- unix time of the write
+);
+INSERT INTO changes_v5 (seq, scope, series_id, at)
+    SELECT seq, CASE WHEN series_id = 0 THEN 'everything' ELSE 'series' END, NULLIF(series_id, 0), at
+    FROM changes ORDER BY seq;
+DROP TABLE changes;
+ALTER TABLE changes_v5 RENAME TO changes;
+"""
+
 # Each entry upgrades the schema from version i to i + 1.
 MIGRATIONS: list[Callable[[Database], None]] = [
     lambda db: db.conn.execute(SCHEMA_V1),
     lambda db: db.conn.execute(SCHEMA_V2),
     lambda db: db.conn.execute(SCHEMA_V3),
     lambda db: db.conn.execute(SCHEMA_V4),
+    lambda db: db.conn.execute(SCHEMA_V5),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

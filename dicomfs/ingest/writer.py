@@ -2,8 +2,8 @@
 
 Policy for a SOP Instance UID that is already indexed: the first copy is kept. Identical
 bytes are a silent no-op; different bytes are counted on the instance row and logged.
-Every committed batch adds one ``changes`` row per series it touched, which is how a
-running daemon (maybe another process) learns what to refresh in the mount.
+Every committed batch notes the series it touched in the change log (``index.changes``),
+which is how a running daemon (maybe another process) learns what to refresh in the mount.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dicomfs.config import ProjectRule
+from dicomfs.index.changes import ChangeLog
 from dicomfs.index.db import Database, NoSuchRowError
 from dicomfs.parse import ParsedInstance
 from dicomfs.store import Store
@@ -79,9 +80,11 @@ def _compiled(rule: ProjectRule) -> Compiled | None:
 class Indexer:
     """Writes to the index; the only module that inserts patients, studies, series, instances."""
 
-    def __init__(self, db: Database, store: Store, rules: Sequence[ProjectRule] = ()) -> None:
+    def __init__(self, db: Database, store: Store, rules: Sequence[ProjectRule] = (),
+                 changes: ChangeLog | None = None) -> None:
         self.db = db
         self.store = store
+        self.changes = changes or ChangeLog(db)
         self.rules = [(rule, _compiled(rule)) for rule in rules]
 
     def add_batch(self, batch: Iterable[tuple[ParsedInstance, Path]]) -> list[Ingested]:
@@ -105,9 +108,9 @@ class Indexer:
                     batch_sources.setdefault(result.series_id, set()).add(source.partition("@")[0])
             if self.rules and touched:
                 self._apply_rules(touched, batch_sources)
+            self.changes.note_series(touched, now)
             for series_id in touched:
                 self._note_remote_progress(series_id)
-                self._note_change(series_id, now)
                 self.db.execute(
                     "UPDATE series SET updated_at = :t WHERE id = :s;"
                     "UPDATE studies SET updated_at = :t WHERE id = (SELECT study_id FROM series WHERE id = :s);"
@@ -238,10 +241,6 @@ class Indexer:
         )
         return Ingested(parsed.sop_uid, Outcome.STORED, series_id)
 
-    def _note_change(self, series_id: int, now: float) -> None:
-        """How a running mount (maybe in another process) learns what to refresh."""
-        self.db.execute("INSERT INTO changes (series_id, at) VALUES (?, ?)", (series_id, now))
-
     def _note_remote_progress(self, series_id: int) -> None:
         """A remote series is complete once it was listed and no listed instance is missing."""
         self.db.execute(
@@ -270,7 +269,7 @@ class Indexer:
                     (study_id, remote, found.num_series, found.num_instances, now),
                 )
             if new:
-                self._note_change(0, now)  # above any series: the mount rebuilds all
+                self.changes.note_everything(now)  # above any series: the mount rebuilds all
         return new
 
     def add_remote_series(self, remote: str, study_id: int, series: Iterable[RemoteSeries]) -> None:
@@ -283,7 +282,7 @@ class Indexer:
                     "ON CONFLICT (series_id) DO UPDATE SET num_instances = excluded.num_instances",
                     (series_id, remote, found.num_instances),
                 )
-                self._note_change(series_id, now)
+                self.changes.note_series([series_id], now)
             self.db.execute("UPDATE remote_studies SET series_listed_at = ? WHERE study_id = ?", (now, study_id))
 
     def add_remote_instances(self, remote: str, series_id: int, instances: Iterable[dict[str, Any]]) -> None:
@@ -300,7 +299,7 @@ class Indexer:
                 )
             self.db.execute("UPDATE remote_series SET instances_listed_at = ? WHERE series_id = ?", (now, series_id))
             self._note_remote_progress(series_id)
-            self._note_change(series_id, now)
+            self.changes.note_series([series_id], now)
 
     def keep_study(self, study_uid: str) -> None:
         """Pulled on purpose: its fetched files are no longer cache, never evicted."""
@@ -327,7 +326,7 @@ class Indexer:
                 "UPDATE instances SET file_path = '', file_size = 0, json_size = 0, json_version = 0, "
                 "has_image = 0, fetched = 0 WHERE series_id = ? AND fetched = 1", (series_id,))
             self._note_remote_progress(series_id)
-            self._note_change(series_id, now)
+            self.changes.note_series([series_id], now)
         return paths
 
     def refresh_json_sizes(self) -> int:

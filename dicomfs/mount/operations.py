@@ -8,7 +8,6 @@ EROFS, so later writable folders can be added without remounting read-write sema
 from __future__ import annotations
 
 import bisect
-import contextlib
 import errno
 import functools
 import itertools
@@ -24,6 +23,7 @@ import pyfuse3
 import trio
 
 from dicomfs.derived import DerivedError, DerivedStore, check_name
+from dicomfs.mount import kernel
 from dicomfs.mount.inodes import IN_MEMORY_KINDS, TOP_QUERY, Kind, inode_of, split_inode
 from dicomfs.mount.tree import NotFoundError, Tree
 from dicomfs.views import RenderError, render_view
@@ -213,7 +213,7 @@ class Operations(pyfuse3.Operations):
     async def _refresh_sizes(instance_id: int) -> None:
         """Drop the kernel's attributes of an instance's files: it re-asks, and reads see the new size."""
         inodes = [inode_of(kind, instance_id) for kind in (Kind.DCM, Kind.JSON, Kind.JPG)]
-        await trio.to_thread.run_sync(_invalidate_attributes, inodes)
+        await trio.to_thread.run_sync(kernel.forget_attributes, inodes)
 
     async def _render(self, kind: Kind, path: Path, row: dict[str, Any]) -> bytes:
         log.debug("rendering %s view of %s", _VIEW_SUFFIX[kind], row["sop_uid"])
@@ -384,7 +384,7 @@ class Operations(pyfuse3.Operations):
         writing.temp, writing.dirty = None, False
         os.close(handle.fd)
         handle.fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)  # replaced at the next write
-        await trio.to_thread.run_sync(_invalidate_content, writing.inode)
+        await trio.to_thread.run_sync(kernel.forget_contents, [writing.inode])
 
     @_fuse_errors
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: Any, fh: int | None,
@@ -437,19 +437,8 @@ class Operations(pyfuse3.Operations):
         self.tree.forget(parent_new)
 
 
-def _invalidate_attributes(inodes: list[int]) -> None:
-    for inode in inodes:
-        with contextlib.suppress(OSError):  # an inode the kernel does not hold: nothing to refresh
-            pyfuse3.invalidate_inode(inode, attr_only=True)
-
-
 def _name(raw: bytes) -> str:
     try:
         return check_name(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise pyfuse3.FUSEError(errno.EINVAL) from None
-
-
-def _invalidate_content(inode: int) -> None:
-    with contextlib.suppress(OSError):
-        pyfuse3.invalidate_inode(inode, attr_only=False)

@@ -21,6 +21,7 @@ from typing import Any
 
 import pyfuse3
 
+from dicomfs.index.changes import Changes
 from dicomfs.index.db import Database, NoSuchRowError
 from dicomfs.mount import naming, summaries
 from dicomfs.mount.inodes import (
@@ -75,6 +76,15 @@ ENTRY_TIMEOUT = 300.0  # names and most attributes never change; changes are inv
 SUMMARY_ATTR_TIMEOUT = 1.0  # summaries change size as instances arrive
 ORPHAN_TIMEOUT = 1.0  # an orphan folder leaves when its origin comes back: not tracked, so kept briefly
 REMOTE_ATTR_TIMEOUT = 1.0  # files not yet fetched from a remote PACS: their size becomes known on open
+
+
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    """What the kernel must forget after a change."""
+
+    folders: list[int]  # attributes (and so listings) only
+    files: list[int]  # contents too: summaries, views of fetched or evicted instances
+    gone: list[tuple[int, bytes]]  # (parent inode, name) of deleted folders
 
 
 class NotFoundError(LookupError):
@@ -213,18 +223,25 @@ class Tree:
 
     # ----------------------------------------------------------------- change handling
 
-    def changed_series(self, series_ids: Iterable[int]) -> list[int]:
+    def refresh(self, changes: Changes) -> Refresh:
+        """Forget what these changes touched; returns what the kernel must forget too."""
+        gone = self.removed_entries(set(changes.removed)) if changes.removed else []
+        stale = self.changed_series(changes.series, everything=changes.everything)
+        folders = [inode for inode in stale if split_inode(inode)[0] in DIR_KINDS]
+        files = [inode for inode in stale if split_inode(inode)[0] not in DIR_KINDS]
+        return Refresh(folders, files, gone)
+
+    def changed_series(self, series_ids: Iterable[int], *, everything: bool = False) -> list[int]:
         """Forget what depends on these series; returns the inodes the kernel should refresh.
 
-        Series id 0 stands for changes above any series (remote studies listed): everything
-        cached is forgotten.
+        ``everything``: a change above any series (remote studies listed, projects, tags,
+        deletions): everything cached is forgotten.
         """
         stale: set[int] = {inode_of(Kind.TOP, t) for t in (0, TOP_PATIENTS, TOP_STUDIES, TOP_DATES, TOP_ORPHANS)}
         series_ids = set(series_ids)
-        if 0 in series_ids:
+        if everything:
             stale.update(self._listings)
             stale.update(self._summaries)
-            series_ids.discard(0)
         for series_id in series_ids:
             try:
                 study_id, patient_id, study_date = self.db.get_row(
