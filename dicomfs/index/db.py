@@ -62,6 +62,16 @@ class Database:
     def get_val(self, sql: str, args: Sequence[Any] | dict[str, Any] = ()) -> Any:
         return self.get_row(sql, args)[0]
 
+    def get_int(self, sql: str, args: Sequence[Any] | dict[str, Any] = ()) -> int:
+        """The single value of a single row, as an int (NoSuchRowError, TypeError for NULL)."""
+        return int(self.get_val(sql, args))
+
+    def get_float(self, sql: str, args: Sequence[Any] | dict[str, Any] = ()) -> float:
+        return float(self.get_val(sql, args))
+
+    def get_str(self, sql: str, args: Sequence[Any] | dict[str, Any] = ()) -> str:
+        return str(self.get_val(sql, args))
+
     def get_val_or(self, default: Any, sql: str, args: Sequence[Any] | dict[str, Any] = ()) -> Any:
         try:
             return self.get_row(sql, args)[0]

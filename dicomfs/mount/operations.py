@@ -101,6 +101,11 @@ class Operations(pyfuse3.Operations):
         self.render_limiter = trio.CapacityLimiter(render_threads)
         self._handles: dict[int, _Handle] = {}
         self._next_fh = itertools.count(1)
+        # Fetched with another file of their series since the kernel was given size 0 for
+        # them: the next open refreshes the kernel's sizes.
+        self._filled: set[str] = set()
+        if remote is not None:
+            remote.on_filled = self._filled.update
 
     # ---------------------------------------------------------------- names and attributes
 
@@ -184,9 +189,9 @@ class Operations(pyfuse3.Operations):
                 kind, row = self.tree.instance_row(inode)
             elif row["fetched"] and self.remote is not None:
                 self.remote.touch(row["series_id"])  # cache eviction goes by last use
-            if self.remote is not None and row["sop_uid"] in self.remote.filled:
+            if row["sop_uid"] in self._filled:
                 # Fetched with another file of its series: the kernel may still hold size 0.
-                self.remote.filled.discard(row["sop_uid"])
+                self._filled.discard(row["sop_uid"])
                 await self._refresh_sizes(split_inode(inode)[1])
             path = self.store_root / row["file_path"]
             if kind is Kind.DCM:
@@ -206,7 +211,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EIO)
         instance_id = split_inode(inode)[1]
         await self.remote.make_local(instance_id)
-        self.remote.filled.discard(self.tree.instance_row(inode)[1]["sop_uid"])
+        self._filled.discard(self.tree.instance_row(inode)[1]["sop_uid"])
         await self._refresh_sizes(instance_id)
 
     @staticmethod

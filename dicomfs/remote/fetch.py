@@ -59,8 +59,8 @@ class Fetcher:
         self.store = store
         self.retrievals: dict[int, _Retrieval] = {}  # series id → the retrieve in flight
         self._arrivals: dict[str, trio.Event] = {}  # SOP Instance UID → set when it is indexed
-        # Fetched since the mount listed them with size 0: the next open refreshes the kernel's size.
-        self.filled: set[str] = set()
+        # Told of instances fetched with the rest of their series (the mount listed them with size 0).
+        self.on_filled: Callable[[list[str]], None] | None = None
         self._used: dict[int, float] = {}  # series id → last open of one of its fetched files
         self._listing_locks: dict[tuple[str, int], trio.Lock] = {}
         self._nursery: trio.Nursery | None = None
@@ -187,6 +187,7 @@ class Fetcher:
 
     def arrived(self, results: list[Ingested]) -> None:
         """Called on the trio loop after each indexed batch, whatever its source."""
+        filled = []
         for result in results:
             event = self._arrivals.pop(result.sop_uid, None)
             if event is not None:
@@ -194,8 +195,11 @@ class Fetcher:
             retrieval = self.retrievals.get(result.series_id)
             if retrieval is not None:
                 retrieval.received += 1
-                self.filled.add(result.sop_uid)
-                self.publish_status()
+                filled.append(result.sop_uid)
+        if filled:
+            self.publish_status()
+            if self.on_filled is not None:
+                self.on_filled(filled)
 
     async def _retrieve(self, remote: RemoteNode, series_id: int, retrieval: _Retrieval, first: str) -> None:
         """Retrieve the instance that was opened first, then the rest of its series.
