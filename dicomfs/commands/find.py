@@ -1,7 +1,7 @@
 """``dicomfs find``: structured queries over the index, printed as a table, JSON lines or mount paths.
 
-Paths are the ones the mount shows under ``/patients`` (built by the same ``Tree``, so names
-with collision suffixes match exactly), ready for ``xargs``.
+Paths are the ones the mount shows under ``/patients`` (built by the mount's own layout model,
+so names with collision suffixes match exactly), ready for ``xargs``.
 """
 
 from __future__ import annotations
@@ -38,32 +38,33 @@ _DESCRIBE = {
 
 
 class MountPaths:
-    """Mount paths of entities, through the tree's own listings (cached per folder)."""
+    """Mount paths of entities, through the mount's own layout model (listings cached per folder)."""
 
     def __init__(self, db: Database, mount: Path) -> None:
-        from dicomfs.mount.tree import Tree  # pyfuse3, trio and the views: only for paths
+        from dicomfs.mount.model import Model  # no pyfuse3, trio or image libraries: only names
 
         self.db = db
         self.mount = mount
-        self.tree = Tree(db)
+        self.model = Model(db)
         self._names: dict[int, dict[int, str]] = {}
 
     def path(self, level: str, row_id: int) -> Path:
-        from dicomfs.mount.inodes import TOP_PATIENTS, Kind, inode_of
+        from dicomfs.mount.kinds import Kind, Top, inode_of
 
         if level == "patient":
-            top = inode_of(Kind.TOP, TOP_PATIENTS)
+            top = inode_of(Kind.TOP_FOLDER, Top.PATIENTS)
             return self.mount / "patients" / self._name(top, inode_of(Kind.PATIENT, row_id))
         sql, parent_level = _PARENT[level]
-        parent_id = int(self.db.get_val(sql, (row_id,)))
-        kinds = {"patient": Kind.PATIENT, "study": Kind.P_STUDY, "series": Kind.P_SERIES, "instance": Kind.DCM}
+        parent_id = self.db.get_int(sql, (row_id,))
+        kinds = {"patient": Kind.PATIENT, "study": Kind.PATIENT_STUDY, "series": Kind.PATIENT_SERIES,
+                 "instance": Kind.INSTANCE_DCM}
         name = self._name(inode_of(kinds[parent_level], parent_id), inode_of(kinds[level], row_id))
         return self.path(parent_level, parent_id) / name
 
     def _name(self, folder: int, inode: int) -> str:
         names = self._names.get(folder)
         if names is None:
-            names = self._names[folder] = {e.inode: e.name.decode() for e in self.tree.listing(folder).entries}
+            names = self._names[folder] = {node.inode: node.name for node in self.model.children(folder)}
         return names[inode]
 
 

@@ -1,4 +1,4 @@
-"""Human names for tree entries, safe on every platform and unique within their folder.
+"""Names of the mounted tree's entries, safe on every platform and unique within their folder.
 
 Names come from first-seen index values only, and collisions are settled by row id
 (arrival order), so a name never changes once shown: a newcomer that collides gets the
@@ -12,6 +12,8 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
+
+from dicomfs.mount.rows import InstanceRow, PatientRow, SeriesRow, StudyRow
 
 MAX_NAME_BYTES = 255
 # Room kept for a collision suffix and a view suffix such as ".json".
@@ -169,3 +171,51 @@ def unique_names(
         taken.add(key)
         out.append((name, item))
     return out
+
+
+# ------------------------------------------------------------------ names of index rows
+# The one place that names patients, studies, series and instances: listings and summaries
+# both call these, so a summary lists exactly the names of the folders beside it.
+
+SUMMARY_NAMES = {"patient": "patient.json", "study": "study.json", "series": "series.json"}
+DERIVED_NAME = "derived"
+ORIGIN_JSON_NAME = "origin.json"
+UNKNOWN_YEAR_NAME = "unknown"
+
+
+def named_patients(rows: Sequence[PatientRow]) -> list[tuple[str, PatientRow]]:
+    return unique_names(rows, lambda r: patient_name(r.patient_name, r.patient_id))
+
+
+def study_folder_name(row: StudyRow) -> str:
+    return study_name(row.study_date, row.study_description, row.accession_number, row.modalities)
+
+
+def named_studies(rows: Sequence[StudyRow], style: str = "patient") -> list[tuple[str, StudyRow]]:
+    """Study folders: ``patient`` (in a patient folder, beside patient.json), ``dated`` (in a
+    /dates day), ``query`` (in a /query folder: the patient's name first) or ``uid``."""
+    if style == "patient":
+        return unique_names(rows, study_folder_name, reserved=[SUMMARY_NAMES["patient"]])
+    if style == "dated":
+        return unique_names(rows, lambda r: dated_study_name(r.study_time, r.patient_name, r.study_description,
+                                                             r.accession_number))
+    if style == "query":
+        return unique_names(rows, lambda r: safe_component(
+            f"{person_name(r.patient_name) or '(no name)'} {study_folder_name(r)}", fallback="(study)"))
+    return unique_names(rows, lambda r: uid_name(r.study_uid))
+
+
+def named_series(rows: Sequence[SeriesRow], *, by_uid: bool = False) -> list[tuple[str, SeriesRow]]:
+    """Series folders in a study folder, beside study.json and derived/."""
+    reserved = [SUMMARY_NAMES["study"], DERIVED_NAME]
+    if by_uid:
+        return unique_names(rows, lambda r: uid_name(r.series_uid), reserved=reserved)
+    return unique_names(rows, lambda r: series_name(r.series_number, r.modality, r.series_description),
+                        reserved=reserved)
+
+
+def named_instances(rows: Sequence[InstanceRow], *, by_uid: bool = False) -> list[tuple[str, InstanceRow]]:
+    """Instances of a series with their file stems ('007', '007_2', or the SOP Instance UID)."""
+    if by_uid:
+        return unique_names(rows, lambda r: uid_name(r.sop_uid))
+    return unique_names(rows, lambda r: instance_stem(r.instance_number), suffix=lambda n, i: f"{n}_{i}")

@@ -1,8 +1,9 @@
-"""pyfuse3 operations: translate kernel requests into ``Tree`` look-ups and view reads.
+"""pyfuse3 operations: kernel requests turned into ``Tree`` look-ups, handle reads and derived/ writes.
 
-No SQL and no pydicom here. Every handler turns failures into ``FUSEError``: pyfuse3 ends
-its main loop on any other exception. The tree is read-only; every writing operation gets
-EROFS, so later writable folders can be added without remounting read-write semantics.
+No SQL and no pydicom here. Every handler runs under ``_fuse_errors``, which turns any failure
+into a ``FUSEError`` (pyfuse3 ends its main loop on any other exception). The tree is
+read-only (EROFS) except ``derived/`` folders (``derived_writes``) and ``rmdir`` of a saved
+query in ``/query``.
 """
 
 from __future__ import annotations
@@ -13,18 +14,19 @@ import functools
 import itertools
 import logging
 import os
-import shutil
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
 
-from dicomfs.derived import DerivedError, DerivedStore, check_name
+from dicomfs.derived import DerivedError, DerivedStore
 from dicomfs.mount import kernel
-from dicomfs.mount.inodes import IN_MEMORY_KINDS, TOP_QUERY, Kind, inode_of, split_inode
+from dicomfs.mount.derived_writes import DerivedWrites
+from dicomfs.mount.handles import GeneratedFile, Handle, RenderedView, StoredFile
+from dicomfs.mount.kinds import Content, Kind, Top, inode_of, split_inode
+from dicomfs.mount.rows import InstanceFile
 from dicomfs.mount.tree import NotFoundError, Tree
 from dicomfs.views import RenderError, render_view
 
@@ -50,6 +52,9 @@ def _fuse_errors(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]
             raise pyfuse3.FUSEError(errno.ENOENT) from None
         except NotADirectoryError:
             raise pyfuse3.FUSEError(errno.ENOTDIR) from None
+        except DerivedError as exc:  # a refused request (read-only, bad name, no such file): no failure
+            log.debug("%s refused: %s", handler.__name__, exc)
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
         except RenderError as exc:
             log.error("%s: cannot render view: %s", handler.__name__, exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
@@ -63,29 +68,12 @@ def _fuse_errors(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]
     return wrapper
 
 
-@dataclass(slots=True)
-class _Handle:
-    fd: int = -1  # a stored .dcm, read with pread
-    data: bytes | None = b""  # a generated view; None until the first read renders it
-    render: Callable[[], Awaitable[bytes]] | None = None
-    lock: trio.Lock | None = None
-    writing: _Writing | None = None  # a derived file opened for writing
+_VIEW_SUFFIX = {Kind.INSTANCE_JSON: "json", Kind.INSTANCE_JPG: "jpg"}
+_QUERY_FOLDER = inode_of(Kind.TOP_FOLDER, Top.QUERY)
 
 
-@dataclass(slots=True)
-class _Writing:
-    """Copy-on-write state of a derived file: writes go to ``temp``, flush makes it the file."""
-
-    inode: int
-    level: str
-    entity_id: int
-    name: str
-    temp: Path | None = None
-    dirty: bool = False
-
-
-_VIEW_SUFFIX = {Kind.JSON: "json", Kind.JPG: "jpg"}
-_QUERY_FOLDER = inode_of(Kind.TOP, TOP_QUERY)
+def _read_only(*args: Any, **kwargs: Any) -> Any:
+    raise pyfuse3.FUSEError(errno.EROFS)
 
 
 class Operations(pyfuse3.Operations):
@@ -96,10 +84,10 @@ class Operations(pyfuse3.Operations):
         super().__init__()
         self.tree = tree
         self.remote = remote
-        self.derived = derived
+        self.derived = DerivedWrites(derived, tree) if derived is not None else None
         self.store_root = store_root
         self.render_limiter = trio.CapacityLimiter(render_threads)
-        self._handles: dict[int, _Handle] = {}
+        self._handles: dict[int, Handle] = {}
         self._next_fh = itertools.count(1)
         # Fetched with another file of their series since the kernel was given size 0 for
         # them: the next open refreshes the kernel's sizes.
@@ -118,7 +106,7 @@ class Operations(pyfuse3.Operations):
             if parent_inode != _QUERY_FOLDER:
                 raise
         try:  # any valid query is a folder of /query, saved or not
-            return self.tree.query_entry(name.decode("utf-8")).attr
+            return self.tree.query_folder(name.decode("utf-8")).attr
         except (ValueError, UnicodeDecodeError):
             raise pyfuse3.FUSEError(errno.ENOENT) from None
 
@@ -140,10 +128,10 @@ class Operations(pyfuse3.Operations):
         """Before a remote study's or series' folder is first listed, ask the remote what is in it."""
         if self.remote is None or self.tree.is_cached(inode):
             return
-        folder = self.tree.level_folder(inode)
-        if folder is None:
+        origin = self.tree.origin(inode)
+        if origin is None:
             return
-        level, row_id = folder
+        level, row_id = origin
         if level == "study":
             await self.remote.prepare_study(row_id)
         else:
@@ -157,6 +145,7 @@ class Operations(pyfuse3.Operations):
             if not pyfuse3.readdir_reply(token, entry.name, entry.attr, entry.inode):
                 break
 
+    @_fuse_errors
     async def releasedir(self, fh: int) -> None:
         return None
 
@@ -169,62 +158,63 @@ class Operations(pyfuse3.Operations):
         data.f_namemax = 255
         return data
 
-    # ---------------------------------------------------------------- reading
+    # ---------------------------------------------------------------- opening, reading, closing
 
     @_fuse_errors
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
-        if self.tree.kind(inode) is Kind.DERIVED_FILE:
-            return self._open_derived(inode, flags)
+        kind = self.tree.kind(inode)
+        if kind.content is Content.DERIVED:
+            # Other writers may change it: no page cache.
+            return self._keep(self._derived().open(inode, flags), pyfuse3.FileInfo(direct_io=True))
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             raise pyfuse3.FUSEError(errno.EROFS)
-        handle = _Handle()
-        info = pyfuse3.FileInfo(keep_cache=True)
-        if self.tree.kind(inode) in IN_MEMORY_KINDS:
-            handle.data = self.tree.summary(inode)
-            info.keep_cache = False  # regenerated as instances arrive
+        if kind.content is Content.GENERATED:  # regenerated as instances arrive: not cached
+            return self._keep(GeneratedFile(self.tree.summary(inode)), pyfuse3.FileInfo(keep_cache=False))
+        if kind.content is None:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        instance = await self._local(inode)
+        path = self.store_root / instance.file_path
+        if kind.content is Content.STORED:
+            handle: Handle = StoredFile(path)
         else:
-            kind, row = self.tree.instance_row(inode)
-            if not row["file_path"]:  # listed from a remote PACS: fetch it now
-                await self._make_local(inode)
-                kind, row = self.tree.instance_row(inode)
-            elif row["fetched"] and self.remote is not None:
-                self.remote.touch(row["series_id"])  # cache eviction goes by last use
-            if row["sop_uid"] in self._filled:
-                # Fetched with another file of its series: the kernel may still hold size 0.
-                self._filled.discard(row["sop_uid"])
-                await self._refresh_sizes(split_inode(inode)[1])
-            path = self.store_root / row["file_path"]
-            if kind is Kind.DCM:
-                handle.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            else:
-                # Rendered on the first read: an open whose pages the kernel still caches
-                # (keep_cache) never reads, so it costs no rendering at all.
-                handle.data, handle.lock = None, trio.Lock()
-                handle.render = functools.partial(self._render, kind, path, row)
-        fh = next(self._next_fh)
-        self._handles[fh] = handle
-        info.fh = fh
+            handle = RenderedView(functools.partial(self._render, kind, path, instance))
+        return self._keep(handle, pyfuse3.FileInfo(keep_cache=True))
+
+    def _keep(self, handle: Handle, info: pyfuse3.FileInfo) -> pyfuse3.FileInfo:
+        info.fh = next(self._next_fh)
+        self._handles[info.fh] = handle
         return info
 
-    async def _make_local(self, inode: int) -> None:
-        if self.remote is None:
-            raise pyfuse3.FUSEError(errno.EIO)
+    async def _local(self, inode: int) -> InstanceFile:
+        """The instance's file, fetched first if it is only listed from a remote PACS."""
+        instance = self.tree.instance_file(inode)
         instance_id = split_inode(inode)[1]
-        await self.remote.make_local(instance_id)
-        self._filled.discard(self.tree.instance_row(inode)[1]["sop_uid"])
-        await self._refresh_sizes(instance_id)
+        if not instance.file_path:
+            if self.remote is None:
+                raise pyfuse3.FUSEError(errno.EIO)
+            await self.remote.make_local(instance_id)
+            instance = self.tree.instance_file(inode)
+            self._filled.discard(instance.sop_uid)
+            await self._refresh_sizes(instance_id)
+        elif instance.fetched and self.remote is not None:
+            self.remote.touch(instance.series_id)  # cache eviction goes by last use
+        if instance.sop_uid in self._filled:
+            # Fetched with another file of its series: the kernel may still hold size 0.
+            self._filled.discard(instance.sop_uid)
+            await self._refresh_sizes(instance_id)
+        return instance
 
     @staticmethod
     async def _refresh_sizes(instance_id: int) -> None:
         """Drop the kernel's attributes of an instance's files: it re-asks, and reads see the new size."""
-        inodes = [inode_of(kind, instance_id) for kind in (Kind.DCM, Kind.JSON, Kind.JPG)]
+        inodes = [inode_of(kind, instance_id) for kind in (Kind.INSTANCE_DCM, Kind.INSTANCE_JSON, Kind.INSTANCE_JPG)]
         await trio.to_thread.run_sync(kernel.forget_attributes, inodes)
 
-    async def _render(self, kind: Kind, path: Path, row: dict[str, Any]) -> bytes:
-        log.debug("rendering %s view of %s", _VIEW_SUFFIX[kind], row["sop_uid"])
+    async def _render(self, kind: Kind, path: Path, instance: InstanceFile) -> bytes:
+        log.debug("rendering %s view of %s", _VIEW_SUFFIX[kind], instance.sop_uid)
         data = await trio.to_thread.run_sync(render_view, _VIEW_SUFFIX[kind], path, limiter=self.render_limiter)
-        if kind is Kind.JSON and len(data) != row["json_size"]:
-            data = self._fit(data, row["json_size"], row["sop_uid"])
+        if kind is Kind.INSTANCE_JSON and len(data) != instance.json_size:
+            data = self._fit(data, instance.json_size, instance.sop_uid)
         return data
 
     @staticmethod
@@ -237,35 +227,24 @@ class Operations(pyfuse3.Operations):
 
     @_fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        handle = self._handles[fh]
-        if handle.writing is not None:
-            return self._read_writing(handle, off, size)
-        if handle.fd >= 0:
-            return os.pread(handle.fd, size, off)
-        if handle.data is None:
-            assert handle.lock is not None and handle.render is not None
-            async with handle.lock:  # concurrent reads of one handle render once
-                if handle.data is None:
-                    handle.data = await handle.render()
-        return handle.data[off:off + size]
+        return await self._handles[fh].read(off, size)
 
-    async def release(self, fh: int) -> None:
-        handle = self._handles.pop(fh, None)
-        if handle is None:
-            return
-        if handle.writing is not None:
-            await self._commit(handle)  # normally done by flush already
-            if handle.writing.temp is not None:
-                handle.writing.temp.unlink(missing_ok=True)
-        if handle.fd >= 0:
-            os.close(handle.fd)
+    @_fuse_errors
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return await self._handles[fh].write(off, buf)
 
     @_fuse_errors
     async def flush(self, fh: int) -> None:
         """close() waits for flush, not for release: written derived files are committed here."""
         handle = self._handles.get(fh)
-        if handle is not None and handle.writing is not None:
-            await self._commit(handle)
+        if handle is not None:
+            await handle.flush()
+
+    @_fuse_errors
+    async def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh, None)
+        if handle is not None:
+            await handle.release()
 
     # ---------------------------------------------------------------- extended attributes
 
@@ -278,12 +257,9 @@ class Operations(pyfuse3.Operations):
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
         raise pyfuse3.FUSEError(errno.ENOSYS)
 
-    # ---------------------------------------------------------------- everything that writes
+    # ---------------------------------------------------------------- writing: derived/ and /query
 
-    async def _read_only(self, *args: Any, **kwargs: Any) -> Any:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    mknod = symlink = link = _read_only  # type: ignore[assignment]
+    mknod = symlink = link = setxattr = removexattr = fallocate = _read_only  # type: ignore[assignment]
 
     @_fuse_errors
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
@@ -298,12 +274,9 @@ class Operations(pyfuse3.Operations):
         if parent_inode != _QUERY_FOLDER:
             raise pyfuse3.FUSEError(errno.EROFS)
         self.tree.lookup(parent_inode, name)  # ENOENT unless listed
-        self.tree.forget_query(name.decode("utf-8"))
-    setxattr = removexattr = fallocate = _read_only  # type: ignore[assignment]
+        self.tree.unsave_query(name.decode("utf-8"))
 
-    # ---------------------------------------------------------------- derived/: the writable folders
-
-    def _derived_store(self) -> DerivedStore:
+    def _derived(self) -> DerivedWrites:
         if self.derived is None:
             raise pyfuse3.FUSEError(errno.EROFS)
         return self.derived
@@ -311,85 +284,10 @@ class Operations(pyfuse3.Operations):
     @_fuse_errors
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        if self.tree.kind(parent_inode) is not Kind.DERIVED:
-            raise pyfuse3.FUSEError(errno.EROFS)
-        store = self._derived_store()
-        level, entity_id = self.tree.derived_origin(parent_inode)
-        text = _name(name)
-        try:
-            item = store.get_by_name(level, entity_id, text)
-        except DerivedError:  # a new file: it exists (empty) from now on
-            temp = store.temp_path()
-            temp.touch()
-            item = store.commit(level, entity_id, text, temp)
-        self.tree.forget(parent_inode)
-        inode = inode_of(Kind.DERIVED_FILE, item.id)
-        info = self._open_derived(inode, flags | os.O_TRUNC)
+        derived = self._derived()
+        inode = derived.create(parent_inode, name)
+        info = self._keep(derived.open(inode, flags | os.O_TRUNC), pyfuse3.FileInfo(direct_io=True))
         return info, self.tree.attributes(inode)
-
-    def _open_derived(self, inode: int, flags: int) -> pyfuse3.FileInfo:
-        store = self._derived_store()
-        item = store.get(split_inode(inode)[1])
-        path = store.path_of(item)
-        handle = _Handle()
-        if (item.sop_uid or item.origin_deleted_at is not None) and flags & os.O_ACCMODE != os.O_RDONLY:
-            # A derived DICOM object changes by sending a new one; an orphan is kept as it was.
-            raise pyfuse3.FUSEError(errno.EROFS)
-        if flags & os.O_ACCMODE == os.O_RDONLY:
-            handle.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        else:
-            writing = handle.writing = _Writing(inode, item.level, item.entity_id, item.name)
-            writing.temp = store.temp_path()
-            if flags & os.O_TRUNC:
-                writing.temp.touch()
-                writing.dirty = True
-            else:
-                shutil.copyfile(path, writing.temp)
-            handle.fd = os.open(writing.temp, os.O_RDWR | os.O_CLOEXEC)
-        fh = next(self._next_fh)
-        self._handles[fh] = handle
-        return pyfuse3.FileInfo(fh=fh, direct_io=True)  # other writers may change it: no page cache
-
-    @_fuse_errors
-    async def write(self, fh: int, off: int, buf: bytes) -> int:
-        handle = self._handles[fh]
-        if handle.writing is None:
-            raise pyfuse3.FUSEError(errno.EBADF)
-        self._ensure_temp(handle)
-        handle.writing.dirty = True
-        return os.pwrite(handle.fd, buf, off)
-
-    def _read_writing(self, handle: _Handle, off: int, size: int) -> bytes:
-        self._ensure_temp(handle)
-        return os.pread(handle.fd, size, off)
-
-    def _ensure_temp(self, handle: _Handle) -> None:
-        """After a flush committed the temporary, further writes start from a fresh copy."""
-        writing = handle.writing
-        assert writing is not None
-        if writing.temp is not None:
-            return
-        store = self._derived_store()
-        item = store.get(split_inode(writing.inode)[1])
-        writing.temp = store.temp_path()
-        shutil.copyfile(store.path_of(item), writing.temp)
-        os.close(handle.fd)
-        handle.fd = os.open(writing.temp, os.O_RDWR | os.O_CLOEXEC)
-
-    async def _commit(self, handle: _Handle) -> None:
-        writing = handle.writing
-        assert writing is not None
-        if not writing.dirty or writing.temp is None:
-            return
-        store = self._derived_store()
-        # The durable rename waits for the disk: off the event loop; the index row on it.
-        placed = await trio.to_thread.run_sync(
-            store.place, writing.level, writing.entity_id, writing.name, writing.temp)
-        store.record(writing.level, writing.entity_id, writing.name, placed)
-        writing.temp, writing.dirty = None, False
-        os.close(handle.fd)
-        handle.fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)  # replaced at the next write
-        await trio.to_thread.run_sync(kernel.forget_contents, [writing.inode])
 
     @_fuse_errors
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: Any, fh: int | None,
@@ -397,53 +295,16 @@ class Operations(pyfuse3.Operations):
         if self.tree.kind(inode) is not Kind.DERIVED_FILE:
             raise pyfuse3.FUSEError(errno.EROFS)
         if fields.update_size:  # truncate; modes, owners and times are the archive's, not settable
-            if fh is not None and fh in self._handles and self._handles[fh].writing is not None:
-                handle = self._handles[fh]
-                self._ensure_temp(handle)
-                os.ftruncate(handle.fd, attr.st_size)
-                handle.writing.dirty = True  # type: ignore[union-attr]
-            else:
-                info = self._open_derived(inode, os.O_WRONLY)
-                handle = self._handles[info.fh]
-                os.ftruncate(handle.fd, attr.st_size)
-                handle.writing.dirty = True  # type: ignore[union-attr]
-                await self.release(info.fh)
+            await self._derived().truncate(inode, attr.st_size, self._handles.get(fh) if fh is not None else None)
         return self.tree.attributes(inode)
 
     @_fuse_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
-        """Removes a file of a derived/ folder, or an orphan (whose origin was deleted)."""
-        if self.tree.kind(parent_inode) not in (Kind.DERIVED, Kind.ORPHAN):
+        if self.tree.kind(parent_inode) not in (Kind.DERIVED_FOLDER, Kind.ORPHAN):
             raise pyfuse3.FUSEError(errno.EROFS)
-        store = self._derived_store()
-        if self.tree.kind(parent_inode) is Kind.ORPHAN:
-            kind, derived_id = split_inode(self.tree.lookup(parent_inode, name).inode)
-            if kind is not Kind.DERIVED_FILE:
-                raise pyfuse3.FUSEError(errno.EROFS)  # origin.json
-            item = store.get(derived_id)
-        else:
-            level, entity_id = self.tree.derived_origin(parent_inode)
-            item = store.get_by_name(level, entity_id, _name(name))
-        store.delete(item.id)
-        self.tree.forget(parent_inode)
+        self._derived().unlink(parent_inode, name)
 
     @_fuse_errors
     async def rename(self, parent_old: int, name_old: bytes, parent_new: int, name_new: bytes, flags: int,
                      ctx: Any) -> None:
-        if self.tree.kind(parent_old) is not Kind.DERIVED or self.tree.kind(parent_new) is not Kind.DERIVED:
-            raise pyfuse3.FUSEError(errno.EROFS)
-        if self.tree.derived_origin(parent_old) != self.tree.derived_origin(parent_new):
-            raise pyfuse3.FUSEError(errno.EXDEV)  # mv copies and deletes instead
-        store = self._derived_store()
-        level, entity_id = self.tree.derived_origin(parent_old)
-        item = store.get_by_name(level, entity_id, _name(name_old))
-        store.rename(item.id, _name(name_new))
-        self.tree.forget(parent_old)
-        self.tree.forget(parent_new)
-
-
-def _name(raw: bytes) -> str:
-    try:
-        return check_name(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise pyfuse3.FUSEError(errno.EINVAL) from None
+        self._derived().rename(parent_old, name_old, parent_new, name_new)

@@ -2,46 +2,47 @@
 
 Each lists its level's attributes (DICOM keywords), its children under the names the mount
 gives them, and the research organisation of the level: tags, projects, derived data with
-its origin. ``STUDY_ROWS`` and ``study_base`` are shared with the tree so that the names a
-summary lists are the names of the folders.
+its origin. Children are named by ``naming``, as the folders are, so that the names a summary
+lists are the names of the folders beside it.
 """
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dicomfs.index import organise
 from dicomfs.index.db import Database, NoSuchRowError
-from dicomfs.mount import naming
-from dicomfs.mount.inodes import DERIVED_NAME
+from dicomfs.mount import naming, rows
+from dicomfs.mount.kinds import Kind, orphan_origin
+from dicomfs.mount.rows import InstanceRow
 from dicomfs.views.summary import summary_json
 
-# Columns: id, study_date, study_time, study_description, accession_number, updated_at,
-# patient name, modalities (backslash-joined), study_uid.
-STUDY_ROWS = (
-    "SELECT st.id, st.study_date, st.study_time, st.study_description, st.accession_number, "
-    "st.updated_at, p.patient_name, "
-    "(SELECT group_concat(m, '\\') FROM (SELECT DISTINCT modality AS m FROM series "
-    "  WHERE study_id = st.id AND modality != '' ORDER BY modality)), st.study_uid "
-    "FROM studies st JOIN patients p ON p.id = st.patient_id "
-)
+if TYPE_CHECKING:
+    from dicomfs.mount.model import Model
 
 
-def study_base(row: Any) -> str:
-    """A study's folder name from a STUDY_ROWS row (shared by listings and patient.json)."""
-    return naming.study_name(row[1], row[3], row[4], row[7] or "")
-
+def make(model: Model, kind: Kind, row_id: int) -> bytes:
+    """The bytes of the generated file ``kind`` of entity ``row_id`` (NoSuchRowError if it is gone)."""
+    if kind is Kind.PATIENT_JSON:
+        return patient_summary(model.db, row_id)
+    if kind is Kind.STUDY_JSON:
+        return study_summary(model.db, row_id)
+    if kind is Kind.SERIES_JSON:
+        return series_summary(model.db, row_id, naming.named_instances(rows.instances_of(model.db, row_id)))
+    if kind is Kind.ORPHAN_JSON:
+        return orphan_summary(model.db, *orphan_origin(row_id))
+    raise NoSuchRowError(kind)
 
 
 def patient_summary(db: Database, patient_id: int) -> bytes:
     p = row_dict(db, "patients", patient_id)
-    studies = db.query(STUDY_ROWS + "WHERE st.patient_id = ? ORDER BY st.id", (patient_id,))
-    named = naming.unique_names(studies, study_base, reserved=["patient.json"])
+    named = naming.named_studies(rows.studies(db, "WHERE st.patient_id = ?", (patient_id,)))
     children = [
-        {"name": n, "StudyInstanceUID": r[8], "StudyDate": r[1], "StudyDescription": r[3],
-         "AccessionNumber": r[4], "ModalitiesInStudy": (r[7] or "").split("\\") if r[7] else []}
+        {"name": n, "StudyInstanceUID": r.study_uid, "StudyDate": r.study_date, "StudyDescription":
+         r.study_description, "AccessionNumber": r.accession_number,
+         "ModalitiesInStudy": r.modalities.split("\\") if r.modalities else []}
         for n, r in named
     ]
     return summary_json("PATIENT", {**_patient_attributes(p), **organisation(db, "patient", patient_id)},
@@ -50,19 +51,13 @@ def patient_summary(db: Database, patient_id: int) -> bytes:
 def study_summary(db: Database, study_id: int) -> bytes:
     s = row_dict(db, "studies", study_id)
     p = row_dict(db, "patients", s["patient_id"])
-    series = db.query(
-        "SELECT id, series_uid, series_number, modality, series_description, num_instances "
-        "FROM series WHERE study_id = ? ORDER BY id",
-        (study_id,),
-    )
-    named = naming.unique_names(series, lambda r: naming.series_name(r[2], r[3], r[4]),
-                                reserved=["study.json", DERIVED_NAME])
+    series = rows.series_of(db, study_id)
     children = [
-        {"name": n, "SeriesInstanceUID": r[1], "SeriesNumber": r[2], "Modality": r[3],
-         "SeriesDescription": r[4], "NumberOfSeriesRelatedInstances": r[5]}
-        for n, r in named
+        {"name": n, "SeriesInstanceUID": r.series_uid, "SeriesNumber": r.series_number, "Modality": r.modality,
+         "SeriesDescription": r.series_description, "NumberOfSeriesRelatedInstances": r.num_instances}
+        for n, r in naming.named_series(series)
     ]
-    modalities = sorted({r[3] for r in series if r[3]})
+    modalities = sorted({r.modality for r in series if r.modality})
     sop_classes = [r[0] for r in db.query(
         "SELECT DISTINCT i.sop_class_uid FROM instances i JOIN series se ON se.id = i.series_id "
         "WHERE se.study_id = ? ORDER BY 1", (study_id,))]
@@ -88,12 +83,14 @@ def study_summary(db: Database, study_id: int) -> bytes:
                                 "SeriesListed": listed is not None}
     return summary_json("STUDY", attributes, "Series", children)
 
-def series_summary(db: Database, series_id: int, named: list[tuple[str, Any]]) -> bytes:
+def series_summary(db: Database, series_id: int, named: list[tuple[str, InstanceRow]]) -> bytes:
+    """``named``: the series' instances with the names its folder gives them."""
     se = row_dict(db, "series", series_id)
     s = row_dict(db, "studies", se["study_id"])
     children = [
-        {"name": f"{stem}.dcm", "SOPInstanceUID": r[2], "SOPClassUID": r[10],
-         "InstanceNumber": r[1], "size": r[3], "jpg": f"{stem}.jpg" if r[8] else None, "local": bool(r[11])}
+        {"name": f"{stem}.dcm", "SOPInstanceUID": r.sop_uid, "SOPClassUID": r.sop_class_uid,
+         "InstanceNumber": r.instance_number, "size": r.file_size, "jpg": f"{stem}.jpg" if r.has_image else None,
+         "local": bool(r.local)}
         for stem, r in named
     ]
     attributes = {
@@ -120,7 +117,7 @@ def series_summary(db: Database, series_id: int, named: list[tuple[str, Any]]) -
     )
     if remote:
         name, count, complete, listed = remote[0]
-        local = sum(1 for _, r in named if r[11])
+        local = sum(1 for _, r in named if r.local)
         attributes["Remote"] = {"name": name, "NumberOfInstancesThere": count, "LocalInstances": local,
                                 "Complete": bool(complete), "InstancesListed": listed is not None}
     return summary_json("SERIES", attributes, "Instances", children)
@@ -131,8 +128,8 @@ def organisation(db: Database, level: str, row_id: int) -> dict[str, Any]:
                              "Projects": organise.projects_of(db, level, row_id)}
     if level in ("study", "series"):
         found["Derived"] = [
-            {"name": f"{DERIVED_NAME}/{name}", "kind": kind, "size": size, "origin": {"level": level, "uid": uid},
-             "created": created, "updated": updated, "SOPInstanceUID": sop_uid}
+            {"name": f"{naming.DERIVED_NAME}/{name}", "kind": kind, "size": size,
+             "origin": {"level": level, "uid": uid}, "created": created, "updated": updated, "SOPInstanceUID": sop_uid}
             for name, kind, size, uid, created, updated, sop_uid in db.query(
                 "SELECT name, kind, size, origin_uid, created_at, updated_at, sop_uid FROM derived "
                 "WHERE level = ? AND entity_id = ? ORDER BY name", (level, row_id))]

@@ -58,13 +58,9 @@ from pydicom.pixels import (
 from pydicom.pixels.utils import as_pixel_options
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from dicomfs.views.jpeg_size import is_color, jpeg_size
+
 __all__ = ["RenderError", "is_color", "jpeg_size", "render_jpeg", "renders_image"]
-
-HEADER_ALLOWANCE = 2048
-"""Bytes granted to JPEG headers and the text comment, on top of the pixel budget."""
-
-BYTES_PER_SAMPLE = 0.5
-"""Pixel budget: bytes per pixel per output channel."""
 
 QUALITY_LADDER: tuple[tuple[int, int], ...] = (
     (92, 0),
@@ -88,20 +84,6 @@ _MAX_TEXT = 200
 
 class RenderError(Exception):
     """The object has pixel data, but it cannot be decoded or rendered; the message says why."""
-
-
-def is_color(photometric: str) -> bool:
-    """True for RGB, YBR_* and PALETTE COLOR; False for MONOCHROME1/2 (and unknown values)."""
-    value = photometric.strip().upper()
-    return value in ("RGB", "PALETTE COLOR", "ARGB", "CMYK", "HSV") or value.startswith("YBR_")
-
-
-def jpeg_size(rows: int, columns: int, color: bool) -> int:
-    """The exact byte size of every rendered view of this geometry (see module docstring)."""
-    if rows <= 0 or columns <= 0:
-        raise ValueError(f"no image of {rows}x{columns} pixels")
-    channels = 3 if color else 1
-    return HEADER_ALLOWANCE + math.ceil(rows * columns * channels * BYTES_PER_SAMPLE)
 
 
 def renders_image(ds: pydicom.Dataset) -> bool:

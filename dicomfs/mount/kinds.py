@@ -1,0 +1,122 @@
+"""Every kind of entry in the mounted tree, and inode numbers: ``row id << 5 | kind``.
+
+Inode numbers are computed, never allocated. Row ids come from AUTOINCREMENT columns, so a
+number is never reused, needs no table, and survives remounts. A folder that appears in
+several layouts gets one kind per layout (the kernel allows a directory only one parent);
+an instance file shares one inode across layouts. Each kind carries what the rest of the
+mount needs to know about it: folder or file, which level of entity it shows, how its ids
+are packed, and where a file's bytes come from.
+"""
+
+from __future__ import annotations
+
+import enum
+
+KIND_BITS = 5
+
+
+class Content(enum.Enum):
+    """Where the bytes of a file come from when it is opened."""
+
+    STORED = "stored"  # the instance's stored Part 10 file, read with pread
+    RENDERED = "rendered"  # a view rendered from the stored file on first read (.json, .jpg)
+    GENERATED = "generated"  # made whole from the index when opened (summaries, origin.json)
+    DERIVED = "derived"  # a derived file: readable, and writable in derived/ folders
+
+
+class Ids(enum.Enum):
+    """What the id half of an inode number is."""
+
+    ROW = "row"  # a row id of the kind's level (or a year, a day, a top folder number)
+    SCOPED = "scoped"  # (project or query id, row id), see ``scoped_id``
+    ORPHAN = "orphan"  # (level, row id) of a deleted origin, see ``orphan_id``
+    FOLDER = "folder"  # the inode of the study or series folder a derived/ folder belongs to
+
+
+class Kind(enum.IntEnum):
+    """Entry kinds. Values are part of every inode number: never renumber them."""
+
+    folder: bool
+    level: str | None  # the entity whose row the id names: patient, study, series or instance
+    ids: Ids
+    content: Content | None  # files only
+
+    def __new__(cls, value: int, folder: bool, level: str | None = None, ids: Ids = Ids.ROW,
+                content: Content | None = None) -> Kind:
+        member = int.__new__(cls, value)
+        member._value_ = value
+        member.folder, member.level, member.ids, member.content = folder, level, ids, content
+        return member
+
+    TOP_FOLDER = 1, True  # id 0: the root; 1 /patients, 2 /studies, 3 /dates, 4 /projects, 5 /query, 6 /orphans
+    PATIENT = 2, True, "patient"  # /patients/<patient>
+    PATIENT_STUDY = 3, True, "study"  # /patients/<patient>/<study>
+    UID_STUDY = 4, True, "study"  # /studies/<StudyInstanceUID>
+    DATED_STUDY = 5, True, "study"  # /dates/<year>/<day>/<study>
+    PATIENT_SERIES = 6, True, "series"  # /patients/<patient>/<study>/<series>
+    UID_SERIES = 7, True, "series"  # /studies/<StudyInstanceUID>/<SeriesInstanceUID>
+    DATED_SERIES = 8, True, "series"
+    YEAR = 9, True  # /dates/<year>: id is the year, 0 for studies without a valid date
+    DAY = 10, True  # /dates/<year>/<day>: id is YYYYMMDD
+    INSTANCE_DCM = 11, False, "instance", Ids.ROW, Content.STORED  # NNN.dcm
+    INSTANCE_JSON = 12, False, "instance", Ids.ROW, Content.RENDERED  # NNN.json
+    INSTANCE_JPG = 13, False, "instance", Ids.ROW, Content.RENDERED  # NNN.jpg
+    PATIENT_JSON = 14, False, "patient", Ids.ROW, Content.GENERATED
+    STUDY_JSON = 15, False, "study", Ids.ROW, Content.GENERATED
+    SERIES_JSON = 16, False, "series", Ids.ROW, Content.GENERATED
+    PROJECT = 17, True  # /projects/<name>: id is the project row id
+    PROJECT_PATIENT = 18, True, "patient", Ids.SCOPED  # /projects/<name>/<patient>
+    PROJECT_STUDY = 19, True, "study", Ids.SCOPED
+    PROJECT_SERIES = 20, True, "series", Ids.SCOPED
+    DERIVED_FOLDER = 21, True, None, Ids.FOLDER  # <study or series folder>/derived
+    DERIVED_FILE = 22, False, None, Ids.ROW, Content.DERIVED  # id is the derived row id
+    QUERY = 23, True  # /query/<query>: id is the queries row id
+    QUERY_STUDY = 24, True, "study", Ids.SCOPED  # /query/<query>/<study>
+    QUERY_SERIES = 25, True, "series", Ids.SCOPED
+    ORPHAN = 26, True, None, Ids.ORPHAN  # /orphans/<level>-<UID>: derived data of a deleted origin
+    ORPHAN_JSON = 27, False, None, Ids.ORPHAN, Content.GENERATED  # /orphans/<origin>/origin.json
+
+
+class Top(enum.IntEnum):
+    """The folders at the root: the id of their TOP_FOLDER inode."""
+
+    ROOT = 0
+    PATIENTS = 1
+    STUDIES = 2
+    DATES = 3
+    PROJECTS = 4
+    QUERY = 5
+    ORPHANS = 6
+
+
+def inode_of(kind: Kind, row_id: int) -> int:
+    return (row_id << KIND_BITS) | kind
+
+
+def split_inode(inode: int) -> tuple[Kind, int]:
+    """Kind and id of an inode; ValueError for a number this tree never hands out."""
+    return Kind(inode & ((1 << KIND_BITS) - 1)), inode >> KIND_BITS
+
+
+def scoped_id(scope_id: int, row_id: int) -> int:
+    """One id for a folder inside a project or query: the same study shows in several."""
+    return (scope_id << 32) | row_id
+
+
+def unscoped(packed: int) -> tuple[int, int]:
+    """(scope id, row id) of a ``scoped_id``."""
+    return packed >> 32, packed & 0xFFFFFFFF
+
+
+def orphan_id(level: str, entity_id: int) -> int:
+    """The id of an /orphans folder: the deleted study's or series' row id (never reused) and its level."""
+    return entity_id << 1 | (level == "series")
+
+
+def orphan_origin(orphan: int) -> tuple[str, int]:
+    return ("series" if orphan & 1 else "study"), orphan >> 1
+
+
+def entity_of(kind: Kind, row_id: int) -> int:
+    """The row id of the entity (at ``kind.level``) that an inode of ``kind`` shows."""
+    return unscoped(row_id)[1] if kind.ids is Ids.SCOPED else row_id
