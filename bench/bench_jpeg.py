@@ -124,7 +124,7 @@ def _stored_paths(data: Path, dcms: list[Path]) -> dict[Path, Path]:
 def _render_in_process(paths: list[Path]) -> list[float]:
     """The view function alone, in this process, on the same stored files."""
     try:
-        from dicomfs.views import render_view
+        from dicomfs.views.render import render_view
     except ImportError as exc:
         info(f"cannot import dicomfs.views ({exc}): no in-process render figure")
         return []

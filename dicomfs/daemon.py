@@ -98,7 +98,7 @@ async def _mount(
     log.info("mounted the archive at %s", mount_point)
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(follow_changes, archive.changes, tree, settings.poll_interval)
+            nursery.start_soon(follow_changes, archive.changes, tree, settings.poll_interval, ops.kernel)
             nursery.start_soon(_tune_read_ahead, mount_point, settings.mount.read_ahead_kb)
             task_status.started()
             await pyfuse3.main()  # returns when the mount is released from outside

@@ -21,8 +21,8 @@ from dicomfs.index.changes import ChangeLog
 from dicomfs.index.db import Database, NoSuchRowError
 from dicomfs.parse import ParsedInstance
 from dicomfs.store import Store
-from dicomfs.views import render_view
 from dicomfs.views.dicom_json import JSON_VERSION
+from dicomfs.views.render import render_view
 
 if TYPE_CHECKING:
     from dicomfs.index.query_language import Compiled

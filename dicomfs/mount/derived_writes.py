@@ -17,8 +17,8 @@ from pathlib import Path
 import trio
 
 from dicomfs.derived import DerivedError, DerivedStore, check_name
-from dicomfs.mount import kernel
 from dicomfs.mount.handles import Handle, StoredFile
+from dicomfs.mount.kernel import Kernel
 from dicomfs.mount.kinds import Kind, inode_of, split_inode
 from dicomfs.mount.tree import Tree
 
@@ -26,11 +26,12 @@ from dicomfs.mount.tree import Tree
 class DerivedWriter(Handle):
     """A derived file open for writing (copy-on-write, see the module docstring)."""
 
-    __slots__ = ("_dirty", "_fd", "_store", "_temp", "entity_id", "inode", "level", "name")
+    __slots__ = ("_dirty", "_fd", "_kernel", "_store", "_temp", "entity_id", "inode", "level", "name")
 
-    def __init__(self, store: DerivedStore, inode: int, level: str, entity_id: int, name: str, *,
+    def __init__(self, store: DerivedStore, kernel: Kernel, inode: int, level: str, entity_id: int, name: str, *,
                  truncate: bool) -> None:
         self._store = store
+        self._kernel = kernel
         self.inode, self.level, self.entity_id, self.name = inode, level, entity_id, name
         self._temp: Path | None = None
         self._fd = -1
@@ -75,7 +76,7 @@ class DerivedWriter(Handle):
         placed = await trio.to_thread.run_sync(self._store.place, self.level, self.entity_id, self.name, self._temp)
         self._store.record(self.level, self.entity_id, self.name, placed)
         self._temp, self._dirty = None, False
-        await trio.to_thread.run_sync(kernel.forget_contents, [self.inode])
+        await trio.to_thread.run_sync(self._kernel.forget_contents, [self.inode])
 
     async def release(self) -> None:
         """Commit what a flush has not (normally nothing), and always remove the private copy."""
@@ -92,9 +93,10 @@ class DerivedWriter(Handle):
 class DerivedWrites:
     """The writing operations of derived/ folders (and ``rm`` in /orphans), for ``Operations``."""
 
-    def __init__(self, store: DerivedStore, tree: Tree) -> None:
+    def __init__(self, store: DerivedStore, tree: Tree, kernel: Kernel) -> None:
         self.store = store
         self.tree = tree
+        self.kernel = kernel
 
     def create(self, parent_inode: int, raw_name: bytes) -> int:
         """The inode of file ``raw_name`` in a derived/ folder; a new file exists (empty) from now on."""
@@ -116,7 +118,7 @@ class DerivedWrites:
         if item.sop_uid or item.origin_deleted_at is not None:
             # A derived DICOM object changes by sending a new one; an orphan is kept as it was.
             raise DerivedError(errno.EROFS, f"{item.name} is read-only")
-        return DerivedWriter(self.store, inode, item.level, item.entity_id, item.name,
+        return DerivedWriter(self.store, self.kernel, inode, item.level, item.entity_id, item.name,
                              truncate=bool(flags & os.O_TRUNC))
 
     async def truncate(self, inode: int, size: int, handle: Handle | None) -> None:

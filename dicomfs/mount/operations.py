@@ -22,13 +22,13 @@ import pyfuse3
 import trio
 
 from dicomfs.derived import DerivedError, DerivedStore
-from dicomfs.mount import kernel
 from dicomfs.mount.derived_writes import DerivedWrites
 from dicomfs.mount.handles import GeneratedFile, Handle, RenderedView, StoredFile
+from dicomfs.mount.kernel import Kernel
 from dicomfs.mount.kinds import Content, Kind, Top, inode_of, split_inode
 from dicomfs.mount.rows import InstanceFile
 from dicomfs.mount.tree import NotFoundError, Tree
-from dicomfs.views import RenderError, render_view
+from dicomfs.views.render import RenderError, render_view
 
 if TYPE_CHECKING:
     from dicomfs.remote.fetch import Fetcher
@@ -80,11 +80,12 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
 
     def __init__(self, tree: Tree, store_root: Path, *, render_threads: int = 2, remote: Fetcher | None = None,
-                 derived: DerivedStore | None = None) -> None:
+                 derived: DerivedStore | None = None, kernel: Kernel | None = None) -> None:
         super().__init__()
         self.tree = tree
         self.remote = remote
-        self.derived = DerivedWrites(derived, tree) if derived is not None else None
+        self.kernel = kernel or Kernel()
+        self.derived = DerivedWrites(derived, tree, self.kernel) if derived is not None else None
         self.store_root = store_root
         self.render_limiter = trio.CapacityLimiter(render_threads)
         self._handles: dict[int, Handle] = {}
@@ -204,11 +205,10 @@ class Operations(pyfuse3.Operations):
             await self._refresh_sizes(instance_id)
         return instance
 
-    @staticmethod
-    async def _refresh_sizes(instance_id: int) -> None:
+    async def _refresh_sizes(self, instance_id: int) -> None:
         """Drop the kernel's attributes of an instance's files: it re-asks, and reads see the new size."""
         inodes = [inode_of(kind, instance_id) for kind in (Kind.INSTANCE_DCM, Kind.INSTANCE_JSON, Kind.INSTANCE_JPG)]
-        await trio.to_thread.run_sync(kernel.forget_attributes, inodes)
+        await trio.to_thread.run_sync(self.kernel.forget_attributes, inodes)
 
     async def _render(self, kind: Kind, path: Path, instance: InstanceFile) -> bytes:
         log.debug("rendering %s view of %s", _VIEW_SUFFIX[kind], instance.sop_uid)
@@ -225,13 +225,19 @@ class Operations(pyfuse3.Operations):
             return data + b" " * (size - len(data))
         raise pyfuse3.FUSEError(errno.EIO)
 
+    def _handle(self, fh: int) -> Handle:
+        handle = self._handles.get(fh)
+        if handle is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return handle
+
     @_fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return await self._handles[fh].read(off, size)
+        return await self._handle(fh).read(off, size)
 
     @_fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        return await self._handles[fh].write(off, buf)
+        return await self._handle(fh).write(off, buf)
 
     @_fuse_errors
     async def flush(self, fh: int) -> None:

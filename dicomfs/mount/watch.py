@@ -10,11 +10,11 @@ from __future__ import annotations
 import trio
 
 from dicomfs.index.changes import ChangeLog
-from dicomfs.mount import kernel
+from dicomfs.mount.kernel import Kernel
 from dicomfs.mount.tree import Tree
 
 
-async def follow_changes(changes: ChangeLog, tree: Tree, interval: float) -> None:
+async def follow_changes(changes: ChangeLog, tree: Tree, interval: float, kernel: Kernel) -> None:
     """Forever: read what changed, drop it from the tree's caches and the kernel's."""
     wake = trio.Event()
 
