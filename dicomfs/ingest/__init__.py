@@ -1,0 +1,1 @@
+"""Getting instances in: received bytes → parsed instance and durable file → index rows."""

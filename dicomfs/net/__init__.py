@@ -1,0 +1,1 @@
+"""The DICOM network: our node (``scp``), our requests to other nodes (``scu``)."""

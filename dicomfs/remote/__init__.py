@@ -1,0 +1,1 @@
+"""Remote PACS in the tree: what they have (``catalog``), and fetch-on-open (``fetch``)."""
