@@ -310,3 +310,21 @@ def test_the_watcher_is_woken_by_this_process_s_writes(mount: Mount) -> None:
     trio.run(main)
     assert inode_of(Kind.TOP_FOLDER, Top.PATIENTS) in stale
     assert mount.names(*SERIES[:3], "derived") == ["stats.csv"]
+
+
+def test_projects_show_their_members_with_the_contents_of_the_patient_layout(mount: Mount) -> None:
+    from dicomfs.index import organise
+
+    db = mount.archive.db
+    organise.create_project(db, "lung")
+    organise.add_members(db, "lung", "series", [1])  # the CT series only
+    organise.add_members(db, "lung", "patient", [2])  # and all of ROE^JANE
+    assert mount.names("projects") == ["lung"]
+    assert mount.names("projects", "lung") == ["DOE^JOHN [12345]", "ROE^JANE [777]"]
+    study = ("projects", "lung", "DOE^JOHN [12345]", "2024-03-01 CT Thorax [ACC123]")
+    assert sorted(mount.names(*study)) == ["003 CT Lung 1.0", "derived", "study.json"]
+    assert sorted(mount.names(*study, "003 CT Lung 1.0")) == sorted(mount.names(*SERIES))
+    assert mount.lookup(*study, "003 CT Lung 1.0", "001.dcm").st_ino == mount.lookup(*SERIES, "001.dcm").st_ino
+    project = mount.inode("projects", "lung")
+    assert mount.run(mount.ops.getattr, project, None).st_mtime_ns > 0
+    assert mount.tree.origin(mount.inode(*study)) == ("study", 1)

@@ -227,22 +227,30 @@ _MEMBER_SERIES = (
 )
 
 
-class Projects(EntityFolders, TopLayout):
+class ScopeFolders(EntityFolders, TopLayout):
+    """A top folder of scopes (projects, queries), each a folder of entities of the archive."""
+
+    scope: ClassVar[Kind]
+    table: ClassVar[str]  # where the scopes are, with their created_at
+
+    def node(self, kind: Kind, row_id: int) -> Node:
+        if kind is self.scope:
+            return folder("", kind, row_id, self.db.get_float(f"SELECT created_at FROM {self.table} WHERE id = ?",
+                                                               (row_id,)))
+        return super().node(kind, row_id)
+
+
+class Projects(ScopeFolders):
     """``/projects/<name>/<patient>/<study>/<series>/``: a project's members, as in /patients."""
 
     top, top_name = Top.PROJECTS, "projects"
+    scope, table = Kind.PROJECT, "projects"
     kinds = frozenset({Kind.PROJECT, Kind.PROJECT_PATIENT, Kind.PROJECT_STUDY, Kind.PROJECT_SERIES})
 
     def top_children(self) -> list[Node]:
         # Project names are validated when created: safe as they are.
         return [folder(name, Kind.PROJECT, project_id, created)
                 for project_id, name, created in self.db.query("SELECT id, name, created_at FROM projects ORDER BY id")]
-
-    def node(self, kind: Kind, row_id: int) -> Node:
-        if kind is Kind.PROJECT:
-            return folder("", kind, row_id, self.db.get_float("SELECT created_at FROM projects WHERE id = ?",
-                                                               (row_id,)))
-        return super().node(kind, row_id)
 
     def children(self, kind: Kind, row_id: int) -> list[Node]:
         inode = inode_of(kind, row_id)
@@ -272,7 +280,7 @@ class Projects(EntityFolders, TopLayout):
 
 # ---------------------------------------------------------------- /query
 
-class Queries(EntityFolders, TopLayout):
+class Queries(ScopeFolders):
     """``/query/<query>/<study>/<series>/``: any valid query is a folder of its matching studies.
 
     A query used once is saved: listed in /query from then on, across remounts, until rmdir.
@@ -281,17 +289,12 @@ class Queries(EntityFolders, TopLayout):
     """
 
     top, top_name = Top.QUERY, "query"
+    scope, table = Kind.QUERY, "queries"
     kinds = frozenset({Kind.QUERY, Kind.QUERY_STUDY, Kind.QUERY_SERIES})
 
     def top_children(self) -> list[Node]:  # saved queries; any other valid query is found by lookup
         return [folder(text, Kind.QUERY, query_id, created) for query_id, text, created in self.db.query(
             "SELECT id, text, created_at FROM queries WHERE saved = 1 ORDER BY id")]
-
-    def node(self, kind: Kind, row_id: int) -> Node:
-        if kind is Kind.QUERY:
-            return folder("", kind, row_id, self.db.get_float("SELECT created_at FROM queries WHERE id = ?",
-                                                               (row_id,)))
-        return super().node(kind, row_id)
 
     def children(self, kind: Kind, row_id: int) -> list[Node]:
         inode = inode_of(kind, row_id)
