@@ -20,7 +20,7 @@ from dicomfs import config
 from dicomfs.archive import Archive
 from dicomfs.commands.output import print_table
 from dicomfs.config import RemoteNode, Settings
-from dicomfs.ingest.pipeline import StorePipeline, with_store_failures
+from dicomfs.ingest.pipeline import StorePipeline
 from dicomfs.net import scu
 from dicomfs.remote import catalog
 
@@ -166,7 +166,7 @@ def pull(archive: Archive, remote: RemoteNode, study_uid: str, series_uid: str |
                                  sop_classes=sop_classes, on_instance=pipeline.put)
             finally:
                 pipeline.close()
-            result = with_store_failures(result, pipeline.failed)
+            result = result.with_unkept(pipeline.failed)
     finally:
         bar.close()
     archive.remote.keep_study(study_uid)

@@ -10,7 +10,6 @@ and fetched again at its next open.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import queue
 import threading
@@ -18,7 +17,6 @@ from collections.abc import Callable
 
 from dicomfs.ingest.prepare import Batch, prepare
 from dicomfs.ingest.writer import Submit
-from dicomfs.net.scu import RetrieveResult
 from dicomfs.parse import InvalidInstanceError, NotDicomError
 from dicomfs.store import Store
 
@@ -91,10 +89,3 @@ class StorePipeline:
         with self._count_lock:
             self.stored += stored
             self.failed += failed
-
-
-def with_store_failures(result: RetrieveResult, failed: int) -> RetrieveResult:
-    """The remote counted as completed what we could not store: count those as failed."""
-    if not failed:
-        return result
-    return dataclasses.replace(result, completed=max(result.completed - failed, 0), failed=result.failed + failed)

@@ -28,7 +28,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydicom.datadict import tag_for_keyword
@@ -86,6 +86,12 @@ class RetrieveResult:
     failed: int
     warning: int
     status: int
+
+    def with_unkept(self, unkept: int) -> RetrieveResult:
+        """The remote counted as completed ``unkept`` instances we could not store: count them failed."""
+        if not unkept:
+            return self
+        return replace(self, completed=max(self.completed - unkept, 0), failed=self.failed + unkept)
 
 
 def echo(remote: RemoteNode, *, calling_ae: str, timeout: float) -> None:

@@ -25,7 +25,7 @@ import trio
 from dicomfs.config import DicomSettings, RemoteNode
 from dicomfs.index.db import NoSuchRowError
 from dicomfs.ingest.gateway import IndexGateway
-from dicomfs.ingest.pipeline import StorePipeline, with_store_failures
+from dicomfs.ingest.pipeline import StorePipeline
 from dicomfs.ingest.writer import Ingested
 from dicomfs.net import scu
 from dicomfs.remote import catalog
@@ -51,8 +51,8 @@ class _Retrieval:
 class Fetcher:
     """Lazy listing and fetch-on-open for studies that live on remote PACS.
 
-    Listens to ``gateway`` (create both on the loop): instances arrive through it, from a
-    retrieve of ours or from the node's C-STORE service (C-MOVE, or a peer's own sending).
+    Listens to ``gateway``: every instance arrives through it, from a C-GET of ours or
+    through the node's C-STORE service (a C-MOVE of ours, or a peer sending on its own).
     """
 
     def __init__(self, settings: DicomSettings, rows: RemoteRows, store: Store, gateway: IndexGateway,
@@ -63,7 +63,6 @@ class Fetcher:
         self.rows = rows
         self.store = store
         self.gateway = gateway
-        gateway.listen(self.arrived)
         self.retrievals: dict[int, _Retrieval] = {}  # series id → the retrieve in flight
         self._arrivals: dict[str, trio.Event] = {}  # SOP Instance UID → set when it is indexed
         # Told of instances fetched with the rest of their series (the mount listed them with size 0).
@@ -71,6 +70,7 @@ class Fetcher:
         self._used: dict[int, float] = {}  # series id → last open of one of its fetched files
         self._listing_locks: dict[tuple[str, int], trio.Lock] = {}
         self._nursery: trio.Nursery | None = None
+        gateway.listen(self.arrived)
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the retrieves' nursery and refresh the saved queries on schedule."""
@@ -250,7 +250,7 @@ class Fetcher:
                                  sop_classes=sop_classes, on_instance=pipeline.put)
             finally:
                 pipeline.close()
-            return with_store_failures(result, pipeline.failed)
+            return result.with_unkept(pipeline.failed)
 
         return run
 
