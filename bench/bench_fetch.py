@@ -147,7 +147,7 @@ def _dicomfs_run(work: Path, orthanc_port: int, node_port: int, uids: dict[str, 
                 raise RuntimeError(f"the remote study did not appear:\n{daemon.log_tail()}")
             time.sleep(0.05)
         started = time.perf_counter()
-        [series] = list(patients.glob("*/*/*/"))
+        [series] = [p for p in patients.glob("*/*/*/") if p.name != "derived"]  # the study's derived/ folder
         files = sorted(series.glob("*.dcm"))
         listing = time.perf_counter() - started
         if len(files) != count:

@@ -10,7 +10,8 @@ from dicomfs.config import ProjectRule
 from dicomfs.index.changes import ChangeLog
 from dicomfs.index.db import Database
 from dicomfs.index.schema import migrate
-from dicomfs.ingest.writer import Indexer
+from dicomfs.ingest.writer import IndexWriter
+from dicomfs.remote.rows import RemoteRows
 from dicomfs.store import Store
 
 
@@ -18,7 +19,8 @@ from dicomfs.store import Store
 class Archive:
     db: Database
     store: Store
-    indexer: Indexer
+    writer: IndexWriter  # arriving instances
+    remote: RemoteRows  # what remote PACS have, and the cache of what was fetched from them
     changes: ChangeLog  # the one change log of this connection: the daemon's mount subscribes to it
 
     def close(self) -> None:
@@ -31,4 +33,4 @@ def open_archive(data_dir: Path, rules: Sequence[ProjectRule] = ()) -> Archive:
     migrate(db)
     store = Store(data_dir / "store")
     changes = ChangeLog(db)
-    return Archive(db, store, Indexer(db, store, rules, changes), changes)
+    return Archive(db, store, IndexWriter(db, store, rules, changes), RemoteRows(db, changes), changes)

@@ -118,10 +118,6 @@ class Settings:
         return self.data_dir / "index.sqlite"
 
     @property
-    def store_path(self) -> Path:
-        return self.data_dir / "store"
-
-    @property
     def derived_path(self) -> Path:
         """Derived data written into the mount's derived/ folders or added with ``dicomfs derive add``."""
         return self.data_dir / "derived"

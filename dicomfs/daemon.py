@@ -21,12 +21,11 @@ import trio
 from dicomfs.archive import Archive, open_archive
 from dicomfs.config import Settings
 from dicomfs.derived import DerivedStore
-from dicomfs.ingest.writer import Ingested
+from dicomfs.ingest.gateway import IndexGateway
 from dicomfs.mount.operations import Operations
 from dicomfs.mount.tree import Tree
 from dicomfs.mount.watch import follow_changes
 from dicomfs.net.scp import NodeServer
-from dicomfs.parse import ParsedInstance
 from dicomfs.remote.fetch import Fetcher
 
 log = logging.getLogger(__name__)
@@ -44,7 +43,7 @@ def serve(settings: Settings) -> None:
         removed = archive.store.clean_temporaries()
         if removed:
             log.info("removed %d unfinished temporary files from an earlier crash", removed)
-        refreshed = archive.indexer.refresh_json_sizes()
+        refreshed = archive.writer.refresh_json_sizes()
         if refreshed:
             log.info("re-measured the .json views of %d instances after an upgrade", refreshed)
         trio.run(_serve, settings, archive)
@@ -53,8 +52,9 @@ def serve(settings: Settings) -> None:
 
 
 async def _serve(settings: Settings, archive: Archive) -> None:
-    fetcher = Fetcher(settings.dicom, archive.db, archive.indexer, archive.store, settings.status_path)
-    node = _start_node(settings, archive, fetcher) if settings.dicom.enabled else None
+    gateway = IndexGateway(archive.writer)  # on this loop: every index write of the daemon runs here
+    fetcher = Fetcher(settings.dicom, archive.remote, archive.store, gateway, settings.status_path)
+    node = _start_node(settings, archive, gateway) if settings.dicom.enabled else None
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_on_signals, nursery.cancel_scope, node)
@@ -71,14 +71,9 @@ async def _serve(settings: Settings, archive: Archive) -> None:
                 await trio.to_thread.run_sync(node.stop)
 
 
-def _start_node(settings: Settings, archive: Archive, fetcher: Fetcher) -> NodeServer:
-    """The DICOM node; its association threads hand instances to this loop for indexing."""
-    token = trio.lowlevel.current_trio_token()
-
-    def submit(batch: list[tuple[ParsedInstance, Path]]) -> list[Ingested]:
-        return trio.from_thread.run_sync(fetcher.index, batch, trio_token=token)
-
-    node = NodeServer(settings.dicom, archive.store, submit, settings.index_path)
+def _start_node(settings: Settings, archive: Archive, gateway: IndexGateway) -> NodeServer:
+    """The DICOM node; its association threads hand instances to the gateway for indexing."""
+    node = NodeServer(settings.dicom, archive.store, gateway.submit_from_thread, settings.index_path)
     node.start()
     return node
 

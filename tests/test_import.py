@@ -15,6 +15,7 @@ from pydicom.fileset import FileSet
 
 from dicomfs.archive import Archive, open_archive
 from dicomfs.index.db import Database
+from dicomfs.ingest import entities
 from dicomfs.ingest.files import run_import
 
 
@@ -122,7 +123,7 @@ def test_failed_batch_leaves_the_archive_as_it_was(archive: Archive, tmp_path: P
     before = archive.db.query("SELECT * FROM instances ORDER BY id")
     dicomgen.series(tmp_path / "new", 3)
     calls = {"n": 0}
-    original = archive.indexer._upsert
+    original = entities.upsert
 
     def failing(*args, **kwargs):
         calls["n"] += 1
@@ -130,7 +131,7 @@ def test_failed_batch_leaves_the_archive_as_it_was(archive: Archive, tmp_path: P
             raise OSError(28, "No space left on device")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(archive.indexer, "_upsert", failing)
+    monkeypatch.setattr(entities, "upsert", failing)
     with pytest.raises(OSError):
         run_import(archive, [tmp_path / "new"], workers=1)
     assert archive.db.query("SELECT * FROM instances ORDER BY id") == before

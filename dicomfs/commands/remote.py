@@ -20,7 +20,7 @@ from dicomfs import config
 from dicomfs.archive import Archive
 from dicomfs.commands.output import print_table
 from dicomfs.config import RemoteNode, Settings
-from dicomfs.ingest.pipeline import StorePipeline, with_store_failures
+from dicomfs.ingest.pipeline import StorePipeline
 from dicomfs.net import scu
 from dicomfs.remote import catalog
 
@@ -132,7 +132,7 @@ def refresh(archive: Archive, remote: RemoteNode, calling_ae: str) -> int:
     new = 0
     for saved in remote.listing:
         studies = catalog.find_studies(remote, catalog.parse_filter(saved), calling_ae)
-        new += archive.indexer.add_remote_studies(remote.name, studies)
+        new += archive.remote.add_studies(remote.name, studies)
     return new
 
 
@@ -147,7 +147,7 @@ def pull(archive: Archive, remote: RemoteNode, study_uid: str, series_uid: str |
     studies = catalog.find_studies(remote, {"StudyInstanceUID": study_uid}, calling_ae)
     if not studies:
         raise CommandError(f"remote {remote.name} has no study {study_uid}")
-    archive.indexer.add_remote_studies(remote.name, studies)
+    archive.remote.add_studies(remote.name, studies)
     found = scu.find(remote, "IMAGE", {**keys, "SOPClassUID": "", "SOPInstanceUID": ""},
                      calling_ae=calling_ae, timeout=remote.timeout)
     if not found:
@@ -159,15 +159,15 @@ def pull(archive: Archive, remote: RemoteNode, study_uid: str, series_uid: str |
                               timeout=remote.timeout)
         else:
             sop_classes = sorted({str(ds.get("SOPClassUID", "")) for ds in found} - {""})
-            pipeline = StorePipeline(archive.store, archive.indexer.add_batch, source=f"remote {remote.name}",
+            pipeline = StorePipeline(archive.store, archive.writer.add_batch, source=f"remote {remote.name}",
                                      on_stored=bar.update)
             try:
                 result = scu.get(remote, level, keys, calling_ae=calling_ae, timeout=remote.timeout,
                                  sop_classes=sop_classes, on_instance=pipeline.put)
             finally:
                 pipeline.close()
-            result = with_store_failures(result, pipeline.failed)
+            result = result.with_unkept(pipeline.failed)
     finally:
         bar.close()
-    archive.indexer.keep_study(study_uid)
+    archive.remote.keep_study(study_uid)
     return result

@@ -8,6 +8,7 @@ import time
 
 from dicomfs.config import Settings
 from dicomfs.index.db import Database
+from dicomfs.remote.rows import RemoteRows
 
 
 def report(settings: Settings) -> str:
@@ -16,16 +17,15 @@ def report(settings: Settings) -> str:
         return "\n".join([*lines, "no index yet (nothing imported or received)"])
     db = Database(settings.index_path, readonly=True)
     try:
-        patients, studies, series = (int(db.get_val(f"SELECT count(*) FROM {t}"))
+        patients, studies, series = (db.get_int(f"SELECT count(*) FROM {t}")
                                      for t in ("patients", "studies", "series"))
         local, listed, stored = db.get_row(
             "SELECT count(*) FILTER (WHERE file_path != ''), count(*) FILTER (WHERE file_path = ''), "
             "coalesce(sum(file_size), 0) FROM instances")
-        fetched = int(db.get_val("SELECT coalesce(sum(file_size), 0) FROM instances WHERE fetched = 1"))
-        remote_studies = db.query("SELECT remote, count(*) FROM remote_studies GROUP BY remote ORDER BY remote")
-        incomplete = int(db.get_val("SELECT count(*) FROM remote_series WHERE complete = 0 "
-                                    "AND instances_listed_at IS NOT NULL AND series_id IN "
-                                    "(SELECT series_id FROM instances WHERE file_path != '')"))
+        remote = RemoteRows(db)
+        fetched = remote.fetched_bytes()
+        remote_studies = remote.studies_per_remote()
+        incomplete = remote.partly_fetched()
     finally:
         db.close()
     lines.append(f"index: {patients} patients, {studies} studies, {series} series, "

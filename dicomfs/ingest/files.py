@@ -21,8 +21,9 @@ import pydicom
 from tqdm import tqdm
 
 from dicomfs.archive import Archive
+from dicomfs.ingest.prepare import Batch, Prepared, prepare
 from dicomfs.ingest.writer import Outcome
-from dicomfs.parse import InvalidInstanceError, NotDicomError, ParsedInstance, parse_instance, quiet_pydicom
+from dicomfs.parse import InvalidInstanceError, NotDicomError, quiet_pydicom
 from dicomfs.store import Store
 
 log = logging.getLogger(__name__)
@@ -49,11 +50,12 @@ class ImportReport:
         )
 
 
-@dataclass(slots=True)
-class _Prepared:
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """What a worker made of one file: an instance to index, or why not."""
+
     path: str
-    parsed: ParsedInstance | None = None
-    temp: Path | None = None
+    prepared: Prepared | None = None
     skipped: str = ""
     rejected: str = ""
 
@@ -110,26 +112,22 @@ def _resolve_case_insensitive(base: Path, parts: list[str]) -> Path | None:
     return current
 
 
-def _prepare(path: str, store_root: str) -> _Prepared:
+def _read(path: str, store_root: str) -> _Read:
     """Worker: read, validate, write a durable temporary copy. Never raises."""
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
-        return _Prepared(path, rejected=f"cannot read: {exc.strerror}")
+        return _Read(path, rejected=f"cannot read: {exc.strerror}")
     try:
-        parsed = parse_instance(raw, source=path)
+        return _Read(path, prepare(raw, Store(store_root), source=path))
     except NotDicomError as exc:
-        return _Prepared(path, skipped=str(exc))
+        return _Read(path, skipped=str(exc))
     except InvalidInstanceError as exc:
-        return _Prepared(path, rejected=str(exc))
-    except Exception as exc:  # a parser bug must not end the import
-        return _Prepared(path, rejected=f"unexpected error: {type(exc).__name__}: {exc}")
-    try:
-        temp = Store(store_root).write_temp(parsed.data)
+        return _Read(path, rejected=str(exc))
     except OSError as exc:
-        return _Prepared(path, rejected=f"cannot store: {exc.strerror}")
-    parsed.data = b""  # the bytes are in the temporary file; do not send them back
-    return _Prepared(path, parsed=parsed, temp=temp)
+        return _Read(path, rejected=f"cannot store: {exc.strerror}")
+    except Exception as exc:  # a parser bug must not end the import
+        return _Read(path, rejected=f"unexpected error: {type(exc).__name__}: {exc}")
 
 
 def run_import(archive: Archive, paths: list[Path], *, workers: int = 0, batch: int = 64,
@@ -139,31 +137,31 @@ def run_import(archive: Archive, paths: list[Path], *, workers: int = 0, batch: 
     workers = workers or os.cpu_count() or 1
     bar = tqdm(total=len(files), unit="file", disable=(not sys.stderr.isatty()) if progress is None else not progress,
                file=sys.stderr, dynamic_ncols=True)
-    pending: list[tuple[ParsedInstance, Path]] = []
+    pending: Batch = []
 
     def flush() -> None:
         if not pending:
             return
         try:
-            for result in archive.indexer.add_batch(pending):
+            for result in archive.writer.add_batch(pending):
                 report.counts[_COUNT_KEY[result.outcome]] += 1
         finally:
-            for _, temp in pending:
-                archive.store.discard(temp)
+            for prepared in pending:
+                archive.store.discard(prepared.temp)
             pending.clear()
 
     try:
         with _executor(workers, len(files)) as pool:
-            for prepared in pool.map(_prepare, files, [str(archive.store.root)] * len(files), chunksize=8):
+            for read in pool.map(_read, files, [str(archive.store.root)] * len(files), chunksize=8):
                 bar.update(1)
-                if prepared.skipped:
-                    report.skipped.append((prepared.path, prepared.skipped))
-                elif prepared.rejected:
-                    report.rejected.append((prepared.path, prepared.rejected))
-                    log.warning("rejected %s: %s", prepared.path, prepared.rejected)
+                if read.skipped:
+                    report.skipped.append((read.path, read.skipped))
+                elif read.rejected:
+                    report.rejected.append((read.path, read.rejected))
+                    log.warning("rejected %s: %s", read.path, read.rejected)
                 else:
-                    assert prepared.parsed is not None and prepared.temp is not None
-                    pending.append((prepared.parsed, prepared.temp))
+                    assert read.prepared is not None
+                    pending.append(read.prepared)
                     if len(pending) >= batch:
                         flush()
             flush()

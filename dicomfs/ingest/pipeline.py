@@ -10,21 +10,18 @@ and fetched again at its next open.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import queue
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
-from dicomfs.ingest.writer import Ingested
-from dicomfs.net.scu import RetrieveResult
-from dicomfs.parse import InvalidInstanceError, NotDicomError, ParsedInstance, parse_instance
+from dicomfs.ingest.prepare import Batch, prepare
+from dicomfs.ingest.writer import Submit
+from dicomfs.parse import InvalidInstanceError, NotDicomError
 from dicomfs.store import Store
 
 log = logging.getLogger(__name__)
 
-Submit = Callable[[list[tuple[ParsedInstance, Path]]], list[Ingested]]
 _DONE = b""
 BATCH = 16  # instances per index transaction at most; a batch is also sent whenever the queue runs dry
 
@@ -58,14 +55,13 @@ class StorePipeline:
             worker.join()
 
     def _work(self) -> None:
-        batch: list[tuple[ParsedInstance, Path]] = []
+        batch: Batch = []
         while True:
             data = self._queue.get()
             if data is _DONE:
                 break
             try:
-                parsed = parse_instance(data, source=self.source, received=True)
-                batch.append((parsed, self.store.write_temp(parsed.data)))
+                batch.append(prepare(data, self.store, source=self.source, received=True))
             except (NotDicomError, InvalidInstanceError, OSError) as exc:
                 log.warning("%s: an instance could not be stored: %s", self.source, exc)
                 self._count(failed=1)
@@ -75,14 +71,14 @@ class StorePipeline:
         if batch:
             self._flush(batch)
 
-    def _flush(self, batch: list[tuple[ParsedInstance, Path]]) -> None:
+    def _flush(self, batch: Batch) -> None:
         try:
             with self._submit_lock:
                 self.submit(batch)
         except Exception as exc:
             log.error("%s: cannot index %d instances: %s", self.source, len(batch), exc)
-            for _, temp in batch:
-                self.store.discard(temp)
+            for prepared in batch:
+                self.store.discard(prepared.temp)
             self._count(failed=len(batch))
             return
         self._count(stored=len(batch))
@@ -93,10 +89,3 @@ class StorePipeline:
         with self._count_lock:
             self.stored += stored
             self.failed += failed
-
-
-def with_store_failures(result: RetrieveResult, failed: int) -> RetrieveResult:
-    """The remote counted as completed what we could not store: count those as failed."""
-    if not failed:
-        return result
-    return dataclasses.replace(result, completed=max(result.completed - failed, 0), failed=result.failed + failed)

@@ -1,9 +1,12 @@
-"""Parsed instances → index rows, with the duplicate policy, in one transaction per batch.
+"""Prepared instances → store and index rows, in one transaction per batch.
 
 Policy for a SOP Instance UID that is already indexed: the first copy is kept. Identical
-bytes are a silent no-op; different bytes are counted on the instance row and logged.
-Every committed batch notes the series it touched in the change log (``index.changes``),
-which is how a running daemon (maybe another process) learns what to refresh in the mount.
+bytes are a silent no-op; different bytes are counted on the instance row and logged. An
+instance listed from a remote PACS (a placeholder row) becomes local when it arrives. A
+derived object (SEG, RTSTRUCT, SR, ...) is linked to the series it was made from, whichever
+comes first; project rules put arriving studies into projects. Every committed batch notes
+the series it touched in the change log (``index.changes``), which is how a running daemon
+(maybe another process) learns what to refresh in the mount.
 """
 
 from __future__ import annotations
@@ -11,14 +14,16 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from dicomfs.config import ProjectRule
 from dicomfs.index.changes import ChangeLog
 from dicomfs.index.db import Database, NoSuchRowError
+from dicomfs.ingest import entities
+from dicomfs.ingest.prepare import Batch, Prepared
 from dicomfs.parse import ParsedInstance
 from dicomfs.store import Store
 from dicomfs.views.dicom_json import JSON_VERSION
@@ -43,29 +48,7 @@ class Ingested:
     series_id: int
 
 
-@dataclass(frozen=True, slots=True)
-class RemoteStudy:
-    """A study as a remote PACS answered a STUDY-level C-FIND: index columns and its counts."""
-
-    patient: dict[str, Any]
-    study: dict[str, Any]
-    num_series: int | None
-    num_instances: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteSeries:
-    series: dict[str, Any]
-    num_instances: int | None
-
-
-# Columns of an instance that is listed but not local; what a C-FIND answer gives overrides them.
-_PLACEHOLDER: dict[str, Any] = {
-    "sop_class_uid": "", "transfer_syntax_uid": "", "specific_character_set": "", "content_date": "",
-    "content_time": "", "acquisition_number": "", "image_type": "", "rows": 0, "columns": 0, "number_of_frames": 1,
-    "photometric": "", "has_image": 0, "file_path": "", "file_size": 0, "json_size": 0, "json_version": 0,
-    "added_part10_header": 0,
-}
+Submit = Callable[[Batch], list[Ingested]]  # hands a batch to the writer: directly, or through the gateway
 
 
 def _compiled(rule: ProjectRule) -> Compiled | None:
@@ -77,8 +60,8 @@ def _compiled(rule: ProjectRule) -> Compiled | None:
     return compile_query(rule.match, "study")
 
 
-class Indexer:
-    """Writes to the index; the only module that inserts patients, studies, series, instances."""
+class IndexWriter:
+    """Writes arriving instances to the store and the index (remote listings: ``remote.rows``)."""
 
     def __init__(self, db: Database, store: Store, rules: Sequence[ProjectRule] = (),
                  changes: ChangeLog | None = None) -> None:
@@ -87,8 +70,8 @@ class Indexer:
         self.changes = changes or ChangeLog(db)
         self.rules = [(rule, _compiled(rule)) for rule in rules]
 
-    def add_batch(self, batch: Iterable[tuple[ParsedInstance, Path]]) -> list[Ingested]:
-        """Store and index ``(parsed, temp_path)`` pairs atomically; temp files are consumed.
+    def add_batch(self, batch: Iterable[Prepared]) -> list[Ingested]:
+        """Store and index ``batch`` atomically; its temporary files are consumed.
 
         Files are moved into the store before the transaction commits: a crash in between
         leaves an unindexed file that the next arrival of the same instance overwrites.
@@ -99,8 +82,9 @@ class Indexer:
         now = time.time()
         with self.db.transaction():
             batch_sources: dict[int, set[str]] = {}
-            for parsed, temp in batch:
-                result = self._add_one(parsed, temp, now, folders)
+            for prepared in batch:
+                parsed = prepared.parsed
+                result = self._add_one(parsed, prepared.temp, now, folders)
                 results.append(result)
                 if result.outcome is Outcome.STORED:
                     touched.add(result.series_id)
@@ -110,7 +94,7 @@ class Indexer:
                 self._apply_rules(touched, batch_sources)
             self.changes.note_series(touched, now)
             for series_id in touched:
-                self._note_remote_progress(series_id)
+                entities.note_remote_progress(self.db, series_id)
                 self.db.execute(
                     "UPDATE series SET updated_at = :t WHERE id = :s;"
                     "UPDATE studies SET updated_at = :t WHERE id = (SELECT study_id FROM series WHERE id = :s);"
@@ -146,9 +130,9 @@ class Indexer:
             )
             return Ingested(sop_uid, Outcome.CONFLICT, series_id)
 
-        patient_id = self._upsert("patients", "patient_key", parsed.patient, now)
-        study_id = self._upsert("studies", "study_uid", {**parsed.study, "patient_id": patient_id}, now)
-        series_id = self._upsert("series", "series_uid", {**parsed.series, "study_id": study_id}, now)
+        patient_id = entities.upsert(self.db, "patients", "patient_key", parsed.patient, now)
+        study_id = entities.upsert(self.db, "studies", "study_uid", {**parsed.study, "patient_id": patient_id}, now)
+        series_id = entities.upsert(self.db, "series", "series_uid", {**parsed.series, "study_id": study_id}, now)
         relpath = self.store.relpath_for(parsed.study["study_uid"], parsed.series["series_uid"], sop_uid)
         folders.add(self.store.commit(temp, relpath))
         row = {**parsed.instance, "series_id": series_id, "file_path": relpath, "received_at": now}
@@ -158,7 +142,7 @@ class Indexer:
         )
         for (derived_sop_uid,) in self.db.query(
                 "SELECT sop_uid FROM derived_sources WHERE ref_uid = ? AND ref_level = 'instance'", (sop_uid,)):
-            self._link_derived(derived_sop_uid, series_id, now)  # an object made from this image came first
+            entities.link_derived(self.db, derived_sop_uid, series_id, now)  # an object made from this image came first
         if parsed.referenced_series or parsed.referenced_instances:
             self._record_sources(parsed, now)
         return Ingested(sop_uid, Outcome.STORED, series_id)
@@ -179,39 +163,13 @@ class Indexer:
             found += self.db.query(
                 f"SELECT DISTINCT series_id FROM instances WHERE sop_uid IN ({marks})", parsed.referenced_instances)
         for series_id in {row[0] for row in found}:
-            self._link_derived(parsed.sop_uid, series_id, now)
-
-    def _link_derived(self, derived_sop_uid: str, series_id: int, now: float) -> None:
-        """Show a derived DICOM object in the derived/ folder of a series it was made from."""
-        own_series, modality, size = self.db.get_row(
-            "SELECT i.series_id, se.modality, i.file_size FROM instances i JOIN series se ON se.id = i.series_id "
-            "WHERE i.sop_uid = ?", (derived_sop_uid,))
-        if series_id == own_series:
-            return
-        self.db.execute(
-            "INSERT INTO derived (level, entity_id, origin_uid, name, kind, file_path, sop_uid, size, created_at, "
-            "updated_at) SELECT 'series', id, series_uid, ?, 'dicom', '', ?, ?, ?, ? FROM series WHERE id = ? "
-            "ON CONFLICT DO NOTHING",
-            (f"{modality or 'DICOM'}_{derived_sop_uid}.dcm", derived_sop_uid, size, now, now, series_id))
-
-    def _welcome(self, table: str, row_id: int, uid: str, now: float) -> None:
-        """A study or series row is new: take back derived data left by a deleted one of that UID (a
-        name taken meanwhile leaves that item orphaned rather than failing the ingest),
-        and link derived objects that named this series before it arrived."""
-        level = "study" if table == "studies" else "series"
-        self.db.execute(
-            "UPDATE OR IGNORE derived SET entity_id = ?, origin_deleted_at = NULL, origin_description = '' "
-            "WHERE level = ? AND origin_uid = ? AND origin_deleted_at IS NOT NULL", (row_id, level, uid))
-        if level == "series":
-            for (derived_sop_uid,) in self.db.query(
-                    "SELECT sop_uid FROM derived_sources WHERE ref_uid = ? AND ref_level = 'series'", (uid,)):
-                self._link_derived(derived_sop_uid, row_id, now)
+            entities.link_derived(self.db, parsed.sop_uid, series_id, now)
 
     def _apply_rules(self, series_ids: set[int], sources: dict[int, set[str]]) -> None:
         """Put the studies these series belong to into the projects whose rules they match."""
         by_study: dict[int, set[str]] = {}
         for series_id in series_ids:
-            study_id = int(self.db.get_val("SELECT study_id FROM series WHERE id = ?", (series_id,)))
+            study_id = self.db.get_int("SELECT study_id FROM series WHERE id = ?", (series_id,))
             by_study.setdefault(study_id, set()).update(sources.get(series_id, set()))
         now = time.time()
         for rule, compiled in self.rules:
@@ -241,94 +199,6 @@ class Indexer:
         )
         return Ingested(parsed.sop_uid, Outcome.STORED, series_id)
 
-    def _note_remote_progress(self, series_id: int) -> None:
-        """A remote series is complete once it was listed and no listed instance is missing."""
-        self.db.execute(
-            "UPDATE remote_series SET complete = (instances_listed_at IS NOT NULL AND NOT EXISTS ("
-            "  SELECT 1 FROM instances WHERE series_id = :s AND file_path = '')) WHERE series_id = :s",
-            {"s": series_id},
-        )
-
-    # ------------------------------------------------------------ what a remote PACS has
-
-    def add_remote_studies(self, remote: str, studies: Iterable[RemoteStudy]) -> int:
-        """Record studies a saved query found on ``remote``; returns how many were new."""
-        now = time.time()
-        new = 0
-        with self.db.transaction():
-            for found in studies:
-                patient_id = self._upsert("patients", "patient_key", found.patient, now)
-                before = self.db.query("SELECT 1 FROM studies WHERE study_uid = ?", (found.study["study_uid"],))
-                study_id = self._upsert("studies", "study_uid", {**found.study, "patient_id": patient_id}, now)
-                new += not before
-                self.db.execute(
-                    "INSERT INTO remote_studies (study_id, remote, num_series, num_instances, listed_at) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (study_id) DO UPDATE SET remote = excluded.remote, "
-                    "num_series = excluded.num_series, num_instances = excluded.num_instances, "
-                    "listed_at = excluded.listed_at",
-                    (study_id, remote, found.num_series, found.num_instances, now),
-                )
-            if new:
-                self.changes.note_everything(now)  # above any series: the mount rebuilds all
-        return new
-
-    def add_remote_series(self, remote: str, study_id: int, series: Iterable[RemoteSeries]) -> None:
-        now = time.time()
-        with self.db.transaction():
-            for found in series:
-                series_id = self._upsert("series", "series_uid", {**found.series, "study_id": study_id}, now)
-                self.db.execute(
-                    "INSERT INTO remote_series (series_id, remote, num_instances) VALUES (?, ?, ?) "
-                    "ON CONFLICT (series_id) DO UPDATE SET num_instances = excluded.num_instances",
-                    (series_id, remote, found.num_instances),
-                )
-                self.changes.note_series([series_id], now)
-            self.db.execute("UPDATE remote_studies SET series_listed_at = ? WHERE study_id = ?", (now, study_id))
-
-    def add_remote_instances(self, remote: str, series_id: int, instances: Iterable[dict[str, Any]]) -> None:
-        """Rows for a remote series' instances; file_path '' until each is fetched."""
-        now = time.time()
-        with self.db.transaction():
-            for values in instances:
-                row = {**_PLACEHOLDER, **values, "series_id": series_id, "source": f"remote {remote}",
-                       "received_at": now}
-                self.db.execute(
-                    f"INSERT INTO instances ({', '.join(row)}) VALUES ({', '.join('?' * len(row))}) "
-                    "ON CONFLICT (sop_uid) DO NOTHING",
-                    tuple(row.values()),
-                )
-            self.db.execute("UPDATE remote_series SET instances_listed_at = ? WHERE series_id = ?", (now, series_id))
-            self._note_remote_progress(series_id)
-            self.changes.note_series([series_id], now)
-
-    def keep_study(self, study_uid: str) -> None:
-        """Pulled on purpose: its fetched files are no longer cache, never evicted."""
-        with self.db.transaction():
-            self.db.execute(
-                "UPDATE instances SET fetched = 0 WHERE fetched = 1 AND series_id IN ("
-                "  SELECT se.id FROM series se JOIN studies st ON st.id = se.study_id WHERE st.study_uid = ?)",
-                (study_uid,),
-            )
-
-    def evict_series(self, series_id: int) -> list[str]:
-        """Return a fetched series to the not-yet-local state; returns the files to delete.
-
-        Only fetched files go: anything received or imported stays. The caller deletes the
-        files after this commits, so a crash in between leaves unindexed files, never rows
-        that name missing files.
-        """
-        now = time.time()
-        with self.db.transaction():
-            paths = [r[0] for r in self.db.query(
-                "SELECT file_path FROM instances WHERE series_id = ? AND fetched = 1 AND file_path != ''",
-                (series_id,))]
-            self.db.execute(
-                "UPDATE instances SET file_path = '', file_size = 0, json_size = 0, json_version = 0, "
-                "has_image = 0, fetched = 0 WHERE series_id = ? AND fetched = 1", (series_id,))
-            self._note_remote_progress(series_id)
-            self.changes.note_series([series_id], now)
-        return paths
-
     def refresh_json_sizes(self) -> int:
         """Re-measure ``.json`` views measured by another JSON_VERSION (after an upgrade).
 
@@ -349,19 +219,3 @@ class Indexer:
                     (size, JSON_VERSION, instance_id),
                 )
         return len(stale)
-
-    def _upsert(self, table: str, key: str, values: dict[str, object], now: float) -> int:
-        """Row id for ``values[key]``; the first values seen are kept so tree names stay stable."""
-        try:
-            return int(self.db.get_val(f"SELECT id FROM {table} WHERE {key} = ?", (values[key],)))
-        except NoSuchRowError:
-            pass
-        row = {**values, "created_at": now, "updated_at": now}
-        self.db.execute(
-            f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-            tuple(row.values()),
-        )
-        row_id = self.db.last_rowid()
-        if table in ("studies", "series"):
-            self._welcome(table, row_id, str(values[key]), now)
-        return row_id

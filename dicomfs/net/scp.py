@@ -1,20 +1,21 @@
-"""The DICOM node's acceptor side: associations, Verification and Storage.
+"""The DICOM node's acceptor side: associations and their allow-lists, and the services
+Verification (C-ECHO), Storage (C-STORE), and Query/Retrieve (C-FIND, C-GET, C-MOVE).
 
-pynetdicom runs every association in its own thread. Handlers parse and write the received
-bytes there (slow work, off the event loop) and hand the finished instance to the trio loop,
-which alone writes the index: data flows one way, and no SQLite writer runs in a thread.
+pynetdicom runs every association in its own thread. The C-STORE handler prepares the
+received bytes there (slow work, off the event loop) and submits the instance to the trio
+loop, which alone writes the index: data flows one way, and no SQLite writer runs in a
+thread. Queries and retrieves read the index through a read-only connection per thread.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -38,19 +39,22 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicomfs.config import DicomSettings
 from dicomfs.index import cfind
 from dicomfs.index.db import Database
-from dicomfs.ingest.writer import Ingested
-from dicomfs.parse import InvalidInstanceError, NotDicomError, ParsedInstance, parse_instance, part10_header
+from dicomfs.ingest.prepare import prepare
+from dicomfs.ingest.writer import Submit
+from dicomfs.net.status import (
+    CANCEL,
+    CANNOT_UNDERSTAND,
+    IDENTIFIER_DOES_NOT_MATCH,
+    NOT_AUTHORIZED,
+    OUT_OF_RESOURCES,
+    PENDING,
+    SUCCESS,
+    UNABLE_TO_PROCESS,
+)
+from dicomfs.parse import InvalidInstanceError, NotDicomError, part10_header
 from dicomfs.store import Store
 
 log = logging.getLogger(__name__)
-
-# Store status codes (PS3.4 B.2.3, PS3.7 C.4.2)
-SUCCESS = 0x0000
-NOT_AUTHORIZED = 0x0124
-OUT_OF_RESOURCES = 0xA700
-CANNOT_UNDERSTAND = 0xC000
-
-Submit = Callable[[list[tuple[ParsedInstance, Path]]], list[Ingested]]
 
 
 class _ContextList(list[PresentationContext]):
@@ -237,7 +241,7 @@ def _handle_store(event: evt.Event, node: NodeServer) -> Any:
     """Store exactly the received bytes; answer success only once durable and indexed.
 
     The durable write (mostly waiting for fsync) runs in a writer thread while this thread
-    parses the same bytes: the two overlap, and a refused dataset's file is discarded.
+    parses the same bytes (``prepare`` with the node's writers): the two overlap.
     """
     if not node.permits("store", event):
         return NOT_AUTHORIZED
@@ -248,40 +252,26 @@ def _handle_store(event: evt.Event, node: NodeServer) -> Any:
         request.AffectedSOPClassUID, request.AffectedSOPInstanceUID, event.context.transfer_syntax, calling
     )
     data = header + event.encoded_dataset(include_meta=False)
-    writing = node.writers.submit(node.store.write_temp, data)
     try:
-        parsed = parse_instance(data, source=source, received=True)
+        prepared = prepare(data, node.store, source=source, received=True, writer=node.writers)
     except (NotDicomError, InvalidInstanceError) as exc:
-        _discard_when_written(node, writing)
         log.warning("refused C-STORE from %s: %s", source, exc)
         return _failure(CANNOT_UNDERSTAND, str(exc))
-    try:
-        temp = writing.result()
     except OSError as exc:
         log.error("cannot store an instance from %s: %s", source, exc)
         return _failure(OUT_OF_RESOURCES, f"cannot store: {exc.strerror}")
     try:
-        node.submit([(parsed, temp)])
+        node.submit([prepared])
     except trio.RunFinishedError:
-        node.store.discard(temp)
+        node.store.discard(prepared.temp)
         return _failure(OUT_OF_RESOURCES, "the archive is shutting down")
     except Exception as exc:
-        node.store.discard(temp)
+        node.store.discard(prepared.temp)
         log.exception("cannot index an instance from %s", source)
         return _failure(OUT_OF_RESOURCES, f"cannot index: {exc}")
     return SUCCESS
 
 
-def _discard_when_written(node: NodeServer, writing: Future[Path]) -> None:
-    with contextlib.suppress(OSError):  # nothing was written
-        node.store.discard(writing.result())
-
-
-# Query status codes (PS3.4 C.4.1.1.4)
-PENDING = 0xFF00
-CANCEL = 0xFE00
-IDENTIFIER_DOES_NOT_MATCH = 0xA900
-UNABLE_TO_PROCESS = 0xC001
 _QUERY_CONTROL = {"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle"}
 _MULTI_VALUED = {"ModalitiesInStudy", "SOPClassesInStudy", "OtherPatientIDs"}
 
@@ -310,9 +300,6 @@ def _handle_find(event: evt.Event, node: NodeServer) -> Iterator[tuple[Any, Any]
     except Exception as exc:
         log.exception("C-FIND failed")
         yield _failure(UNABLE_TO_PROCESS, f"query failed: {exc}"), None
-
-
-MOVE_DESTINATION_UNKNOWN = 0xA801
 
 
 _PATIENT_ROOT_RETRIEVE = (PatientRootQueryRetrieveInformationModelGet, PatientRootQueryRetrieveInformationModelMove)

@@ -28,7 +28,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydicom.datadict import tag_for_keyword
@@ -50,6 +50,7 @@ from pynetdicom.status import code_to_category
 from pynetdicom.transport import AddressInformation, AssociationSocket
 
 from dicomfs.config import RemoteNode
+from dicomfs.net.status import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, PENDING_CODES, SOP_CLASS_NOT_SUPPORTED, SUCCESS
 from dicomfs.parse import part10_header
 
 __all__ = ["LEVELS", "RemoteError", "RetrieveResult", "echo", "find", "get", "move"]
@@ -59,13 +60,6 @@ _config.LOG_HANDLER_LEVEL = "none"
 
 LEVELS = ("STUDY", "SERIES", "IMAGE")  # Study Root (PS3.4 C.6.2)
 MAX_CONTEXTS = 128  # presentation context ids are the odd numbers 1..255 (PS3.8 9.3.2.2)
-
-# Status codes (PS3.4 B.2.3, C.4; PS3.7 C)
-SUCCESS = 0x0000
-SOP_CLASS_NOT_SUPPORTED = 0x0122
-OUT_OF_RESOURCES = 0xA700
-CANNOT_UNDERSTAND = 0xC000
-_PENDING = (0xFF00, 0xFF01)
 _A_ASSOCIATE_RJ = 0x03  # PDU types (PS3.8 9.3.4, 9.3.8)
 _A_ABORT = 0x07
 _DUL_EXIT_TIMEOUT = 2.0  # seconds; it ends within a poll interval of being told to
@@ -93,6 +87,12 @@ class RetrieveResult:
     warning: int
     status: int
 
+    def with_unkept(self, unkept: int) -> RetrieveResult:
+        """The remote counted as completed ``unkept`` instances we could not store: count them failed."""
+        if not unkept:
+            return self
+        return replace(self, completed=max(self.completed - unkept, 0), failed=self.failed + unkept)
+
 
 def echo(remote: RemoteNode, *, calling_ae: str, timeout: float) -> None:
     """C-ECHO: the remote answers DICOM at all."""
@@ -112,7 +112,7 @@ def find(remote: RemoteNode, level: str, keys: dict[str, str], *, calling_ae: st
     matches: list[Dataset] = []
     with _association(remote, "C-FIND", [build_context(model)], calling_ae, timeout) as assoc:
         for status, answer in assoc.send_c_find(identifier, model):
-            if status and status.Status in _PENDING:
+            if status and status.Status in PENDING_CODES:
                 if answer is None:
                     log.warning("%s: a C-FIND answer could not be decoded; skipped", remote.name)
                 else:
@@ -203,7 +203,7 @@ def _retrieve_result(
 ) -> RetrieveResult:
     """The final response's counts; a C-GET remote that leaves them out gets ours (completed, failed)."""
     for status, _ in responses:
-        if status and status.Status in _PENDING:
+        if status and status.Status in PENDING_CODES:
             continue
         if not status or "Status" not in status:
             raise RemoteError(remote, operation, _silence(assoc))

@@ -1,7 +1,7 @@
 """What a remote PACS has, as index values: saved queries → studies, then series and instances.
 
-Network only (C-FIND through ``net.scu``), no database: callers hand the results to the
-``Indexer``, on whichever thread writes the index. Each level is asked for only when a user
+Network only (C-FIND through ``net.scu``), no database: callers hand the results to
+``RemoteRows`` (``remote.rows``), on whichever thread writes the index. Each level is asked for only when a user
 gets there, so an ``ls`` never walks a whole PACS.
 """
 
@@ -15,9 +15,9 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 
 from dicomfs.config import RemoteNode
-from dicomfs.ingest.writer import RemoteSeries, RemoteStudy
 from dicomfs.net import scu
 from dicomfs.parse import InvalidInstanceError, instance_values, patient_values, series_values, study_values
+from dicomfs.remote.rows import RemoteSeries, RemoteStudy
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,8 @@
 Runs on the daemon's trio loop, which alone writes the index; network calls run in worker
 threads. One retrieve per series at a time, however many opens wait for it; each open
 waits only for its own instance. Fetched instances take the same path as received ones
-(parse → durable write → ``Indexer.add_batch``), and ``arrived`` wakes the waiting opens.
+(``prepare`` → the daemon's ``IndexGateway`` → ``IndexWriter.add_batch``); the gateway then
+calls ``arrived``, which wakes the waiting opens, whatever brought the instance in.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from typing import Any
 import trio
 
 from dicomfs.config import DicomSettings, RemoteNode
-from dicomfs.index.db import Database, NoSuchRowError
-from dicomfs.ingest.pipeline import StorePipeline, with_store_failures
-from dicomfs.ingest.writer import Indexer, Ingested
+from dicomfs.index.db import NoSuchRowError
+from dicomfs.ingest.gateway import IndexGateway
+from dicomfs.ingest.pipeline import StorePipeline
+from dicomfs.ingest.writer import Ingested
 from dicomfs.net import scu
-from dicomfs.parse import ParsedInstance
 from dicomfs.remote import catalog
+from dicomfs.remote.rows import RemoteRows
 from dicomfs.store import Store
 
 log = logging.getLogger(__name__)
@@ -47,16 +49,20 @@ class _Retrieval:
 
 
 class Fetcher:
-    """Lazy listing and fetch-on-open for studies that live on remote PACS."""
+    """Lazy listing and fetch-on-open for studies that live on remote PACS.
 
-    def __init__(self, settings: DicomSettings, db: Database, indexer: Indexer, store: Store,
+    Listens to ``gateway``: every instance arrives through it, from a C-GET of ours or
+    through the node's C-STORE service (a C-MOVE of ours, or a peer sending on its own).
+    """
+
+    def __init__(self, settings: DicomSettings, rows: RemoteRows, store: Store, gateway: IndexGateway,
                  status_path: Path | None = None) -> None:
         self.settings = settings
         self.status_path = status_path
         self._published = 0.0
-        self.db = db
-        self.indexer = indexer
+        self.rows = rows
         self.store = store
+        self.gateway = gateway
         self.retrievals: dict[int, _Retrieval] = {}  # series id → the retrieve in flight
         self._arrivals: dict[str, trio.Event] = {}  # SOP Instance UID → set when it is indexed
         # Told of instances fetched with the rest of their series (the mount listed them with size 0).
@@ -64,11 +70,10 @@ class Fetcher:
         self._used: dict[int, float] = {}  # series id → last open of one of its fetched files
         self._listing_locks: dict[tuple[str, int], trio.Lock] = {}
         self._nursery: trio.Nursery | None = None
-        self._token: trio.lowlevel.TrioToken | None = None
+        gateway.listen(self.arrived)
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the retrieves' nursery and refresh the saved queries on schedule."""
-        self._token = trio.lowlevel.current_trio_token()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self.publish_status(force=True)
@@ -96,41 +101,34 @@ class Fetcher:
                 # Background work that runs again at the next refresh: a warning, not an error.
                 log.warning("remote %s: saved query %r failed: %s", remote.name, saved, exc)
                 continue
-            new += self.indexer.add_remote_studies(remote.name, studies)
+            new += self.rows.add_studies(remote.name, studies)
         log.info("remote %s: saved queries refreshed, %d new studies", remote.name, new)
         return new
 
     async def prepare_study(self, study_id: int) -> None:
         """List a remote study's series the first time its folder is entered."""
-        row = self.db.query(
-            "SELECT r.remote, st.study_uid FROM remote_studies r JOIN studies st ON st.id = r.study_id "
-            "WHERE r.study_id = ? AND r.series_listed_at IS NULL", (study_id,))
-        if not row:
+        if self.rows.unlisted_study(study_id) is None:
             return
         async with self._listing_lock("study", study_id):
-            name, study_uid = row[0]
-            if self.db.get_val("SELECT series_listed_at FROM remote_studies WHERE study_id = ?", (study_id,)):
+            study = self.rows.unlisted_study(study_id)
+            if study is None:
                 return  # listed while we waited
-            remote = self._remote(name)
-            series = await self._in_thread(catalog.find_series, remote, study_uid, self.settings.ae_title)
-            self.indexer.add_remote_series(remote.name, study_id, series)
+            remote = self._remote(study.remote)
+            series = await self._in_thread(catalog.find_series, remote, study.study_uid, self.settings.ae_title)
+            self.rows.add_series(remote.name, study_id, series)
 
     async def prepare_series(self, series_id: int) -> None:
         """List a remote series' instances the first time its folder is entered."""
-        row = self.db.query(
-            "SELECT r.remote, st.study_uid, se.series_uid FROM remote_series r "
-            "JOIN series se ON se.id = r.series_id JOIN studies st ON st.id = se.study_id "
-            "WHERE r.series_id = ? AND r.instances_listed_at IS NULL", (series_id,))
-        if not row:
+        if self.rows.unlisted_series(series_id) is None:
             return
         async with self._listing_lock("series", series_id):
-            name, study_uid, series_uid = row[0]
-            if self.db.get_val("SELECT instances_listed_at FROM remote_series WHERE series_id = ?", (series_id,)):
-                return
-            remote = self._remote(name)
-            found = await self._in_thread(catalog.find_instances, remote, study_uid, series_uid,
+            series = self.rows.unlisted_series(series_id)
+            if series is None:
+                return  # listed while we waited
+            remote = self._remote(series.remote)
+            found = await self._in_thread(catalog.find_instances, remote, series.study_uid, series.series_uid,
                                           self.settings.ae_title)
-            self.indexer.add_remote_instances(remote.name, series_id, found)
+            self.rows.add_instances(remote.name, series_id, found)
 
     def _listing_lock(self, level: str, row_id: int) -> trio.Lock:
         return self._listing_locks.setdefault((level, row_id), trio.Lock())
@@ -157,16 +155,15 @@ class Fetcher:
     async def make_local(self, instance_id: int) -> None:
         """Return once the instance's file is local; FetchError (EIO/ETIMEDOUT) otherwise."""
         try:
-            sop_uid, file_path, series_id, name = self.db.get_row(
-                "SELECT i.sop_uid, i.file_path, i.series_id, r.remote FROM instances i "
-                "LEFT JOIN remote_series r ON r.series_id = i.series_id WHERE i.id = ?", (instance_id,))
+            instance = self.rows.instance(instance_id)
         except NoSuchRowError:
             raise FetchError(errno.ENOENT, "no such instance") from None
-        if file_path:
+        if instance.file_path:
             return
-        if name is None:
+        sop_uid, series_id = instance.sop_uid, instance.series_id
+        if instance.remote is None:
             raise FetchError(errno.EIO, f"instance {sop_uid} is neither local nor on a known remote")
-        remote = self._remote(name)
+        remote = self._remote(instance.remote)
         arrived = self._arrivals.setdefault(sop_uid, trio.Event())
         retrieval = self.retrievals.get(series_id)
         if retrieval is None:
@@ -174,7 +171,7 @@ class Fetcher:
             assert self._nursery is not None, "Fetcher.run is not running"
             self._nursery.start_soon(self._retrieve, remote, series_id, retrieval, sop_uid)
             self.publish_status(force=True)
-        self.db.execute("UPDATE remote_series SET last_used = ? WHERE series_id = ?", (time.time(), series_id))
+        self.rows.mark_used(series_id, time.time())
         with trio.move_on_after(remote.timeout) as scope:
             await _first_of(arrived.wait, retrieval.done.wait)
         if arrived.is_set():
@@ -186,7 +183,7 @@ class Fetcher:
         raise FetchError(errno.EIO, f"remote {remote.name}: {reason}")
 
     def arrived(self, results: list[Ingested]) -> None:
-        """Called on the trio loop after each indexed batch, whatever its source."""
+        """The gateway's listener: on the trio loop after each indexed batch, whatever its source."""
         filled = []
         for result in results:
             event = self._arrivals.pop(result.sop_uid, None)
@@ -208,18 +205,15 @@ class Fetcher:
         come last. One instance first costs an extra association (~10 ms) and gives the
         first open its bytes in the time of one instance.
         """
-        study_uid, series_uid = self.db.get_row(
-            "SELECT st.study_uid, se.series_uid FROM series se JOIN studies st ON st.id = se.study_id "
-            "WHERE se.id = ?", (series_id,))
-        keys = {"StudyInstanceUID": study_uid, "SeriesInstanceUID": series_uid}
+        ref = self.rows.series_ref(series_id)
+        series_uid = ref.series_uid
+        keys = {"StudyInstanceUID": ref.study_uid, "SeriesInstanceUID": series_uid}
         started = time.monotonic()
         log.info("remote %s: retrieving series %s (C-%s)", remote.name, series_uid, remote.retrieve.upper())
         try:
             if remote.retrieve == "move" and not self.settings.enabled:
                 raise scu.RemoteError(remote, "C-MOVE", "needs this node's DICOM service ([dicom] enabled)")
-            remaining = int(self.db.get_val(
-                "SELECT count(*) FROM instances WHERE series_id = ? AND file_path = ''", (series_id,)))
-            if remaining > 1:
+            if self.rows.missing(series_id) > 1:
                 await trio.to_thread.run_sync(
                     self._retrieve_call(remote, series_id, "IMAGE", {**keys, "SOPInstanceUID": first}),
                     abandon_on_cancel=True)
@@ -247,30 +241,18 @@ class Fetcher:
         if remote.retrieve == "move":  # the instances arrive through our own C-STORE service
             return functools.partial(scu.move, remote, level, keys, destination_ae=self.settings.ae_title,
                                      calling_ae=self.settings.ae_title, timeout=remote.timeout)
-        sop_classes = [r[0] for r in self.db.query(
-            "SELECT DISTINCT sop_class_uid FROM instances WHERE series_id = ? AND sop_class_uid != ''",
-            (series_id,))]
-        token = self._token
-
-        def submit(batch: list[tuple[ParsedInstance, Path]]) -> list[Ingested]:
-            return trio.from_thread.run_sync(self.index, batch, trio_token=token)
+        sop_classes = self.rows.sop_classes(series_id)
 
         def run() -> scu.RetrieveResult:
-            pipeline = StorePipeline(self.store, submit, source=f"remote {remote.name}")
+            pipeline = StorePipeline(self.store, self.gateway.submit_from_thread, source=f"remote {remote.name}")
             try:
                 result = scu.get(remote, level, keys, calling_ae=self.settings.ae_title, timeout=remote.timeout,
                                  sop_classes=sop_classes, on_instance=pipeline.put)
             finally:
                 pipeline.close()
-            return with_store_failures(result, pipeline.failed)
+            return result.with_unkept(pipeline.failed)
 
         return run
-
-    def index(self, batch: list[tuple[ParsedInstance, Path]]) -> list[Ingested]:
-        """Index a batch and wake the opens waiting for it (the node's C-STORE uses this too)."""
-        results = self.indexer.add_batch(batch)
-        self.arrived(results)
-        return results
 
     # ------------------------------------------------------------------ cache and status
 
@@ -285,23 +267,22 @@ class Fetcher:
         exceeds the cache.
         """
         limit = int(self.settings.cache_mb * 1024 * 1024)
-        used = int(self.db.get_val("SELECT coalesce(sum(file_size), 0) FROM instances WHERE fetched = 1"))
+        used = self.rows.fetched_bytes()
         if used <= limit:
             return
-        candidates = self.db.query(
-            "SELECT i.series_id, sum(i.file_size), coalesce(r.last_used, 0) FROM instances i "
-            "LEFT JOIN remote_series r ON r.series_id = i.series_id WHERE i.fetched = 1 GROUP BY i.series_id")
-        candidates.sort(key=lambda c: (max(c[2], self._used.get(c[0], 0.0)), c[0]))  # least recently used first
-        for series_id, size, _ in candidates:
+        candidates = self.rows.fetched_series()
+        # least recently used first
+        candidates.sort(key=lambda c: (max(c.last_used, self._used.get(c.series_id, 0.0)), c.series_id))
+        for candidate in candidates:
             if used <= limit:
                 break
-            if series_id in self.retrievals or series_id == keep:
+            if candidate.series_id in self.retrievals or candidate.series_id == keep:
                 continue
-            paths = self.indexer.evict_series(series_id)
-            await trio.to_thread.run_sync(self._delete, paths)
-            used -= size
+            evicted = self.rows.evict_series(candidate.series_id)
+            await trio.to_thread.run_sync(self._delete, evicted.files)
+            used -= evicted.size
             log.info("cache: evicted fetched series %d (%d files, %.1f MB); %.1f of %.1f MB used",
-                     series_id, len(paths), size / 2**20, used / 2**20, limit / 2**20)
+                     candidate.series_id, len(evicted.files), evicted.size / 2**20, used / 2**20, limit / 2**20)
 
     def _delete(self, paths: list[str]) -> None:
         for relpath in paths:

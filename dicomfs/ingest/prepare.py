@@ -1,0 +1,61 @@
+"""Received bytes → a parsed instance and its durable temporary file: one path for every front end.
+
+``dicomfs import`` workers, the node's C-STORE handler and the retrieve pipeline all call
+``prepare``; each keeps its own way of reporting a refusal (report lines, DIMSE statuses,
+failed counts). What comes out goes, in batches, to ``IndexWriter.add_batch``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from pathlib import Path
+
+from dicomfs.parse import ParsedInstance, parse_instance
+from dicomfs.store import Store
+
+__all__ = ["Batch", "Prepared", "prepare"]
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """An instance ready to be indexed: its index values and the durable file that holds its bytes."""
+
+    parsed: ParsedInstance
+    temp: Path
+
+
+Batch = list[Prepared]  # what one index transaction writes
+
+
+def prepare(data: bytes, store: Store, *, source: str, received: bool = False,
+            writer: Executor | None = None) -> Prepared:
+    """Parse ``data`` and write the bytes to keep durably to a temporary file in ``store``.
+
+    ``received``: the bytes came over the network (see ``parse_instance``). ``writer``: a
+    thread pool for the durable write (mostly waiting for fsync). When ``data`` already has
+    its Part 10 header, those are the bytes kept, so the write runs there while this thread
+    parses; a refused dataset's file is then discarded. ``parsed.data`` is emptied: the bytes
+    are in the file, and no second copy travels on (back from an import worker, say).
+
+    Raises ``NotDicomError``/``InvalidInstanceError`` (refused) or ``OSError`` (not written).
+    """
+    if writer is not None and data[128:132] == b"DICM":
+        writing = writer.submit(store.write_temp, data)
+        try:
+            parsed = parse_instance(data, source=source, received=received)
+        except BaseException:
+            _discard_when_written(store, writing)
+            raise
+        temp = writing.result()
+    else:
+        parsed = parse_instance(data, source=source, received=received)
+        temp = store.write_temp(parsed.data)
+    parsed.data = b""
+    return Prepared(parsed, temp)
+
+
+def _discard_when_written(store: Store, writing: Future[Path]) -> None:
+    with contextlib.suppress(OSError):  # nothing was written
+        store.discard(writing.result())

@@ -1,0 +1,249 @@
+"""Fetch-on-open in process: the real ``Fetcher``, gateway, pipeline and writer over a temporary
+archive; only the network is replaced (``scu.get`` by a fake PACS that sends from its own thread)."""
+
+from __future__ import annotations
+
+import errno
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import dicomgen
+import pytest
+import trio
+from pydicom.dataset import Dataset
+from remotegen import list_on_remote
+
+from dicomfs.archive import Archive, open_archive
+from dicomfs.config import DicomSettings, RemoteNode
+from dicomfs.ingest.gateway import IndexGateway
+from dicomfs.net import scu
+from dicomfs.remote.fetch import Fetcher, FetchError
+
+TIMEOUT = 5.0  # the remote's timeout; tests that wait for a timeout set their own
+
+
+class FakePacs:
+    """Stands in for ``scu.get``: sends what it holds that matches the keys, as a remote would.
+
+    ``gate``: a SERIES-level retrieve sends instances up to ``hold_before``, then waits for
+    the gate. ``fail``: the next retrieve raises it instead.
+    """
+
+    def __init__(self, datasets: list[Dataset]) -> None:
+        self.data = {str(ds.SOPInstanceUID): (str(ds.SeriesInstanceUID), dicomgen.encode(ds)) for ds in datasets}
+        self.calls: list[tuple[str, str]] = []  # (level, SOP Instance UID or Series Instance UID)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.hold_before: str | None = None
+        self.fail: Exception | None = None
+
+    def get(self, remote: RemoteNode, level: str, keys: dict[str, str], *, calling_ae: str, timeout: float,
+            sop_classes: list[str], on_instance: Callable[[bytes], None]) -> scu.RetrieveResult:
+        self.calls.append((level, keys.get("SOPInstanceUID") or keys["SeriesInstanceUID"]))
+        if self.fail is not None:
+            error, self.fail = self.fail, None
+            raise error
+        sent = 0
+        for sop_uid, (series_uid, data) in self.data.items():
+            if series_uid != keys["SeriesInstanceUID"] or (level == "IMAGE" and sop_uid != keys["SOPInstanceUID"]):
+                continue
+            if level == "SERIES" and sop_uid == self.hold_before:
+                self.gate.wait()
+            on_instance(data)
+            sent += 1
+        return scu.RetrieveResult(completed=sent, failed=0, warning=0, status=0)
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Iterator[Archive]:
+    a = open_archive(tmp_path / "data")
+    yield a
+    a.close()
+
+
+@pytest.fixture
+def settings() -> DicomSettings:
+    return DicomSettings(remotes=[RemoteNode(name="pacs", ae_title="PACS", host="127.0.0.1", port=1,
+                                             timeout=TIMEOUT)], refresh_minutes=0)
+
+
+def serve(archive: Archive, settings: DicomSettings, pacs: FakePacs, monkeypatch: pytest.MonkeyPatch,
+          body: Callable[[Fetcher], Awaitable[None]]) -> None:
+    """Run ``body`` with a running fetcher wired as the daemon wires it, then stop everything."""
+    monkeypatch.setattr(scu, "get", pacs.get)
+
+    async def main() -> None:
+        fetcher = Fetcher(settings, archive.remote, archive.store, IndexGateway(archive.writer))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fetcher.run)
+            with trio.fail_after(30):
+                await body(fetcher)
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    finally:
+        pacs.gate.set()  # an abandoned fake retrieve may still wait for it
+
+
+async def retrieves_done(fetcher: Fetcher) -> None:
+    """Until the retrieves in flight have ended (and the cache was enforced after them)."""
+    while fetcher.retrievals:
+        await trio.sleep(0.005)
+
+
+def local(archive: Archive, instance_id: int) -> bool:
+    file_path = archive.db.get_str("SELECT file_path FROM instances WHERE id = ?", (instance_id,))
+    return bool(file_path) and archive.store.path(file_path).is_file()
+
+
+def test_concurrent_opens_share_one_retrieve_of_the_series(
+        archive: Archive, settings: DicomSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    datasets = [dicomgen.make_dataset(StudyInstanceUID="1.2.3", SeriesInstanceUID="1.2.3.4", InstanceNumber=n)
+                for n in range(1, 5)]
+    ids = list_on_remote(archive.remote, "pacs", datasets)
+    pacs = FakePacs(datasets)
+    pacs.gate.clear()
+    pacs.hold_before = datasets[0].SOPInstanceUID  # the series-level answer waits until every open waits
+
+    async def body(fetcher: Fetcher) -> None:
+        async with trio.open_nursery() as opens:
+            for _ in range(3):
+                for instance_id in ids.values():
+                    opens.start_soon(fetcher.make_local, instance_id)
+            while not pacs.calls or pacs.calls[-1][0] != "SERIES":
+                await trio.sleep(0.005)
+            assert len(fetcher.retrievals) == 1
+            pacs.gate.set()
+        await retrieves_done(fetcher)
+        for instance_id in ids.values():
+            await fetcher.make_local(instance_id)  # local now: no retrieve
+
+    serve(archive, settings, pacs, monkeypatch, body)
+    first = pacs.calls[0][1]
+    assert pacs.calls == [("IMAGE", first), ("SERIES", "1.2.3.4")]  # the opened instance first, then the rest
+    assert first in ids
+    assert all(local(archive, instance_id) for instance_id in ids.values())
+
+
+def test_each_open_wakes_when_its_own_instance_arrives(
+        archive: Archive, settings: DicomSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b, c = (dicomgen.make_dataset(StudyInstanceUID="1.2.3", SeriesInstanceUID="1.2.3.4", InstanceNumber=n)
+               for n in range(1, 4))
+    ids = list_on_remote(archive.remote, "pacs", [a, b, c])
+    pacs = FakePacs([a, b, c])
+    pacs.gate.clear()
+    pacs.hold_before = c.SOPInstanceUID
+    opened: list[str] = []
+    filled: list[str] = []
+
+    async def body(fetcher: Fetcher) -> None:
+        fetcher.on_filled = filled.extend
+
+        async def open_(ds: Dataset) -> None:
+            await fetcher.make_local(ids[ds.SOPInstanceUID])
+            opened.append(ds.SOPInstanceUID)
+
+        async with trio.open_nursery() as opens:
+            opens.start_soon(open_, a)
+            await trio.sleep(0.05)
+            opens.start_soon(open_, c)
+            while not filled or b.SOPInstanceUID not in filled:  # a came, then b with the series
+                await trio.sleep(0.005)
+            await trio.sleep(0.05)
+            assert opened == [a.SOPInstanceUID]  # c's open still waits, for c alone
+            assert not local(archive, ids[c.SOPInstanceUID])
+            pacs.gate.set()
+        assert opened == [a.SOPInstanceUID, c.SOPInstanceUID]
+
+    serve(archive, settings, pacs, monkeypatch, body)
+    assert {b.SOPInstanceUID, c.SOPInstanceUID} <= set(filled)  # fetched alongside: the mount is told
+
+
+def test_a_failed_retrieve_gives_eio_with_the_reason_and_the_next_open_retries(
+        archive: Archive, settings: DicomSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = dicomgen.make_dataset()
+    instance_id = list_on_remote(archive.remote, "pacs", [ds])[ds.SOPInstanceUID]
+    pacs = FakePacs([ds])
+    pacs.fail = scu.RemoteError(settings.remotes[0], "C-GET", "association rejected (rejected-permanent)")
+
+    async def body(fetcher: Fetcher) -> None:
+        with pytest.raises(FetchError) as failed:
+            await fetcher.make_local(instance_id)
+        assert failed.value.errno == errno.EIO
+        assert "association rejected" in str(failed.value)
+        await retrieves_done(fetcher)
+        await fetcher.make_local(instance_id)
+
+    serve(archive, settings, pacs, monkeypatch, body)
+    assert [level for level, _ in pacs.calls] == ["SERIES", "SERIES"]
+    assert local(archive, instance_id)
+
+
+def test_a_remote_that_never_answers_gives_etimedout_within_the_timeout(
+        archive: Archive, settings: DicomSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings.remotes[0].timeout = 0.5
+    ds = dicomgen.make_dataset()
+    instance_id = list_on_remote(archive.remote, "pacs", [ds])[ds.SOPInstanceUID]
+    pacs = FakePacs([ds])
+    pacs.gate.clear()  # released only at teardown
+    pacs.hold_before = ds.SOPInstanceUID
+    waited: list[float] = []
+
+    async def body(fetcher: Fetcher) -> None:
+        started = time.monotonic()
+        with pytest.raises(FetchError) as failed:
+            await fetcher.make_local(instance_id)
+        waited.append(time.monotonic() - started)
+        assert failed.value.errno == errno.ETIMEDOUT
+
+    serve(archive, settings, pacs, monkeypatch, body)
+    assert 0.5 <= waited[0] < 2.0
+    assert not local(archive, instance_id)
+
+
+def test_the_least_recently_used_fetched_series_is_evicted_never_the_one_just_fetched(
+        archive: Archive, settings: DicomSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    one, two, three = (dicomgen.make_dataset(StudyInstanceUID="1.2.3", SeriesInstanceUID=f"1.2.3.{n}")
+                       for n in (1, 2, 3))
+    ids = list_on_remote(archive.remote, "pacs", [one, two, three])
+    id1, id2, id3 = (ids[ds.SOPInstanceUID] for ds in (one, two, three))
+    pacs = FakePacs([one, two, three])
+    sizes = [len(dicomgen.encode(ds)) for ds in (one, two, three)]
+    settings.cache_mb = (sum(sizes) - 1) / 2**20  # any two fit, not all three
+    series = {instance_id: archive.db.get_int("SELECT series_id FROM instances WHERE id = ?", (instance_id,))
+              for instance_id in (id1, id2, id3)}
+    file_of: dict[int, Path] = {}
+
+    async def fetch(fetcher: Fetcher, instance_id: int) -> None:
+        await fetcher.make_local(instance_id)
+        await retrieves_done(fetcher)
+        file_of[instance_id] = archive.store.path(
+            archive.db.get_str("SELECT file_path FROM instances WHERE id = ?", (instance_id,)))
+
+    async def evicted(instance_id: int) -> None:
+        while archive.db.get_str("SELECT file_path FROM instances WHERE id = ?", (instance_id,)) \
+                or file_of[instance_id].exists():
+            await trio.sleep(0.005)
+
+    async def body(fetcher: Fetcher) -> None:
+        await fetch(fetcher, id1)
+        await fetch(fetcher, id2)
+        await trio.sleep(0.01)
+        fetcher.touch(series[id1])  # one of its files opened again: two is now the least recently used
+        await fetch(fetcher, id3)
+        await evicted(id2)
+        assert local(archive, id1) and local(archive, id3)
+
+        settings.cache_mb = 0  # nothing fits: all but what was just fetched go
+        await fetch(fetcher, id2)
+        await evicted(id1)
+        await evicted(id3)
+        assert local(archive, id2)
+
+    serve(archive, settings, pacs, monkeypatch, body)
+    assert archive.db.get_int("SELECT complete FROM remote_series WHERE series_id = ?", (series[id2],)) == 1
+    assert archive.db.get_int("SELECT complete FROM remote_series WHERE series_id = ?", (series[id1],)) == 0
+    assert [level for level, _ in pacs.calls] == ["SERIES"] * 4

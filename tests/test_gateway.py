@@ -1,0 +1,76 @@
+"""The index gateway in process: batches written on the trio loop, then its listeners told."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import dicomgen
+import pytest
+import trio
+
+from dicomfs.archive import Archive, open_archive
+from dicomfs.ingest.gateway import IndexGateway
+from dicomfs.ingest.prepare import Batch, prepare
+from dicomfs.ingest.writer import Ingested, Outcome
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Iterator[Archive]:
+    a = open_archive(tmp_path / "data")
+    yield a
+    a.close()
+
+
+def batch_of(archive: Archive, count: int) -> Batch:
+    return [prepare(dicomgen.encode(dicomgen.make_dataset()), archive.store, source="test") for _ in range(count)]
+
+
+def test_listeners_are_told_after_the_batch_is_written(archive: Archive) -> None:
+    batch = batch_of(archive, 2)
+    heard: list[tuple[list[Ingested], int]] = []
+
+    def listener(results: list[Ingested]) -> None:  # sees the rows: the batch has committed
+        count = archive.db.get_int("SELECT count(*) FROM instances WHERE file_path != ''")
+        heard.append((results, count))
+
+    async def main() -> list[Ingested]:
+        gateway = IndexGateway(archive.writer)
+        gateway.listen(listener)
+        return gateway.index(batch)
+
+    results = trio.run(main)
+    assert [r.outcome for r in results] == [Outcome.STORED, Outcome.STORED]
+    assert heard == [(results, 2)]
+
+
+def test_threads_submit_to_the_loop_and_get_the_results_or_the_error(archive: Archive) -> None:
+    batch = batch_of(archive, 3)
+    listened_on: list[int] = []
+
+    async def main() -> tuple[int, list[Ingested]]:
+        gateway = IndexGateway(archive.writer)
+        gateway.listen(lambda results: listened_on.append(threading.get_ident()))
+        results = await trio.to_thread.run_sync(gateway.submit_from_thread, batch)
+        lost = batch_of(archive, 1)
+        archive.store.discard(lost[0].temp)
+        with pytest.raises(FileNotFoundError):  # the writer's error reaches the submitting thread
+            await trio.to_thread.run_sync(gateway.submit_from_thread, lost)
+        return threading.get_ident(), results
+
+    loop_thread, results = trio.run(main)
+    assert [r.sop_uid for r in results] == [p.parsed.sop_uid for p in batch]
+    assert listened_on == [loop_thread]  # on the loop, and not for the batch that failed
+    assert archive.db.get_int("SELECT count(*) FROM instances") == 3
+
+
+def test_after_the_loop_has_ended_a_submit_fails_plainly(archive: Archive) -> None:
+    async def main() -> IndexGateway:
+        return IndexGateway(archive.writer)
+
+    gateway = trio.run(main)
+    batch = batch_of(archive, 1)
+    with pytest.raises(trio.RunFinishedError):  # what the node's C-STORE handler turns into a failure status
+        gateway.submit_from_thread(batch)
+    assert archive.db.get_int("SELECT count(*) FROM instances") == 0
