@@ -328,3 +328,20 @@ def test_projects_show_their_members_with_the_contents_of_the_patient_layout(mou
     project = mount.inode("projects", "lung")
     assert mount.run(mount.ops.getattr, project, None).st_mtime_ns > 0
     assert mount.tree.origin(mount.inode(*study)) == ("study", 1)
+
+
+def test_a_summary_opened_after_it_grew_makes_the_kernel_forget_its_old_size(mount: Mount, tmp_path: Path) -> None:
+    """Without that, the kernel would stop reading at the size it was given with the listing."""
+    summary = mount.inode(*SERIES, "series.json")
+    listed = mount.run(mount.ops.getattr, summary, None).st_size
+    assert len(mount.read(summary)) == listed and summary not in mount.kernel.attributes
+    seen = mount.archive.changes.newest()
+    ct = mount.archive.db.get_row("SELECT st.study_uid, se.series_uid FROM series se "
+                                  "JOIN studies st ON st.id = se.study_id WHERE se.id = 1")
+    new = dicomgen.write(tmp_path / "more" / "9.dcm", dicomgen.make_dataset(
+        StudyInstanceUID=ct[0], SeriesInstanceUID=ct[1], InstanceNumber=9))
+    run_import(mount.archive, [new.parent], workers=1, progress=False)
+    mount.tree.refresh(mount.archive.changes.read_since(seen))
+    grown = mount.read(summary)
+    assert len(grown) > listed and summary in mount.kernel.attributes
+    assert json.loads(grown)["Instances"][-1]["name"] == "009.dcm"

@@ -170,7 +170,11 @@ class Operations(pyfuse3.Operations):
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             raise pyfuse3.FUSEError(errno.EROFS)
         if kind.content is Content.GENERATED:  # regenerated as instances arrive: not cached
-            return self._keep(GeneratedFile(self.tree.summary(inode)), pyfuse3.FileInfo(keep_cache=False))
+            data = self.tree.summary(inode)
+            if self.tree.told_other_size(inode, len(data)):
+                # The kernel may hold the size of an earlier version, and would cut reads short.
+                await trio.to_thread.run_sync(self.kernel.forget_attributes, [inode])
+            return self._keep(GeneratedFile(data), pyfuse3.FileInfo(keep_cache=False))
         if kind.content is None:
             raise pyfuse3.FUSEError(errno.EISDIR)
         instance = await self._local(inode)
@@ -195,14 +199,15 @@ class Operations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.EIO)
             await self.remote.make_local(instance_id)
             instance = self.tree.instance_file(inode)
-            self._filled.discard(instance.sop_uid)
             await self._refresh_sizes(instance_id)
+            self._filled.discard(instance.sop_uid)
         elif instance.fetched and self.remote is not None:
             self.remote.touch(instance.series_id)  # cache eviction goes by last use
         if instance.sop_uid in self._filled:
-            # Fetched with another file of its series: the kernel may still hold size 0.
-            self._filled.discard(instance.sop_uid)
+            # Fetched with another file of its series: the kernel may still hold size 0. Every
+            # open until the kernel has forgotten it waits for that (forgotten twice is harmless).
             await self._refresh_sizes(instance_id)
+            self._filled.discard(instance.sop_uid)
         return instance
 
     async def _refresh_sizes(self, instance_id: int) -> None:

@@ -17,7 +17,7 @@ from dicomfs.index.changes import Changes
 from dicomfs.index.db import Database, NoSuchRowError
 from dicomfs.mount import rows
 from dicomfs.mount.attributes import KernelAttributes
-from dicomfs.mount.kinds import Ids, Kind, Top, entity_of, inode_of, split_inode
+from dicomfs.mount.kinds import KIND_BITS, Content, Ids, Kind, Top, entity_of, inode_of, split_inode
 from dicomfs.mount.layouts import Queries, date_ids
 from dicomfs.mount.model import Model, NotFoundError, split
 from dicomfs.mount.rows import InstanceFile
@@ -69,6 +69,8 @@ _INSTANCE_FILES = tuple(k for k in Kind if k.level == "instance")
 _SCOPED = frozenset(k for k in Kind if k.ids is Ids.SCOPED) | {Kind.PROJECT, Kind.QUERY, Kind.DERIVED_FOLDER}
 _TOPS = [inode_of(Kind.TOP_FOLDER, t) for t in (Top.ROOT, Top.PATIENTS, Top.STUDIES, Top.DATES, Top.ORPHANS)]
 _QUERY_TOP = inode_of(Kind.TOP_FOLDER, Top.QUERY)
+_GENERATED = frozenset(k.value for k in Kind if k.content is Content.GENERATED)
+_KIND_MASK = (1 << KIND_BITS) - 1
 
 
 class Tree:
@@ -84,6 +86,8 @@ class Tree:
         # Where each folder was listed (folder inode → parent inode, name): the kernel may hold
         # these names long after the listing left the cache, and a deletion must drop them.
         self._folder_names: dict[int, tuple[int, bytes]] = {}
+        # The size last handed to the kernel for each generated file (they change as data arrives).
+        self._told_sizes: dict[int, int] = {}
 
     # ----------------------------------------------------------------- what Operations asks
 
@@ -93,7 +97,9 @@ class Tree:
             self._listings.move_to_end(inode)
             return cached
         make = self.attributes_of
-        listing = Listing([Entry(node.name.encode("utf-8"), make(node)) for node in self.model.children(inode)])
+        nodes = self.model.children(inode)
+        listing = Listing([Entry(node.name.encode("utf-8"), make(node)) for node in nodes])
+        self._told_sizes.update((node.inode, node.size) for node in nodes if node.inode & _KIND_MASK in _GENERATED)
         if split_inode(inode)[0].level != "series":  # series folders hold files (and derived/) only
             for entry in listing.entries:
                 kind = split_inode(entry.inode)[0]
@@ -112,7 +118,17 @@ class Tree:
 
     def attributes(self, inode: int) -> pyfuse3.EntryAttributes:
         """Attributes of any inode, without knowing its parent (getattr after a timeout)."""
-        return self.attributes_of(self.model.node(inode))
+        node = self.model.node(inode)
+        if inode & _KIND_MASK in _GENERATED:
+            self._told_sizes[inode] = node.size
+        return self.attributes_of(node)
+
+    def told_other_size(self, inode: int, size: int) -> bool:
+        """True when the kernel was last given another size for this generated file; from now
+        on it is taken to know ``size`` (the caller makes it forget the old one)."""
+        told = self._told_sizes.get(inode)
+        self._told_sizes[inode] = size
+        return told is not None and told != size
 
     def kind(self, inode: int) -> Kind:
         """The kind of an inode; NotFoundError for a number this tree never hands out."""
