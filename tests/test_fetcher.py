@@ -140,7 +140,7 @@ def test_each_open_wakes_when_its_own_instance_arrives(
     filled: list[str] = []
 
     async def body(fetcher: Fetcher) -> None:
-        fetcher.on_filled = filled.extend
+        fetcher.on_filled = lambda results: filled.extend(r.sop_uid for r in results)
 
         async def open_(ds: Dataset) -> None:
             await fetcher.make_local(ids[ds.SOPInstanceUID])

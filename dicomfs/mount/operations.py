@@ -31,6 +31,7 @@ from dicomfs.mount.tree import NotFoundError, Tree
 from dicomfs.views.render import RenderError, render_view
 
 if TYPE_CHECKING:
+    from dicomfs.ingest.writer import Ingested
     from dicomfs.remote.fetch import Fetcher
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,13 @@ class Operations(pyfuse3.Operations):
         # them: the next open refreshes the kernel's sizes.
         self._filled: set[str] = set()
         if remote is not None:
-            remote.on_filled = self._filled.update
+            remote.on_filled = self._note_filled
+
+    def _note_filled(self, filled: list[Ingested]) -> None:
+        """Instances fetched with the rest of their series: on the loop, right after they were indexed."""
+        self._filled.update(result.sop_uid for result in filled)
+        # Lookups until the change watcher comes must not hand out the old size 0 again.
+        self.tree.forget_series({result.series_id for result in filled})
 
     # ---------------------------------------------------------------- names and attributes
 

@@ -157,8 +157,7 @@ class Tree:
         return inode in self._listings
 
     def forget(self, inode: int) -> None:
-        self._listings.pop(inode, None)
-        self._summaries.pop(inode, None)
+        self._drop([inode])
 
     # ----------------------------------------------------------------- /query
 
@@ -183,12 +182,19 @@ class Tree:
         """Forget what these changes touched; returns what the kernel must forget too."""
         gone = self._removed_names(changes.removed) if changes.removed else []
         stale = self._stale(changes.series, everything=changes.everything)
-        for inode in stale:
-            self._listings.pop(inode, None)
-            self._summaries.pop(inode, None)
+        self._drop(stale)
         folders = [inode for inode in stale if split_inode(inode)[0].folder]
         files = [inode for inode in stale if not split_inode(inode)[0].folder]
         return Refresh(folders, files, gone)
+
+    def forget_series(self, series_ids: Iterable[int]) -> None:
+        """Drop what shows these series from the caches now (the kernel is told by the watcher)."""
+        self._drop(self._stale(series_ids, everything=False))
+
+    def _drop(self, inodes: Iterable[int]) -> None:
+        for inode in inodes:
+            self._listings.pop(inode, None)
+            self._summaries.pop(inode, None)
 
     def _stale(self, series_ids: Iterable[int], *, everything: bool) -> list[int]:
         """What depends on these series (everything cached, for a change above any series)."""

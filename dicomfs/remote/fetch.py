@@ -66,7 +66,7 @@ class Fetcher:
         self.retrievals: dict[int, _Retrieval] = {}  # series id → the retrieve in flight
         self._arrivals: dict[str, trio.Event] = {}  # SOP Instance UID → set when it is indexed
         # Told of instances fetched with the rest of their series (the mount listed them with size 0).
-        self.on_filled: Callable[[list[str]], None] | None = None
+        self.on_filled: Callable[[list[Ingested]], None] | None = None
         self._used: dict[int, float] = {}  # series id → last open of one of its fetched files
         self._listing_locks: dict[tuple[str, int], trio.Lock] = {}
         self._nursery: trio.Nursery | None = None
@@ -192,7 +192,7 @@ class Fetcher:
             retrieval = self.retrievals.get(result.series_id)
             if retrieval is not None:
                 retrieval.received += 1
-                filled.append(result.sop_uid)
+                filled.append(result)
         if filled:
             self.publish_status()
             if self.on_filled is not None:
