@@ -276,8 +276,8 @@ def test_new_instances_and_deletions_reach_listings_through_the_change_log(mount
         StudyInstanceUID=ct[0], SeriesInstanceUID=ct[1], InstanceNumber=4))
     run_import(mount.archive, [new.parent], workers=1, progress=False)
     refresh = mount.tree.refresh(mount.archive.changes.read_since(seen))
-    assert {series, study, mount.inode(*SERIES[:2]), mount.inode("patients")} <= set(refresh.folders)
-    assert inode_of(Kind.SERIES_JSON, 1) in refresh.files
+    assert {series, study, mount.inode(*SERIES[:2]), mount.inode("patients")} <= set(refresh.attributes)
+    assert inode_of(Kind.SERIES_JSON, 1) in refresh.contents
     assert "004.dcm" in mount.names(*SERIES)
 
     seen = mount.archive.changes.newest()

@@ -176,12 +176,13 @@ class Operations(pyfuse3.Operations):
             return self._keep(self._derived().open(inode, flags), pyfuse3.FileInfo(direct_io=True))
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             raise pyfuse3.FUSEError(errno.EROFS)
-        if kind.content is Content.GENERATED:  # regenerated as instances arrive: not cached
+        if kind.content is Content.GENERATED:
+            # Regenerated as data arrives, while the kernel may hold the size of another version:
+            # direct_io reads this handle's version whole, never clipped or padded to that size.
             data = self.tree.summary(inode)
-            if self.tree.told_other_size(inode, len(data)):
-                # The kernel may hold the size of an earlier version, and would cut reads short.
+            if self.tree.told_other_size(inode, len(data)):  # and stat() tells the size of this one
                 await trio.to_thread.run_sync(self.kernel.forget_attributes, [inode])
-            return self._keep(GeneratedFile(data), pyfuse3.FileInfo(keep_cache=False))
+            return self._keep(GeneratedFile(data), pyfuse3.FileInfo(direct_io=True, keep_cache=False))
         if kind.content is None:
             raise pyfuse3.FUSEError(errno.EISDIR)
         instance = await self._local(inode)

@@ -53,8 +53,8 @@ class Listing:
 class Refresh:
     """What the kernel must forget after a change."""
 
-    folders: list[int]  # attributes (and so listings) only
-    files: list[int]  # contents too: summaries, views of fetched or evicted instances
+    attributes: list[int]  # folders (and so their listings), and files whose size changed
+    contents: list[int]  # files whose bytes changed: summaries
     gone: list[tuple[int, bytes]]  # (parent inode, name) of deleted folders
 
 
@@ -183,9 +183,11 @@ class Tree:
         gone = self._removed_names(changes.removed) if changes.removed else []
         stale = self._stale(changes.series, everything=changes.everything)
         self._drop(stale)
-        folders = [inode for inode in stale if split_inode(inode)[0].folder]
-        files = [inode for inode in stale if not split_inode(inode)[0].folder]
-        return Refresh(folders, files, gone)
+        # An instance's views are the same bytes whether fetched, evicted or fetched again: only
+        # their sizes change. Dropping their pages would race with readers of a fetch under way.
+        attributes = [inode for inode in stale if split_inode(inode)[0].content is not Content.GENERATED]
+        contents = [inode for inode in stale if split_inode(inode)[0].content is Content.GENERATED]
+        return Refresh(attributes, contents, gone)
 
     def forget_series(self, series_ids: Iterable[int]) -> None:
         """Drop what shows these series from the caches now (the kernel is told by the watcher)."""
@@ -211,10 +213,13 @@ class Tree:
             except NoSuchRowError:
                 continue
             stale.update(inode_of(k, series_id) for k in (*_SERIES_FOLDERS, Kind.SERIES_JSON))
-            if self.db.query("SELECT 1 FROM remote_series WHERE series_id = ?", (series_id,)):
-                # Fetched or evicted: the sizes of its instances' files changed.
-                for (instance_id,) in self.db.query("SELECT id FROM instances WHERE series_id = ?", (series_id,)):
-                    stale.update(inode_of(k, instance_id) for k in _INSTANCE_FILES)
+            # Evicted from the cache of fetched data: those files' sizes are 0 again. (Fetched
+            # ones are refreshed by their next open, which knows them from the fetcher; doing it
+            # here too would race with the readers of a fetch under way.)
+            for (instance_id,) in self.db.query(
+                    "SELECT id FROM instances WHERE series_id = ? AND file_path = '' AND series_id IN "
+                    "(SELECT series_id FROM remote_series)", (series_id,)):
+                stale.update(inode_of(k, instance_id) for k in _INSTANCE_FILES)
             stale.update(inode_of(k, study_id) for k in (*_STUDY_FOLDERS, Kind.STUDY_JSON))
             stale.update(inode_of(k, patient_id) for k in (Kind.PATIENT, Kind.PATIENT_JSON))
             year, day = date_ids(study_date)

@@ -39,6 +39,6 @@ async def follow_changes(changes: ChangeLog, tree: Tree, interval: float, kernel
             continue
         seen = found.seq
         refresh = tree.refresh(found)
-        await trio.to_thread.run_sync(kernel.forget_attributes, refresh.folders)
-        await trio.to_thread.run_sync(kernel.forget_contents, refresh.files)
+        await trio.to_thread.run_sync(kernel.forget_attributes, refresh.attributes)
+        await trio.to_thread.run_sync(kernel.forget_contents, refresh.contents)
         kernel.forget_names(refresh.gone)  # names the kernel may hold for the entry timeout
