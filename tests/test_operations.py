@@ -131,6 +131,15 @@ def mount(tmp_path: Path) -> Mount:
     archive.close()
 
 
+def import_into_the_ct_series(mount: Mount, tmp_path: Path, number: int) -> None:
+    """One more instance of series 1, imported as ``dicomfs import`` does."""
+    study_uid, series_uid = mount.archive.db.get_row(
+        "SELECT st.study_uid, se.series_uid FROM series se JOIN studies st ON st.id = se.study_id WHERE se.id = 1")
+    new = dicomgen.write(tmp_path / f"more{number}" / "new.dcm", dicomgen.make_dataset(
+        StudyInstanceUID=study_uid, SeriesInstanceUID=series_uid, InstanceNumber=number))
+    run_import(mount.archive, [new.parent], workers=1, progress=False)
+
+
 SERIES = ("patients", "DOE^JOHN [12345]", "2024-03-01 CT Thorax [ACC123]", "003 CT Lung 1.0")
 
 
@@ -270,11 +279,7 @@ def test_new_instances_and_deletions_reach_listings_through_the_change_log(mount
     assert len(mount.names(*SERIES)) == 11
     seen = mount.archive.changes.newest()
 
-    ct = mount.archive.db.get_row("SELECT st.study_uid, se.series_uid FROM series se "
-                                  "JOIN studies st ON st.id = se.study_id WHERE se.id = 1")
-    new = dicomgen.write(tmp_path / "new" / "4.dcm", dicomgen.make_dataset(
-        StudyInstanceUID=ct[0], SeriesInstanceUID=ct[1], InstanceNumber=4))
-    run_import(mount.archive, [new.parent], workers=1, progress=False)
+    import_into_the_ct_series(mount, tmp_path, 4)
     refresh = mount.tree.refresh(mount.archive.changes.read_since(seen))
     assert {series, study, mount.inode(*SERIES[:2]), mount.inode("patients")} <= set(refresh.attributes)
     assert inode_of(Kind.SERIES_JSON, 1) in refresh.contents
@@ -336,11 +341,7 @@ def test_a_summary_opened_after_it_grew_makes_the_kernel_forget_its_old_size(mou
     listed = mount.run(mount.ops.getattr, summary, None).st_size
     assert len(mount.read(summary)) == listed and summary not in mount.kernel.attributes
     seen = mount.archive.changes.newest()
-    ct = mount.archive.db.get_row("SELECT st.study_uid, se.series_uid FROM series se "
-                                  "JOIN studies st ON st.id = se.study_id WHERE se.id = 1")
-    new = dicomgen.write(tmp_path / "more" / "9.dcm", dicomgen.make_dataset(
-        StudyInstanceUID=ct[0], SeriesInstanceUID=ct[1], InstanceNumber=9))
-    run_import(mount.archive, [new.parent], workers=1, progress=False)
+    import_into_the_ct_series(mount, tmp_path, 9)
     mount.tree.refresh(mount.archive.changes.read_since(seen))
     grown = mount.read(summary)
     assert len(grown) > listed and summary in mount.kernel.attributes

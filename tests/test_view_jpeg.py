@@ -24,6 +24,7 @@ from pydicom.uid import (
 )
 
 import dicomfs.views.jpeg as view
+import dicomfs.views.jpeg_size as sizes
 from dicomfs.views.jpeg import RenderError, is_color, jpeg_size, render_jpeg, renders_image
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom on odd test files
@@ -587,7 +588,7 @@ def test_fallbacks_when_no_quality_fits(monkeypatch: pytest.MonkeyPatch) -> None
     noise = np.random.default_rng(3).integers(0, 256, size=(256, 256, 3), dtype=np.uint8)
     ds = make_image(noise, photometric="RGB")
     monkeypatch.setattr(view, "QUALITY_LADDER", ((100, 0),))
-    monkeypatch.setattr(view, "BYTES_PER_SAMPLE", 0.05)
+    monkeypatch.setattr(sizes, "BYTES_PER_SAMPLE", 0.05)
     data, out = rendered(ds)
     assert "16x16 blocks" in comment(data)
     # each 16x16 block is flat: the mean colour of that block of the original
@@ -595,10 +596,10 @@ def test_fallbacks_when_no_quality_fits(monkeypatch: pytest.MonkeyPatch) -> None
         np.abs(out[20:28, 20:28].astype(float) - noise[16:32, 16:32].mean(axis=(0, 1))).max() < 12
     )
     monkeypatch.setattr(view, "_blocky", lambda image: image)  # blocks no longer help
-    monkeypatch.setattr(view, "BYTES_PER_SAMPLE", 0.0)
+    monkeypatch.setattr(sizes, "BYTES_PER_SAMPLE", 0.0)
     noisy, flat = (len(view._encode(image, 5, 2)) for image in (noise, np.full_like(noise, 128)))
     assert flat + 200 < noisy
-    monkeypatch.setattr(view, "HEADER_ALLOWANCE", flat + 150)  # room for flat and the text
+    monkeypatch.setattr(sizes, "HEADER_ALLOWANCE", flat + 150)  # room for flat and the text
     data, out = rendered(ds)
     assert "flat" in comment(data) and np.abs(out.astype(int) - 128).max() < 3
 

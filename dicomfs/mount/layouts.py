@@ -10,8 +10,7 @@ from __future__ import annotations
 import time
 from typing import ClassVar
 
-from dicomfs.index.db import Database, NoSuchRowError
-from dicomfs.mount import naming, rows
+from dicomfs.mount import naming, rows, summaries
 from dicomfs.mount.kinds import Kind, Top, entity_of, inode_of, orphan_id, orphan_origin, scoped_id, unscoped
 from dicomfs.mount.model import (
     ENTRY_TIMEOUT,
@@ -330,17 +329,6 @@ class Queries(ScopeFolders):
 
 # ---------------------------------------------------------------- /orphans
 
-_ORPHANED = "FROM derived WHERE origin_deleted_at IS NOT NULL"
-
-
-def orphan_mtime(db: Database, orphan: int) -> float:
-    """When the origin of an /orphans folder was deleted."""
-    level, entity_id = orphan_origin(orphan)
-    deleted = db.get_val(f"SELECT max(origin_deleted_at) {_ORPHANED} AND level = ? AND entity_id = ?",
-                         (level, entity_id))
-    if deleted is None:
-        raise NoSuchRowError(orphan)
-    return float(deleted)
 
 
 class Orphans(TopLayout):
@@ -350,14 +338,14 @@ class Orphans(TopLayout):
     kinds = frozenset({Kind.ORPHAN, Kind.ORPHAN_JSON})
 
     def top_children(self) -> list[Node]:
-        found = self.db.query(f"SELECT level, entity_id, origin_uid, max(origin_deleted_at) {_ORPHANED} "
+        found = self.db.query(f"SELECT level, entity_id, origin_uid, max(origin_deleted_at) {rows.ORPHANED} "
                               "GROUP BY level, entity_id ORDER BY min(id)")
         named = naming.unique_names(found, lambda r: naming.safe_component(f"{r[0]}-{r[2]}", fallback=r[0]))
         return [folder(name, Kind.ORPHAN, orphan_id(r[0], r[1]), r[3], ORPHAN_TIMEOUT) for name, r in named]
 
     def children(self, kind: Kind, row_id: int) -> list[Node]:
         level, entity_id = orphan_origin(row_id)
-        found = self.db.query(f"SELECT id, name, size, updated_at {_ORPHANED} AND level = ? AND entity_id = ? "
+        found = self.db.query(f"SELECT id, name, size, updated_at {rows.ORPHANED} AND level = ? AND entity_id = ? "
                               "ORDER BY id", (level, entity_id))
         if not found:
             raise NotFoundError(row_id)
@@ -368,7 +356,7 @@ class Orphans(TopLayout):
     def node(self, kind: Kind, row_id: int) -> Node:
         if kind is Kind.ORPHAN_JSON:
             return self.model.summary_node(kind, row_id)
-        return folder("", kind, row_id, orphan_mtime(self.db, row_id), ORPHAN_TIMEOUT)
+        return folder("", kind, row_id, rows.orphan_mtime(self.db, row_id), ORPHAN_TIMEOUT)
 
 
 # ---------------------------------------------------------------- derived/
@@ -450,8 +438,6 @@ class SeriesSummary(SeriesFile):
 
     def entries(self, series_id: int, instances: list[tuple[str, InstanceRow]] | None) -> list[Node]:
         if instances is not None:  # the summary lists these same names: build it now, once
-            from dicomfs.mount import summaries
-
             self.model.summaries[inode_of(Kind.SERIES_JSON, series_id)] = summaries.series_summary(
                 self.db, series_id, instances)
         return [self.model.summary_node(Kind.SERIES_JSON, series_id)]

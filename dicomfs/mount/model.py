@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from dicomfs.index.db import Database, NoSuchRowError
-from dicomfs.mount import naming
+from dicomfs.mount import naming, rows, summaries
 from dicomfs.mount.kinds import Kind, entity_of, inode_of, split_inode
 from dicomfs.mount.rows import InstanceRow
 
@@ -119,8 +119,6 @@ class Model:
         """Bytes of a generated file (patient/study/series.json, origin.json), made once per change."""
         data = self.summaries.get(inode)
         if data is None:
-            from dicomfs.mount import summaries
-
             kind, row_id = split(inode)
             try:
                 data = summaries.make(self, kind, row_id)
@@ -157,9 +155,7 @@ class Model:
 
     def _summary_mtime(self, kind: Kind, row_id: int) -> float:
         if kind is Kind.ORPHAN_JSON:
-            from dicomfs.mount.layouts import orphan_mtime
-
-            return orphan_mtime(self.db, row_id)
+            return rows.orphan_mtime(self.db, row_id)
         assert kind.level is not None
         return self.level_mtime(kind.level, row_id)
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from dicomfs.index.db import Database
+from dicomfs.index.db import Database, NoSuchRowError
+from dicomfs.mount.kinds import orphan_origin
 
 
 class PatientRow(NamedTuple):
@@ -104,3 +105,16 @@ def instance_file(db: Database, instance_id: int) -> InstanceFile:
     """NoSuchRowError when the instance is gone."""
     return InstanceFile(*db.get_row(
         "SELECT file_path, json_size, sop_uid, fetched, series_id FROM instances WHERE id = ?", (instance_id,)))
+
+
+ORPHANED = "FROM derived WHERE origin_deleted_at IS NOT NULL"  # derived data whose origin was deleted
+
+
+def orphan_mtime(db: Database, orphan: int) -> float:
+    """When the origin of an /orphans folder was deleted (NoSuchRowError: nothing is left of it)."""
+    level, entity_id = orphan_origin(orphan)
+    deleted = db.get_val(f"SELECT max(origin_deleted_at) {ORPHANED} AND level = ? AND entity_id = ?",
+                         (level, entity_id))
+    if deleted is None:
+        raise NoSuchRowError(orphan)
+    return float(deleted)
