@@ -114,16 +114,16 @@ def _mark(db: Database, level: str, ids: Iterable[int], *, files: bool) -> Delet
             "WHERE st.id IN (SELECT id FROM temp.doomed_studies) AND NOT EXISTS (SELECT 1 FROM studies other "
             "WHERE other.patient_id = st.patient_id AND other.id NOT IN (SELECT id FROM temp.doomed_studies))")
     below = "series_id IN (SELECT id FROM temp.doomed_series)"
-    counted = {table: int(db.get_val(f"SELECT count(*) FROM temp.{table}"))
+    counted = {table: db.get_int(f"SELECT count(*) FROM temp.{table}")
                for table in ("doomed_patients", "doomed_studies", "doomed_series")}
-    orphaned = int(db.get_val(
+    orphaned = db.get_int(
         "SELECT count(*) FROM derived WHERE origin_deleted_at IS NULL AND ("
         "(level = 'study' AND entity_id IN (SELECT id FROM temp.doomed_studies)) OR "
         "(level = 'series' AND entity_id IN (SELECT id FROM temp.doomed_series))) AND (sop_uid IS NULL OR "
-        f"sop_uid NOT IN (SELECT sop_uid FROM instances WHERE {below}))"))
+        f"sop_uid NOT IN (SELECT sop_uid FROM instances WHERE {below}))")
     return Deletion(
         patients=counted["doomed_patients"], studies=counted["doomed_studies"], series=counted["doomed_series"],
-        instances=int(db.get_val(f"SELECT count(*) FROM instances WHERE {below}")),
+        instances=db.get_int(f"SELECT count(*) FROM instances WHERE {below}"),
         orphaned=orphaned,
         files=[r[0] for r in db.query(f"SELECT file_path FROM instances WHERE {below} AND file_path != ''")]
         if files else [],

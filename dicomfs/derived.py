@@ -68,7 +68,7 @@ class DerivedStore:
 
     def origin_uid(self, level: str, entity_id: int) -> str:
         table, column = _UID_COLUMN[level]
-        return str(self.db.get_val(f"SELECT {column} FROM {table} WHERE id = ?", (entity_id,)))
+        return self.db.get_str(f"SELECT {column} FROM {table} WHERE id = ?", (entity_id,))
 
     def temp_path(self) -> Path:
         return self.tmp_dir / f"{os.getpid()}-{next(_counter)}.part"

@@ -83,7 +83,7 @@ class ChangeLog:
                                  [(seq, level, entity_id) for level, entity_id in removed])
 
     def newest(self) -> int:
-        return int(self.db.get_val("SELECT coalesce(max(seq), 0) FROM changes"))
+        return self.db.get_int("SELECT coalesce(max(seq), 0) FROM changes")
 
     def read_since(self, seq: int) -> Changes:
         """Everything noted after ``seq`` (``Changes.seq`` is where to read from next time)."""

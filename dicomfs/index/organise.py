@@ -116,7 +116,7 @@ def list_projects(db: Database) -> list[Project]:
 
 def _project_id(db: Database, name: str) -> int:
     try:
-        return int(db.get_val("SELECT id FROM projects WHERE name = ?", (name,)))
+        return db.get_int("SELECT id FROM projects WHERE name = ?", (name,))
     except NoSuchRowError:
         raise OrganiseError(f"no project named {name!r}") from None
 
@@ -161,7 +161,7 @@ def unset_tag(db: Database, level: str, ids: list[int], key: str) -> int:
 
 def uid_of(db: Database, level: str, entity_id: int) -> str:
     """How users name the entity: its UID (Patient ID for patients)."""
-    return str(db.get_val(f"SELECT {_UID_COLUMN[level]} FROM {_TABLE[level]} WHERE id = ?", (entity_id,)))
+    return db.get_str(f"SELECT {_UID_COLUMN[level]} FROM {_TABLE[level]} WHERE id = ?", (entity_id,))
 
 
 def tags_of(db: Database, level: str, entity_id: int) -> dict[str, str]:

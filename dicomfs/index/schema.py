@@ -296,7 +296,7 @@ class SchemaTooNewError(RuntimeError):
 
 def migrate(db: Database) -> None:
     """Bring the index to SCHEMA_VERSION, one transaction per step."""
-    version = int(db.get_val("PRAGMA user_version"))
+    version = db.get_int("PRAGMA user_version")
     if version > SCHEMA_VERSION:
         raise SchemaTooNewError(
             f"index {db.path} has schema version {version}; this dicomfs knows up to {SCHEMA_VERSION}"
