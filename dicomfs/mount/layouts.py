@@ -11,7 +11,7 @@ import time
 from typing import ClassVar
 
 from dicomfs.mount import naming, rows, summaries
-from dicomfs.mount.kinds import Kind, Top, entity_of, inode_of, orphan_id, orphan_origin, scoped_id, unscoped
+from dicomfs.mount.kinds import KIND_BITS, Kind, Top, entity_of, inode_of, orphan_id, orphan_origin, scoped_id, unscoped
 from dicomfs.mount.model import (
     ENTRY_TIMEOUT,
     ORPHAN_TIMEOUT,
@@ -396,7 +396,7 @@ class InstanceFiles(Layout):
         nodes: list[Node] = []
         add = nodes.append
         for stem, r in named:
-            base = r.id << 5
+            base = r.id << KIND_BITS
             # Not yet fetched from a remote PACS: size unknown (0) until then, so the kernel
             # must not keep these attributes long.
             timeout = ENTRY_TIMEOUT if r.local else REMOTE_TIMEOUT
