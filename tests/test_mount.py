@@ -40,7 +40,8 @@ def all_files(root: Path) -> list[Path]:
 def test_patients_layout_holds_the_received_bytes(mounted: Daemon, ct_series: list[Path]) -> None:
     series_dir = mounted.mount / "patients" / PATIENT / STUDY / SERIES
     assert sorted(os.listdir(series_dir)) == sorted(
-        [f"{n:03d}.{ext}" for n in range(1, 6) for ext in ("dcm", "json", "jpg")] + ["series.json", "derived"]
+        [f"{n:03d}.{ext}" for n in range(1, 6) for ext in ("dcm", "json", "jpg")]
+        + ["series.json", "derived", "volume.nii", "volume.json"]
     )
     for n, source in enumerate(ct_series, start=1):
         assert (series_dir / f"{n:03d}.dcm").read_bytes() == source.read_bytes()
@@ -114,7 +115,7 @@ def test_writes_are_refused_with_erofs(mounted: Daemon, attempt) -> None:
     with pytest.raises(OSError) as err:
         attempt(series_dir)
     assert err.value.errno == errno.EROFS
-    assert len(os.listdir(series_dir)) == 17  # 5 × 3 views, series.json, derived/
+    assert len(os.listdir(series_dir)) == 19  # 5 × 3 views, series.json, volume.nii and .json, derived/
 
 
 def test_instances_imported_while_mounted_appear_within_a_second(

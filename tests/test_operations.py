@@ -149,7 +149,7 @@ def test_the_layouts_name_what_the_index_holds(mount: Mount) -> None:
     assert sorted(mount.names(*SERIES[:3])) == ["003 CT Lung 1.0", "derived", "study.json"]
     assert sorted(mount.names(*SERIES)) == [
         "001.dcm", "001.jpg", "001.json", "002.dcm", "002.jpg", "002.json", "003.dcm", "003.jpg", "003.json",
-        "derived", "series.json"]
+        "derived", "series.json", "volume.json", "volume.nii"]
     assert mount.names("dates", "2024", "2024-03-01") == ["0815 DOE^JOHN CT Thorax [ACC123]",
                                                            "0815 ROE^JANE MR Head [ACC123]"]
     study_uid = mount.archive.db.get_str("SELECT study_uid FROM studies WHERE id = 1")
@@ -276,7 +276,7 @@ def test_query_folders_are_saved_by_use_and_removed_by_rmdir(mount: Mount) -> No
 def test_new_instances_and_deletions_reach_listings_through_the_change_log(mount: Mount, tmp_path: Path) -> None:
     series = mount.inode(*SERIES)
     study = mount.inode(*SERIES[:3])
-    assert len(mount.names(*SERIES)) == 11
+    assert len(mount.names(*SERIES)) == 13  # 3 x 3 views, series.json, volume.nii and .json, derived/
     seen = mount.archive.changes.newest()
 
     import_into_the_ct_series(mount, tmp_path, 4)

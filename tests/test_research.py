@@ -99,7 +99,7 @@ def test_find_prints_tables_json_paths_and_counts(daemon: Daemon, archive: dict[
     paths = cli(daemon, "find", "Modality=PT", "--level", "series", "--paths", "--mount", str(daemon.mount))
     [series_path] = paths.splitlines()
     assert sorted(os.listdir(series_path)) == ["001.dcm", "001.jpg", "001.json", "002.dcm", "002.jpg", "002.json",
-                                              "derived", "series.json"]
+                                              "derived", "series.json", "volume.json", "volume.nii"]
     instances = cli(daemon, "find", "PatientID=P1", "--level", "instance", "--paths", "--mount", str(daemon.mount))
     assert all(Path(p).is_file() for p in instances.splitlines()) and len(instances.splitlines()) == 3
     bad = cli(daemon, "find", "Modality=PT StudyDate>2024", check=False)

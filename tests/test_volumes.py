@@ -176,10 +176,19 @@ def test_two_instances_at_one_position_are_a_defined_outcome(tmp_path: Path) -> 
     paths = stack(tmp_path / "a", 4)
     ds = pydicom.dcmread(paths[0])
     ds.SOPInstanceUID = pydicom.uid.generate_uid()  # another object at the same place
+    ds.InstanceNumber = 99
     paths.append(dicomgen.write(tmp_path / "dup.dcm", ds))
+    [volume] = plan_series(facts_of(paths)).volumes
+    assert volume.slices_per_volume == 4 and ds.SOPInstanceUID not in {s.sop_uid for s in volume.slices}
+    assert f"1 other objects at positions already filled left out: {ds.SOPInstanceUID}" in volume.notes
+
+
+def test_uneven_repetitions_are_no_volume_and_say_why(tmp_path: Path) -> None:
+    study, series = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    paths = stack(tmp_path / "1", 4, study=study, series=series, TemporalPositionIdentifier=1)
+    paths += stack(tmp_path / "2", 3, study=study, series=series, TemporalPositionIdentifier=2)  # one missing
     plan = plan_series(facts_of(paths))
-    assert plan.volumes == []
-    assert "repeated positions with uneven counts" in plan.left_out[0]
+    assert plan.volumes == [] and "repeated positions with uneven counts" in plan.left_out[0]
 
 
 def test_per_slice_rescale_makes_float_voxels(tmp_path: Path) -> None:

@@ -15,13 +15,15 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from dicomfs.index.db import Database, NoSuchRowError
 from dicomfs.mount import naming, rows, summaries
 from dicomfs.mount.kinds import Kind, entity_of, inode_of, split_inode
 from dicomfs.mount.rows import InstanceRow
-from dicomfs.volumes.series import FactsCache, SeriesVolumes, VolumeFiles, series_volumes, volume_files
+
+if TYPE_CHECKING:  # planning volumes needs numpy: loaded only when a series folder is listed
+    from dicomfs.volumes.series import FactsCache, SeriesVolumes, VolumeFiles
 
 ENTRY_TIMEOUT = 300.0  # names and most attributes never change; changes are invalidated explicitly
 SUMMARY_TIMEOUT = 1.0  # summaries and derived/ change size as data arrives
@@ -94,7 +96,7 @@ class Model:
         self.summaries: MutableMapping[int, bytes] = {} if summaries is None else summaries
         self.volume_plans: MutableMapping[int, SeriesVolumes] = {} if volumes is None else volumes
         self.volume_listings: MutableMapping[int, VolumeFiles] = {} if volume_listings is None else volume_listings
-        self.volume_facts = FactsCache()
+        self._volume_facts: FactsCache | None = None
         self.mounted_at = time.time()
         self.layouts = [cls(self) for cls in layouts]
         self._by_kind: dict[Kind, Layout] = {kind: layout for layout in self.layouts for kind in layout.kinds}
@@ -135,13 +137,25 @@ class Model:
 
     def volumes(self, series_id: int) -> SeriesVolumes:
         """The planned volumes of a series (every slice), made once per change of the series."""
+        from dicomfs.volumes.series import series_volumes
+
         planned = self.volume_plans.get(series_id)
         if planned is None:
             planned = self.volume_plans[series_id] = series_volumes(self.db, series_id, self.volume_facts)
         return planned
 
+    @property
+    def volume_facts(self) -> FactsCache:
+        if self._volume_facts is None:
+            from dicomfs.volumes.series import FactsCache
+
+            self._volume_facts = FactsCache()
+        return self._volume_facts
+
     def volume_files(self, series_id: int) -> VolumeFiles:
         """What the series folder lists of its volumes, without planning when the series is unchanged."""
+        from dicomfs.volumes.series import volume_files
+
         listing = self.volume_listings.get(series_id)
         if listing is None:
             listing = self.volume_listings[series_id] = volume_files(

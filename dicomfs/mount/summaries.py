@@ -18,7 +18,6 @@ from dicomfs.mount import naming, rows
 from dicomfs.mount.kinds import Kind, orphan_origin, volume_of
 from dicomfs.mount.rows import InstanceRow
 from dicomfs.views.summary import summary_json
-from dicomfs.volumes.series import text_file
 
 if TYPE_CHECKING:
     from dicomfs.mount.model import Model
@@ -132,6 +131,8 @@ def series_summary(db: Database, series_id: int, named: list[tuple[str, Instance
 
 def volume_text(model: Model, packed: int) -> bytes:
     """A volume's sidecar, .bval or .bvec (NoSuchRowError when the series has no such file now)."""
+    from dicomfs.volumes.series import text_file
+
     series_id, number, part = volume_of(packed)
     volumes = model.volumes(series_id).plan.volumes
     data = text_file(model.db, volumes[number], part, series_id) if number < len(volumes) else None

@@ -19,7 +19,7 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
-FACTS_VERSION = 1  # bump when extraction changes: older rows are backfilled from their files
+FACTS_VERSION = 2  # bump when extraction changes: older rows are backfilled from their files
 
 PIXEL_DATA = 0x7FE00010
 FLOAT_PIXEL_DATA = 0x7FE00008
@@ -271,6 +271,13 @@ def _sidecar(ds: Dataset) -> dict[str, Any]:
                 continue
             if value is not None:
                 found[keyword] = value
+                break
+    if "EchoTime" not in found:  # Enhanced MR: the Effective Echo Time of its echo functional group
+        for groups in (shared, _first_item(ds, 0x52009230)):
+            echo = _first_item(groups, 0x00189114) if groups is not None else None
+            effective = _float(_value(echo, 0x00189082)) if echo is not None else None
+            if effective is not None:
+                found["EchoTime"] = effective
                 break
     return found
 

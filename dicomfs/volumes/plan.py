@@ -20,7 +20,7 @@ import numpy as np
 
 from dicomfs.volumes.facts import FrameFacts, InstanceFacts
 
-PLAN_VERSION = 1  # bump when planning changes what a series lists: kept listings are then made again
+PLAN_VERSION = 2  # bump when planning changes what a series lists: kept listings are then made again
 POSITION_TOLERANCE = 0.01  # mm: positions closer than this along the normal are the same slice
 SPACING_TOLERANCE = 0.01  # relative: spacing differences below this are rounding
 MAX_VOLUMES = 16  # per series: more splits than this is not a stack worth serving
@@ -262,6 +262,8 @@ def _plan_stack(name: str, members: list[Slice]) -> VolumePlan | str:
         else:
             locations[-1].append(int(index))
     counts = {len(members_at) for members_at in locations}
+    if len(counts) != 1 and _mostly_single(locations):
+        return _without_repeats(name, members, locations)
     if len(counts) != 1:
         split = _split_by_acquisition(name, members, locations)
         if split is not None:
@@ -333,6 +335,28 @@ def _plan_stack(name: str, members: list[Slice]) -> VolumePlan | str:
     return plan
 
 
+def _mostly_single(locations: list[list[int]]) -> bool:
+    """A stack where most positions hold one frame: the others hold strays, not a repetition."""
+    singles = sum(1 for at in locations if len(at) == 1)
+    return singles * 2 > len(locations)
+
+
+def _without_repeats(name: str, members: list[Slice], locations: list[list[int]]) -> VolumePlan | str:
+    """One frame per position (the first: lowest InstanceNumber, then first stored); the rest named."""
+    kept: list[Slice] = []
+    dropped: list[str] = []
+    for at in locations:
+        ranked = sorted((members[i] for i in at), key=lambda s: (
+            s.facts.instance_number if s.facts.instance_number is not None else math.inf, s.instance_id, s.frame))
+        kept.append(ranked[0])
+        dropped += [s.sop_uid for s in ranked[1:]]
+    result = _plan_stack(name, kept)
+    if isinstance(result, VolumePlan):
+        result.notes.append(f"{len(dropped)} other objects at positions already filled left out: "
+                            + ", ".join(dropped[:5]) + (" ..." if len(dropped) > 5 else ""))
+    return result
+
+
 def _split_by_acquisition(name: str, members: list[Slice], locations: list[list[int]]) -> VolumePlan | None:
     """Uneven repetitions: one stack per acquisition number, when that makes each a stack."""
     numbers = {s.facts.acquisition_number for s in members}
@@ -360,7 +384,6 @@ def _time_key(s: Slice) -> tuple[float, ...]:
         *(f.dimension_index or ()),
         f.temporal if f.temporal is not None else math.inf,
         f.trigger_time if f.trigger_time is not None else math.inf,
-        f.b_value if f.b_value is not None else math.inf,
         f.acquisition_time if f.acquisition_time is not None else math.inf,
         s.facts.instance_number if s.facts.instance_number is not None else math.inf,
         s.frame,
