@@ -29,6 +29,7 @@ class MountSettings:
     allow_other: bool = False  # let other users read the mount (needs user_allow_other unless root)
     read_ahead_kb: int = 1024  # kernel read-ahead for the mount (root only); 1 MiB measured best
     render_threads: int = 2  # concurrent .jpg/.json renderings
+    volume_cache_mb: float = 4096.0  # decoded volumes (compressed, per-slice rescale); least recently used go first
 
 
 @dataclass(slots=True)
@@ -121,6 +122,11 @@ class Settings:
     def derived_path(self) -> Path:
         """Derived data written into the mount's derived/ folders or added with ``dicomfs derive add``."""
         return self.data_dir / "derived"
+
+    @property
+    def volume_cache_path(self) -> Path:
+        """Series volumes that had to be decoded (compressed or rescaled per slice), as NIfTI files."""
+        return self.data_dir / "cache" / "volumes"
 
     @property
     def status_path(self) -> Path:

@@ -27,6 +27,7 @@ from dicomfs.mount.tree import Tree
 from dicomfs.mount.watch import follow_changes
 from dicomfs.net.scp import NodeServer
 from dicomfs.remote.fetch import Fetcher
+from dicomfs.volumes.cache import VolumeCache
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ def serve(settings: Settings) -> None:
         refreshed = archive.writer.refresh_json_sizes()
         if refreshed:
             log.info("re-measured the .json views of %d instances after an upgrade", refreshed)
+        recorded = archive.writer.refresh_volume_facts()
+        if recorded:
+            log.info("recorded the pixel data layout of %d instances for series volumes", recorded)
         trio.run(_serve, settings, archive)
     finally:
         archive.close()
@@ -85,7 +89,8 @@ async def _mount(
     mount_point = settings.mount.path
     tree = Tree(archive.db)
     ops = Operations(tree, archive.store.root, render_threads=settings.mount.render_threads, remote=fetcher,
-                     derived=DerivedStore(settings.derived_path, archive.db, archive.store.root, archive.changes))
+                     derived=DerivedStore(settings.derived_path, archive.db, archive.store.root, archive.changes),
+                     volume_cache=VolumeCache(settings.volume_cache_path, int(settings.mount.volume_cache_mb * 2**20)))
     options = set(pyfuse3.default_options) | {"fsname=dicomfs", "subtype=dicomfs"}
     if settings.mount.allow_other:
         options.add("allow_other")

@@ -19,6 +19,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, 
 
 from dicomfs.views.dicom_json import JSON_VERSION, dataset_json
 from dicomfs.views.jpeg import renders_image
+from dicomfs.volumes import facts
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ def parse_instance(raw: bytes, *, source: str = "", received: bool = False) -> P
         json_size = len(dataset_json(ds))
         has_image = renders_image(ds)
         references = derived_references(ds)
+        volume_facts = facts.extract(ds).to_json()
     except (NotDicomError, InvalidInstanceError):
         raise
     except Exception as exc:  # pydicom raises many types on malformed input
@@ -106,6 +108,8 @@ def parse_instance(raw: bytes, *, source: str = "", received: bool = False) -> P
         added_part10_header=int(added),
         source=source,
         transfer_syntax_uid=str(ds.file_meta.get("TransferSyntaxUID", "")),
+        volume_facts=volume_facts,
+        facts_version=facts.FACTS_VERSION,
     )
     return parsed
 

@@ -278,6 +278,15 @@ DROP TABLE changes;
 ALTER TABLE changes_v5 RENAME TO changes;
 """
 
+# Series volumes (volumes/): what each instance's pixel data is and where it lies in the stored
+# file, with its frames' geometry, as JSON (volumes.facts.InstanceFacts). Rows of an older
+# FACTS_VERSION, and rows that predate this version (facts_version 0), are filled from their
+# files by ``IndexWriter.refresh_volume_facts`` when the daemon starts.
+SCHEMA_V6 = """
+ALTER TABLE instances ADD COLUMN volume_facts TEXT NOT NULL DEFAULT '';
+ALTER TABLE instances ADD COLUMN facts_version INTEGER NOT NULL DEFAULT 0;
+"""
+
 # Each entry upgrades the schema from version i to i + 1.
 MIGRATIONS: list[Callable[[Database], None]] = [
     lambda db: db.conn.execute(SCHEMA_V1),
@@ -285,6 +294,7 @@ MIGRATIONS: list[Callable[[Database], None]] = [
     lambda db: db.conn.execute(SCHEMA_V3),
     lambda db: db.conn.execute(SCHEMA_V4),
     lambda db: db.conn.execute(SCHEMA_V5),
+    lambda db: db.conn.execute(SCHEMA_V6),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

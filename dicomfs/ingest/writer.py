@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pydicom
+
 from dicomfs.config import ProjectRule
 from dicomfs.index.changes import ChangeLog
 from dicomfs.index.db import Database, NoSuchRowError
@@ -28,6 +30,8 @@ from dicomfs.parse import ParsedInstance
 from dicomfs.store import Store
 from dicomfs.views.dicom_json import JSON_VERSION
 from dicomfs.views.render import render_view
+from dicomfs.volumes import facts as volume_facts
+from dicomfs.volumes.facts import FACTS_VERSION
 
 if TYPE_CHECKING:
     from dicomfs.index.query_language import Compiled
@@ -218,4 +222,26 @@ class IndexWriter:
                     "UPDATE instances SET json_size = ?, json_version = ? WHERE id = ?",
                     (size, JSON_VERSION, instance_id),
                 )
+        return len(stale)
+
+    def refresh_volume_facts(self) -> int:
+        """Record the volume facts of instances indexed before they were kept (or by an older version).
+
+        Reads each file's header only (pixel data is skipped, its offset noted); one
+        transaction per hundred files, so a large archive is usable while it runs.
+        """
+        stale = self.db.query(
+            "SELECT id, file_path FROM instances WHERE facts_version != ? AND file_path != ''", (FACTS_VERSION,))
+        for start in range(0, len(stale), 100):
+            updates = []
+            for instance_id, relpath in stale[start:start + 100]:
+                try:
+                    ds = pydicom.dcmread(self.store.path(relpath), defer_size=4096)
+                    updates.append((volume_facts.extract(ds).to_json(), FACTS_VERSION, instance_id))
+                except Exception as exc:
+                    log.error("cannot read the volume facts of %s: %s", relpath, exc)
+                    updates.append(("", FACTS_VERSION, instance_id))
+            with self.db.transaction():
+                for row in updates:
+                    self.db.execute("UPDATE instances SET volume_facts = ?, facts_version = ? WHERE id = ?", row)
         return len(stale)

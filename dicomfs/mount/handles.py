@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from dicomfs.volumes.source import VolumeSource
+
 
 class Handle:
     """An open file; subclasses say where its bytes come from."""
@@ -79,3 +81,19 @@ class RenderedView(Handle):
                 if self._data is None:
                     self._data = await self._render()
         return self._data[off:off + size]
+
+
+class VolumeFile(Handle):
+    """A series volume mapped onto the stored files (``volumes.source``): blocking preads, like
+    ``StoredFile``, since they are page-cache reads."""
+
+    __slots__ = ("source",)
+
+    def __init__(self, source: VolumeSource) -> None:
+        self.source = source
+
+    async def read(self, off: int, size: int) -> bytes:
+        return self.source.read(off, size)
+
+    async def release(self) -> None:
+        self.source.close()

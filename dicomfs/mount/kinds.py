@@ -22,6 +22,7 @@ class Content(enum.Enum):
     RENDERED = "rendered"  # a view rendered from the stored file on first read (.json, .jpg)
     GENERATED = "generated"  # made whole from the index when opened (summaries, origin.json)
     DERIVED = "derived"  # a derived file: readable, and writable in derived/ folders
+    VOLUME = "volume"  # a series volume: a NIfTI header, then slices read from the stored files
 
 
 class Ids(enum.Enum):
@@ -31,6 +32,7 @@ class Ids(enum.Enum):
     SCOPED = "scoped"  # (project or query id, row id), see ``scoped_id``
     ORPHAN = "orphan"  # (level, row id) of a deleted origin, see ``orphan_id``
     FOLDER = "folder"  # the inode of the study or series folder a derived/ folder belongs to
+    VOLUME = "volume"  # (series row id, volume number, file part), see ``volume_id``
 
 
 class Kind(enum.IntEnum):
@@ -75,6 +77,8 @@ class Kind(enum.IntEnum):
     QUERY_SERIES = 25, True, "series", Ids.SCOPED
     ORPHAN = 26, True, None, Ids.ORPHAN  # /orphans/<level>-<UID>: derived data of a deleted origin
     ORPHAN_JSON = 27, False, None, Ids.ORPHAN, Content.GENERATED  # /orphans/<origin>/origin.json
+    VOLUME_NII = 28, False, "series", Ids.VOLUME, Content.VOLUME  # <series>/volume*.nii
+    VOLUME_TEXT = 29, False, "series", Ids.VOLUME, Content.GENERATED  # its .json sidecar, .bval, .bvec
 
 
 class Top(enum.IntEnum):
@@ -117,6 +121,30 @@ def orphan_origin(orphan: int) -> tuple[str, int]:
     return ("series" if orphan & 1 else "study"), orphan >> 1
 
 
+class VolumePart(enum.IntEnum):
+    """The files of one series volume (the part of a ``volume_id``)."""
+
+    NII = 0
+    JSON = 1
+    BVAL = 2
+    BVEC = 3
+
+
+VOLUME_BITS = 4  # up to 16 volumes per series (volumes.plan.MAX_VOLUMES)
+
+
+def volume_id(series_id: int, number: int, part: VolumePart = VolumePart.NII) -> int:
+    """One id for each file of each volume of a series: shared by every layout, like instances."""
+    return ((series_id << VOLUME_BITS | number) << 2) | part
+
+
+def volume_of(packed: int) -> tuple[int, int, VolumePart]:
+    """(series row id, volume number, part) of a ``volume_id``."""
+    return packed >> (VOLUME_BITS + 2), (packed >> 2) & ((1 << VOLUME_BITS) - 1), VolumePart(packed & 3)
+
+
 def entity_of(kind: Kind, row_id: int) -> int:
     """The row id of the entity (at ``kind.level``) that an inode of ``kind`` shows."""
+    if kind.ids is Ids.VOLUME:
+        return volume_of(row_id)[0]
     return unscoped(row_id)[1] if kind.ids is Ids.SCOPED else row_id

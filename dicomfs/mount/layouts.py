@@ -11,7 +11,20 @@ import time
 from typing import ClassVar
 
 from dicomfs.mount import naming, rows, summaries
-from dicomfs.mount.kinds import KIND_BITS, Kind, Top, entity_of, inode_of, orphan_id, orphan_origin, scoped_id, unscoped
+from dicomfs.mount.kinds import (
+    KIND_BITS,
+    Kind,
+    Top,
+    VolumePart,
+    entity_of,
+    inode_of,
+    orphan_id,
+    orphan_origin,
+    scoped_id,
+    unscoped,
+    volume_id,
+    volume_of,
+)
 from dicomfs.mount.model import (
     ENTRY_TIMEOUT,
     ORPHAN_TIMEOUT,
@@ -25,6 +38,7 @@ from dicomfs.mount.model import (
 )
 from dicomfs.mount.rows import InstanceRow
 from dicomfs.views.jpeg_size import is_color, jpeg_size
+from dicomfs.volumes import nifti
 
 
 def folder(name: str, kind: Kind, row_id: int, mtime: float, timeout: float = ENTRY_TIMEOUT) -> Node:
@@ -439,15 +453,50 @@ class SeriesSummary(SeriesFile):
     def entries(self, series_id: int, instances: list[tuple[str, InstanceRow]] | None) -> list[Node]:
         if instances is not None:  # the summary lists these same names: build it now, once
             self.model.summaries[inode_of(Kind.SERIES_JSON, series_id)] = summaries.series_summary(
-                self.db, series_id, instances)
+                self.db, series_id, instances, self.model.volumes(series_id).plan.summary())
         return [self.model.summary_node(Kind.SERIES_JSON, series_id)]
 
     def node(self, kind: Kind, row_id: int) -> Node:
         return self.model.summary_node(kind, row_id)
 
 
+class SeriesVolumeFiles(SeriesFile):
+    """``volume*.nii`` with its ``.json`` sidecar (and ``.bval``/``.bvec``) in every series folder.
+
+    Sizes come from the plan (``volumes.plan``), made from the index alone; the mtime is the
+    series'. Short timeouts: a volume changes as its series does.
+    """
+
+    kinds = frozenset({Kind.VOLUME_NII, Kind.VOLUME_TEXT})
+
+    def entries(self, series_id: int, instances: list[tuple[str, InstanceRow]] | None) -> list[Node]:
+        volumes = self.model.volumes(series_id).plan.volumes
+        if not volumes:
+            return []
+        mtime = self.model.level_mtime("series", series_id)
+        nodes: list[Node] = []
+        for number, plan in enumerate(volumes):
+            nodes.append(Node(f"{plan.name}.nii", inode_of(Kind.VOLUME_NII, volume_id(series_id, number)), mtime,
+                              nifti.file_size(plan), SUMMARY_TIMEOUT))
+            parts = [VolumePart.JSON] + ([VolumePart.BVAL, VolumePart.BVEC] if plan.b_values is not None else [])
+            for part in parts:
+                inode = inode_of(Kind.VOLUME_TEXT, volume_id(series_id, number, part))
+                nodes.append(Node(f"{plan.name}{naming.VOLUME_SUFFIXES[part]}", inode, mtime,
+                                  len(self.model.summary(inode)), SUMMARY_TIMEOUT))
+        return nodes
+
+    def node(self, kind: Kind, row_id: int) -> Node:
+        series_id, number, _ = volume_of(row_id)
+        volumes = self.model.volumes(series_id).plan.volumes
+        if number >= len(volumes):
+            raise NotFoundError(inode_of(kind, row_id))
+        inode = inode_of(kind, row_id)
+        size = nifti.file_size(volumes[number]) if kind is Kind.VOLUME_NII else len(self.model.summary(inode))
+        return Node("", inode, self.model.level_mtime("series", series_id), size, SUMMARY_TIMEOUT)
+
+
 LAYOUTS: tuple[type[Layout], ...] = (
     Root, Patients, StudiesByUid, Dates, Projects, Queries, Orphans, Derived,
-    InstanceFiles, FolderSummaries, SeriesSummary,
+    InstanceFiles, FolderSummaries, SeriesSummary, SeriesVolumeFiles,
 )
 """The registry: every kind of entry is answered by exactly one of these."""

@@ -21,6 +21,7 @@ from dicomfs.index.db import Database, NoSuchRowError
 from dicomfs.mount import naming, rows, summaries
 from dicomfs.mount.kinds import Kind, entity_of, inode_of, split_inode
 from dicomfs.mount.rows import InstanceRow
+from dicomfs.volumes.series import SeriesVolumes, series_volumes
 
 ENTRY_TIMEOUT = 300.0  # names and most attributes never change; changes are invalidated explicitly
 SUMMARY_TIMEOUT = 1.0  # summaries and derived/ change size as data arrives
@@ -82,13 +83,15 @@ class Model:
     """All layouts over one index; summaries are kept in ``summaries`` (a cache the tree owns)."""
 
     def __init__(self, db: Database, summaries: MutableMapping[int, bytes] | None = None,
-                 layouts: Iterable[type[Layout]] | None = None) -> None:
+                 layouts: Iterable[type[Layout]] | None = None,
+                 volumes: MutableMapping[int, SeriesVolumes] | None = None) -> None:
         if layouts is None:
             from dicomfs.mount.layouts import LAYOUTS
 
             layouts = LAYOUTS
         self.db = db
         self.summaries: MutableMapping[int, bytes] = {} if summaries is None else summaries
+        self.volume_plans: MutableMapping[int, SeriesVolumes] = {} if volumes is None else volumes
         self.mounted_at = time.time()
         self.layouts = [cls(self) for cls in layouts]
         self._by_kind: dict[Kind, Layout] = {kind: layout for layout in self.layouts for kind in layout.kinds}
@@ -126,6 +129,13 @@ class Model:
                 raise NotFoundError(inode) from None
             self.summaries[inode] = data
         return data
+
+    def volumes(self, series_id: int) -> SeriesVolumes:
+        """The planned volumes of a series, made once per change of the series."""
+        planned = self.volume_plans.get(series_id)
+        if planned is None:
+            planned = self.volume_plans[series_id] = series_volumes(self.db, series_id)
+        return planned
 
     def origin(self, inode: int) -> tuple[str, int] | None:
         """("study", id) or ("series", id) for a study or series folder in any layout, else None."""

@@ -179,6 +179,9 @@ def unique_names(
 
 SUMMARY_NAMES = {"patient": "patient.json", "study": "study.json", "series": "series.json"}
 DERIVED_NAME = "derived"
+# A series volume's files (volumes.plan names them "volume" or "volume_<what separates it>"):
+# instance stems are numbers or UIDs, so they never collide.
+VOLUME_SUFFIXES = {0: ".nii", 1: ".json", 2: ".bval", 3: ".bvec"}  # by kinds.VolumePart
 ORIGIN_JSON_NAME = "origin.json"
 UNKNOWN_YEAR_NAME = "unknown"
 

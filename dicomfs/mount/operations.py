@@ -23,12 +23,14 @@ import trio
 
 from dicomfs.derived import DerivedError, DerivedStore
 from dicomfs.mount.derived_writes import DerivedWrites
-from dicomfs.mount.handles import GeneratedFile, Handle, RenderedView, StoredFile
+from dicomfs.mount.handles import GeneratedFile, Handle, RenderedView, StoredFile, VolumeFile
 from dicomfs.mount.kernel import Kernel
 from dicomfs.mount.kinds import Content, Kind, Top, inode_of, split_inode
 from dicomfs.mount.rows import InstanceFile
 from dicomfs.mount.tree import NotFoundError, Tree
 from dicomfs.views.render import RenderError, render_view
+from dicomfs.volumes.cache import VolumeCache
+from dicomfs.volumes.source import VolumeSource
 
 if TYPE_CHECKING:
     from dicomfs.ingest.writer import Ingested
@@ -81,8 +83,10 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
 
     def __init__(self, tree: Tree, store_root: Path, *, render_threads: int = 2, remote: Fetcher | None = None,
-                 derived: DerivedStore | None = None, kernel: Kernel | None = None) -> None:
+                 derived: DerivedStore | None = None, kernel: Kernel | None = None,
+                 volume_cache: VolumeCache | None = None) -> None:
         super().__init__()
+        self.volume_cache = volume_cache
         self.tree = tree
         self.remote = remote
         self.kernel = kernel or Kernel()
@@ -185,6 +189,8 @@ class Operations(pyfuse3.Operations):
             return self._keep(GeneratedFile(data), pyfuse3.FileInfo(direct_io=True, keep_cache=False))
         if kind.content is None:
             raise pyfuse3.FUSEError(errno.EISDIR)
+        if kind.content is Content.VOLUME:
+            return self._keep(await self._volume(inode), pyfuse3.FileInfo(keep_cache=True))
         instance = await self._local(inode)
         path = self.store_root / instance.file_path
         if kind.content is Content.STORED:
@@ -192,6 +198,18 @@ class Operations(pyfuse3.Operations):
         else:
             handle = RenderedView(functools.partial(self._render, kind, path, instance))
         return self._keep(handle, pyfuse3.FileInfo(keep_cache=True))
+
+    async def _volume(self, inode: int) -> Handle:
+        """The volume as planned now: this handle keeps that version, whatever arrives later."""
+        plan, file_paths = self.tree.volume(inode)
+        if plan.raw:
+            return VolumeFile(VolumeSource(plan, self.store_root, file_paths))
+        if self.volume_cache is None:
+            raise pyfuse3.FUSEError(errno.EIO)
+        log.debug("decoding volume %s of inode %d", plan.name, inode)
+        path = await trio.to_thread.run_sync(self.volume_cache.path_for, plan, self.store_root, file_paths,
+                                             limiter=self.render_limiter)
+        return StoredFile(path)
 
     def _keep(self, handle: Handle, info: pyfuse3.FileInfo) -> pyfuse3.FileInfo:
         info.fh = next(self._next_fh)

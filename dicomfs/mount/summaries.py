@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 from dicomfs.index import organise
 from dicomfs.index.db import Database, NoSuchRowError
 from dicomfs.mount import naming, rows
-from dicomfs.mount.kinds import Kind, orphan_origin
+from dicomfs.mount.kinds import Kind, VolumePart, orphan_origin, volume_of
 from dicomfs.mount.rows import InstanceRow
 from dicomfs.views.summary import summary_json
+from dicomfs.volumes import sidecar
 
 if TYPE_CHECKING:
     from dicomfs.mount.model import Model
@@ -30,7 +31,10 @@ def make(model: Model, kind: Kind, row_id: int) -> bytes:
     if kind is Kind.STUDY_JSON:
         return study_summary(model.db, row_id)
     if kind is Kind.SERIES_JSON:
-        return series_summary(model.db, row_id, naming.named_instances(rows.instances_of(model.db, row_id)))
+        return series_summary(model.db, row_id, naming.named_instances(rows.instances_of(model.db, row_id)),
+                              model.volumes(row_id).plan.summary())
+    if kind is Kind.VOLUME_TEXT:
+        return volume_text(model, row_id)
     if kind is Kind.ORPHAN_JSON:
         return orphan_summary(model.db, *orphan_origin(row_id))
     raise NoSuchRowError(kind)
@@ -83,8 +87,10 @@ def study_summary(db: Database, study_id: int) -> bytes:
                                 "SeriesListed": listed is not None}
     return summary_json("STUDY", attributes, "Series", children)
 
-def series_summary(db: Database, series_id: int, named: list[tuple[str, InstanceRow]]) -> bytes:
-    """``named``: the series' instances with the names its folder gives them."""
+def series_summary(db: Database, series_id: int, named: list[tuple[str, InstanceRow]],
+                   volume: dict[str, Any] | None = None) -> bytes:
+    """``named``: the series' instances with the names its folder gives them; ``volume``: what
+    its volumes are, or why there are none (``volumes.plan.SeriesPlan.summary``)."""
     se = row_dict(db, "series", series_id)
     s = row_dict(db, "studies", se["study_id"])
     children = [
@@ -111,6 +117,8 @@ def series_summary(db: Database, series_id: int, named: list[tuple[str, Instance
         "NumberOfSeriesRelatedInstances": se["num_instances"],
         **organisation(db, "series", series_id),
     }
+    if volume is not None:
+        attributes["Volume"] = volume
     remote = db.query(
         "SELECT remote, num_instances, complete, instances_listed_at FROM remote_series WHERE series_id = ?",
         (series_id,),
@@ -121,6 +129,20 @@ def series_summary(db: Database, series_id: int, named: list[tuple[str, Instance
         attributes["Remote"] = {"name": name, "NumberOfInstancesThere": count, "LocalInstances": local,
                                 "Complete": bool(complete), "InstancesListed": listed is not None}
     return summary_json("SERIES", attributes, "Instances", children)
+
+def volume_text(model: Model, packed: int) -> bytes:
+    """A volume's sidecar, .bval or .bvec (NoSuchRowError when the series has no such volume now)."""
+    series_id, number, part = volume_of(packed)
+    volumes = model.volumes(series_id).plan.volumes
+    if number >= len(volumes):
+        raise NoSuchRowError(packed)
+    plan = volumes[number]
+    if part is VolumePart.JSON:
+        return sidecar.sidecar_json(plan, model.db.get_str("SELECT series_uid FROM series WHERE id = ?", (series_id,)))
+    if plan.b_values is None:
+        raise NoSuchRowError(packed)
+    return sidecar.bval(plan) if part is VolumePart.BVAL else sidecar.bvec(plan)
+
 
 def organisation(db: Database, level: str, row_id: int) -> dict[str, Any]:
     """Tags, projects and derived data of this level's entity (each level shows its own)."""

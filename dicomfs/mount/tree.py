@@ -17,10 +17,24 @@ from dicomfs.index.changes import Changes
 from dicomfs.index.db import Database, NoSuchRowError
 from dicomfs.mount import rows
 from dicomfs.mount.attributes import KernelAttributes
-from dicomfs.mount.kinds import KIND_BITS, Content, Ids, Kind, Top, entity_of, inode_of, split_inode
+from dicomfs.mount.kinds import (
+    KIND_BITS,
+    Content,
+    Ids,
+    Kind,
+    Top,
+    VolumePart,
+    entity_of,
+    inode_of,
+    split_inode,
+    volume_id,
+    volume_of,
+)
 from dicomfs.mount.layouts import Queries, date_ids
 from dicomfs.mount.model import Model, NotFoundError, split
 from dicomfs.mount.rows import InstanceFile
+from dicomfs.volumes.plan import VolumePlan
+from dicomfs.volumes.series import SeriesVolumes
 
 __all__ = ["Entry", "Listing", "NotFoundError", "Refresh", "Tree"]
 
@@ -70,6 +84,7 @@ _SCOPED = frozenset(k for k in Kind if k.ids is Ids.SCOPED) | {Kind.PROJECT, Kin
 _TOPS = [inode_of(Kind.TOP_FOLDER, t) for t in (Top.ROOT, Top.PATIENTS, Top.STUDIES, Top.DATES, Top.ORPHANS)]
 _QUERY_TOP = inode_of(Kind.TOP_FOLDER, Top.QUERY)
 _GENERATED = frozenset(k.value for k in Kind if k.content is Content.GENERATED)
+_NEW_BYTES = (Content.GENERATED, Content.VOLUME)  # files whose bytes change with their series: drop pages
 _KIND_MASK = (1 << KIND_BITS) - 1
 
 
@@ -81,7 +96,10 @@ class Tree:
         self.max_listings = max_listings
         self._listings: OrderedDict[int, Listing] = OrderedDict()
         self._summaries: dict[int, bytes] = {}
-        self.model = Model(db, self._summaries)
+        self._volumes: dict[int, SeriesVolumes] = {}  # series id → its planned volumes
+        self.model = Model(db, self._summaries, volumes=self._volumes)
+        # How many volumes each series was listed with: a change must make the kernel forget them all.
+        self._volume_counts: dict[int, int] = {}
         self.attributes_of = KernelAttributes()
         # Where each folder was listed (folder inode → parent inode, name): the kernel may hold
         # these names long after the listing left the cache, and a deletion must drop them.
@@ -100,6 +118,10 @@ class Tree:
         nodes = self.model.children(inode)
         listing = Listing([Entry(node.name.encode("utf-8"), make(node)) for node in nodes])
         self._told_sizes.update((node.inode, node.size) for node in nodes if node.inode & _KIND_MASK in _GENERATED)
+        for node in nodes:
+            if node.inode & _KIND_MASK == Kind.VOLUME_NII:
+                series_id, number, _ = volume_of(node.inode >> KIND_BITS)
+                self._volume_counts[series_id] = max(self._volume_counts.get(series_id, 0), number + 1)
         if split_inode(inode)[0].level != "series":  # series folders hold files (and derived/) only
             for entry in listing.entries:
                 kind = split_inode(entry.inode)[0]
@@ -147,6 +169,20 @@ class Tree:
     def summary(self, inode: int) -> bytes:
         return self.model.summary(inode)
 
+    def volume(self, inode: int) -> tuple[VolumePlan, dict[int, str]]:
+        """For opening a volume: its plan now, and where its slices' files are."""
+        kind, packed = split(inode)
+        if kind is not Kind.VOLUME_NII:
+            raise NotFoundError(inode)
+        series_id, number, _ = volume_of(packed)
+        try:
+            planned = self.model.volumes(series_id)
+        except NoSuchRowError:
+            raise NotFoundError(inode) from None
+        if number >= len(planned.plan.volumes):
+            raise NotFoundError(inode)
+        return planned.plan.volumes[number], planned.file_paths
+
     def origin(self, inode: int) -> tuple[str, int] | None:
         return self.model.origin(inode)
 
@@ -185,8 +221,10 @@ class Tree:
         self._drop(stale)
         # An instance's views are the same bytes whether fetched, evicted or fetched again: only
         # their sizes change. Dropping their pages would race with readers of a fetch under way.
-        attributes = [inode for inode in stale if split_inode(inode)[0].content is not Content.GENERATED]
-        contents = [inode for inode in stale if split_inode(inode)[0].content is Content.GENERATED]
+        if changes.everything:
+            self._volumes.clear()
+        attributes = [inode for inode in stale if split_inode(inode)[0].content not in _NEW_BYTES]
+        contents = [inode for inode in stale if split_inode(inode)[0].content in _NEW_BYTES]
         return Refresh(attributes, contents, gone)
 
     def forget_series(self, series_ids: Iterable[int]) -> None:
@@ -197,6 +235,8 @@ class Tree:
         for inode in inodes:
             self._listings.pop(inode, None)
             self._summaries.pop(inode, None)
+            if inode & _KIND_MASK == Kind.SERIES_JSON:  # the series changed: so may its volumes
+                self._volumes.pop(inode >> KIND_BITS, None)
 
     def _stale(self, series_ids: Iterable[int], *, everything: bool) -> list[int]:
         """What depends on these series (everything cached, for a change above any series)."""
@@ -213,6 +253,10 @@ class Tree:
             except NoSuchRowError:
                 continue
             stale.update(inode_of(k, series_id) for k in (*_SERIES_FOLDERS, Kind.SERIES_JSON))
+            for number in range(self._volume_counts.get(series_id, 0)):
+                stale.add(inode_of(Kind.VOLUME_NII, volume_id(series_id, number)))
+                stale.update(inode_of(Kind.VOLUME_TEXT, volume_id(series_id, number, part))
+                             for part in (VolumePart.JSON, VolumePart.BVAL, VolumePart.BVEC))
             # Evicted from the cache of fetched data: those files' sizes are 0 again. (Fetched
             # ones are refreshed by their next open, which knows them from the fetcher; doing it
             # here too would race with the readers of a fetch under way.)

@@ -13,6 +13,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
@@ -33,8 +34,9 @@ SIDECAR_KEYWORDS = (
     "SeriesDescription", "SeriesNumber", "ImageType", "AcquisitionNumber", "AcquisitionTime", "SliceThickness",
     "SpacingBetweenSlices", "EchoTime", "RepetitionTime", "InversionTime", "FlipAngle", "EchoTrainLength",
     "PixelBandwidth", "PercentPhaseFieldOfView", "InPlanePhaseEncodingDirection", "SAR", "KVP", "XRayTubeCurrent",
-    "Exposure", "ConvolutionKernel", "ReconstructionDiameter", "Units", "DecayCorrection", "AttenuationCorrectionMethod",
-    "ReconstructionMethod", "FrameReferenceTime", "ActualFrameDuration", "RadiopharmaceuticalInformationSequence",
+    "Exposure", "ConvolutionKernel", "ReconstructionDiameter", "Units", "DecayCorrection",
+    "AttenuationCorrectionMethod", "ReconstructionMethod", "FrameReferenceTime", "ActualFrameDuration",
+    "RadiopharmaceuticalInformationSequence",
 )
 
 
@@ -145,7 +147,7 @@ def _pixel_encoding(ds: Dataset, facts: InstanceFacts) -> None:
     facts.photometric = _text(ds, 0x00280004)
     facts.transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
     for tag, width in ((PIXEL_DATA, 0), (FLOAT_PIXEL_DATA, 4), (DOUBLE_PIXEL_DATA, 8)):
-        elem = ds.get_item(tag)
+        elem = ds.get_item(tag, keep_deferred=True)  # a deferred value stays unread
         if elem is None:
             continue
         facts.float_pixels = width
@@ -231,16 +233,16 @@ def _functional_groups(groups: Dataset, frame: FrameFacts) -> None:
         frame.trigger_time = _float(_value(item, 0x00209153)) or frame.trigger_time  # NominalCardiacTriggerDelayTime
 
 
-def _sidecar(ds: Dataset) -> dict[str, Any]:
-    from pydicom.datadict import tag_for_keyword
+_SIDECAR_TAGS = tuple((keyword, tag_for_keyword(keyword)) for keyword in SIDECAR_KEYWORDS)
 
+
+def _sidecar(ds: Dataset) -> dict[str, Any]:
     found: dict[str, Any] = {}
     sources = [ds]
     shared = _first_item(ds, 0x52009229)
     if shared is not None:  # Enhanced objects keep some of these in their functional groups
         sources += [item[0] for item in shared if getattr(item, "VR", "") == "SQ" and len(item.value)]
-    for keyword in SIDECAR_KEYWORDS:
-        tag = tag_for_keyword(keyword)
+    for keyword, tag in _SIDECAR_TAGS:
         for source in sources:
             try:
                 elem = source.get(tag)
@@ -271,8 +273,8 @@ def _json_value(elem: Any) -> Any:
     if isinstance(value, bytes):
         return None
     if elem.VR in ("DS", "IS", "FL", "FD", "US", "SS", "UL", "SL"):
-        values = value if isinstance(value, list | tuple) or hasattr(value, "__iter__") and not isinstance(
-            value, str) else [value]
+        values = value if isinstance(value, list | tuple) or (hasattr(value, "__iter__") and not isinstance(
+            value, str)) else [value]
         numbers = [float(v) if elem.VR in ("DS", "FL", "FD") else int(v) for v in values]
         return numbers[0] if len(numbers) == 1 else numbers
     if hasattr(value, "__iter__") and not isinstance(value, str):
@@ -320,7 +322,7 @@ def _floats(ds: Dataset, tag: int, count: int) -> tuple[float, ...] | None:
 
 def _float(value: Any) -> float | None:
     try:
-        if isinstance(value, list | tuple) or hasattr(value, "__getitem__") and not isinstance(value, str | bytes):
+        if isinstance(value, list | tuple) or (hasattr(value, "__getitem__") and not isinstance(value, str | bytes)):
             value = value[0]
         number = float(value)
     except (TypeError, ValueError, IndexError):
