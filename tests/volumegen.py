@@ -246,9 +246,14 @@ def _sop_class(modality: str, enhanced: bool) -> str:
     return {"CT": CTImageStorage, "MR": MRImageStorage, "PT": PositronEmissionTomographyImageStorage}[modality]
 
 
+REPETITION_TIME = 500.0  # ms: also the time between repetitions of a position (as in fMRI)
+
+
 def _acquisition_time(t: int) -> str:
-    seconds = 9 * 3600 + 30 * 60 + 10 * t  # 09:30:00, then every 10 s
-    return f"{seconds // 3600:02d}{seconds // 60 % 60:02d}{seconds % 60:02d}.000000"
+    """09:30:00, then one time point every RepetitionTime."""
+    millis = (9 * 3600 + 30 * 60) * 1000 + int(REPETITION_TIME) * t
+    seconds, millis = divmod(millis, 1000)
+    return f"{seconds // 3600:02d}{seconds // 60 % 60:02d}{seconds % 60:02d}.{millis:03d}000"
 
 
 def _classic(frame: dict[str, Any], series: GeneratedSeries, modality: str, signed: bool, **attrs: Any) -> Dataset:
@@ -266,7 +271,7 @@ def _classic(frame: dict[str, Any], series: GeneratedSeries, modality: str, sign
         PixelData=frame["stored"].tobytes(),
     )
     if modality == "MR":
-        values.update(RepetitionTime=500.0, FlipAngle=15.0, ScanningSequence="GR", SequenceVariant="SP",
+        values.update(RepetitionTime=REPETITION_TIME, FlipAngle=15.0, ScanningSequence="GR", SequenceVariant="SP",
                       MRAcquisitionType="2D", MagneticFieldStrength=3.0, EchoTime=frame["echo_time"] or 5.0)
         values.update(RescaleSlope=dicomgen.REMOVE, RescaleIntercept=dicomgen.REMOVE,
                       WindowCenter=dicomgen.REMOVE, WindowWidth=dicomgen.REMOVE)
