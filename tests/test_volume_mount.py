@@ -39,6 +39,7 @@ from volume_reference import (
     nifti_size,
     run_dcm2niix,
     sidecar,
+    world_gradients,
 )
 
 # One case per geometry: the generator's options. Each gets its own patient (PatientID = case).
@@ -60,6 +61,13 @@ OTHER = {
     "gap": dict(slices=6, gap=2),
     "tilted": dict(tilt=15.0),
     "single-image": dict(slices=1),
+    # Time points known by AcquisitionTime only, InstanceNumber running against time and position.
+    "4d-acquisition-time": dict(repetitions=3, modality="MR", temporal_ids=False, instance_numbers="descending",
+                                shuffle=4),
+    # b=0 volumes interleaved with weighted ones, in acquisition order.
+    "diffusion": dict(repetitions=4, modality="MR", orientation=volumegen.oblique(), shuffle=2, temporal_ids=False,
+                      b_values=[0.0, 1000.0, 0.0, 1000.0],
+                      gradients=[(0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 0.0, 0.0), (0.0, 0.6, 0.8)]),
 }
 
 
@@ -86,6 +94,11 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
     series = {case: volumegen.make_series(inputs / case, patient_id=case, **options)
               for case, options in {**GEOMETRY, **OTHER}.items()}
     series["no-geometry"] = secondary_captures(inputs / "no-geometry")
+    axial = volumegen.make_series(inputs / "two-orientations" / "axial", patient_id="two-orientations", slices=3)
+    series["two-orientations"] = axial
+    series["two-orientations-sagittal"] = volumegen.make_series(
+        inputs / "two-orientations" / "sagittal", patient_id="two-orientations", slices=4,
+        orientation=volumegen.SAGITTAL, uids=(axial.study_uid, axial.series_uid, generate_uid()))
     copy_testdata(["eCT_Supplemental.dcm"], inputs / "enhanced-ct")
     run_cli("import", "--data-dir", root / "data", *sorted(inputs.iterdir()))
     daemon = Daemon(data_dir=root / "data", mount=root / "mnt", log_path=root / "daemon.log").start()
@@ -320,6 +333,55 @@ def test_a_gap_is_filled_with_zeros_at_the_true_positions(archive: Archive) -> N
     (described,) = summary(folder)["Volume"]["Volumes"]
     assert described["File"] == "volume.nii" and described["Dimensions"] == [6, 8, 6]
     assert any("missing" in note for note in described["Notes"])
+
+
+def test_two_orientations_are_two_volumes(archive: Archive) -> None:
+    folder = archive.folder("two-orientations")
+    assert [p.name for p in volumes(folder)] == ["volume_axial.nii", "volume_sagittal.nii"]
+    for name, case in (("axial", "two-orientations"), ("sagittal", "two-orientations-sagittal")):
+        series = archive.series[case]
+        local = read_volume(folder / f"volume_{name}.nii", archive.scratch)
+        assert assert_positions(local, series.files) == placement(series, series.slices, False)
+        (reference,) = run_dcm2niix(archive.inputs / "two-orientations" / name, archive.scratch / f"{case}-ref")
+        assert_same_volume(local, reference)
+        listed = json.loads((folder / f"volume_{name}.json").read_text())["SOPInstanceUIDs"]
+        assert listed == series.sop_uids_in_slice_order()
+
+
+def test_4d_is_ordered_by_acquisition_time_not_instance_number(archive: Archive) -> None:
+    """dcm2niix orders these time points by InstanceNumber (backwards here); AcquisitionTime is the truth."""
+    series = archive.series["4d-acquisition-time"]
+    folder = archive.folder("4d-acquisition-time")
+    local = read_volume(folder / "volume.nii", archive.scratch)
+    assert nib.load(local).shape == (series.columns, series.rows, 5, 3)
+    assert assert_positions(local, series.files) == placement(series, series.slices, True)
+    assert np.array_equal(nib.load(local).get_fdata(), series.expected_data())
+    assert summary(folder)["Volume"]["Volumes"][0]["FourthDimension"] == "acquisition times"
+    (reference,) = references(archive, "4d-acquisition-time")
+    reversed_in_time = archive.scratch / "4d-acquisition-time-reversed.nii"
+    image = nib.load(reference)
+    nib.save(nib.Nifti1Image(image.get_fdata()[..., ::-1].astype(np.float32), image.affine), reversed_in_time)
+    assert_same_volume(local, reversed_in_time)
+
+
+def test_diffusion_volumes_keep_acquisition_order_with_bval_and_bvec(archive: Archive) -> None:
+    series = archive.series["diffusion"]
+    folder = archive.folder("diffusion")
+    assert {"volume.nii", "volume.json", "volume.bval", "volume.bvec"} <= set(os.listdir(folder))
+    local = read_volume(folder / "volume.nii", archive.scratch)
+    assert assert_positions(local, series.files) == placement(series, series.slices, True)
+    (reference,) = references(archive, "diffusion")
+    assert_same_volume(local, reference)
+    bval = (folder / "volume.bval").read_text().split()
+    assert [float(b) for b in bval] == series.b_values
+    assert [float(b) for b in bval] == [float(b) for b in reference.with_suffix(".bval").read_text().split()]
+    bvec = archive.scratch / "diffusion.bvec"
+    bvec.write_bytes((folder / "volume.bvec").read_bytes())
+    ours = world_gradients(bvec, nib.load(local).affine)
+    theirs = world_gradients(reference.with_suffix(".bvec"), nib.load(reference).affine)
+    expected = np.array(series.gradients) * np.array([-1.0, -1.0, 1.0])  # LPS → RAS
+    assert np.allclose(ours, expected, atol=1e-4), ours
+    assert np.allclose(ours, theirs, atol=1e-4)
 
 
 def test_enhanced_ct_of_the_corpus_matches_dcm2niix(archive: Archive) -> None:

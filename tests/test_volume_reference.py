@@ -16,7 +16,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import volumegen
-from volume_reference import assert_positions, assert_same_volume, nifti_size, run_dcm2niix, sidecar
+from volume_reference import (
+    assert_positions,
+    assert_same_volume,
+    nifti_size,
+    run_dcm2niix,
+    sidecar,
+    world_gradients,
+)
 
 CASES = {
     "axial-hfs": dict(),
@@ -132,3 +139,15 @@ def test_the_helpers_catch_a_misplaced_slice_a_flip_and_a_shift(tmp_path: Path) 
         assert_positions(variant("shifted.nii", stored, shifted), series.files)
     with pytest.raises(AssertionError, match="affine"):
         assert_same_volume(tmp_path / "shifted.nii", good)
+
+
+def test_dcm2niix_bvecs_mean_the_files_gradients(tmp_path: Path) -> None:
+    gradients = [(0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 0.0, 0.0), (0.0, 0.6, 0.8)]
+    series = volumegen.make_series(tmp_path / "in", repetitions=4, modality="MR", orientation=volumegen.oblique(),
+                                   temporal_ids=False, b_values=[0.0, 1000.0, 0.0, 1000.0], gradients=gradients)
+    (reference,) = run_dcm2niix(tmp_path / "in", tmp_path / "ref")
+    assert reference.with_suffix(".bval").read_text().split() == ["0", "1000", "0", "1000"]  # acquisition order
+    found = world_gradients(reference.with_suffix(".bvec"), nib.load(reference).affine)
+    assert np.allclose(found, np.array(gradients) * [-1.0, -1.0, 1.0], atol=1e-4)
+    placed = assert_positions(reference, series.files, unflipped=False)
+    assert {s.sop_uid: s.t for s in series.slices} == {uid: kt[1] for (uid, _), kt in placed.items()}

@@ -215,3 +215,16 @@ def _difference(found: np.ndarray, expected: np.ndarray) -> str:
     where = np.argwhere(~np.isclose(found, expected, rtol=1e-5, atol=1e-3))
     index = tuple(where[0])
     return f"pixel (row, column) {index}: voxel {found[index]}, pixel {expected[index]}"
+
+
+def world_gradients(bvec: Path, affine: np.ndarray) -> np.ndarray:
+    """FSL-style .bvec (voxel axes, x negated when the affine's determinant is positive) → RAS unit vectors.
+
+    Lets volumes of different voxel orders (ours unflipped, dcm2niix's with flipped rows) be
+    compared by the directions they mean, one row per time point.
+    """
+    vectors = np.loadtxt(bvec, ndmin=2).T  # (time, 3)
+    axes = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    if np.linalg.det(affine[:3, :3]) > 0:
+        vectors = vectors * np.array([-1.0, 1.0, 1.0])
+    return vectors @ axes.T

@@ -85,6 +85,9 @@ class GeneratedSeries:
     series_uid: str
     patient_id: str
     repetitions: int = 1
+    temporal_ids: bool = True
+    b_values: list[float] | None = None
+    gradients: list[tuple[float, float, float]] | None = None
 
     @property
     def row_direction(self) -> np.ndarray:
@@ -158,6 +161,10 @@ def make_series(
     echo_times: list[float] | None = None,
     gap: int | None = None,
     enhanced: bool = False,
+    temporal_ids: bool = True,
+    b_values: list[float] | None = None,
+    gradients: list[tuple[float, float, float]] | None = None,
+    uids: tuple[str, str, str] | None = None,
     patient_id: str = "VOL",
     description: str = "volume",
     series_number: int = 3,
@@ -172,10 +179,13 @@ def make_series(
     ``slopes``: a RescaleSlope per position. ``repetitions``: time points per position
     (TemporalPositionIdentifier, AcquisitionTime). ``echo_times``: one echo per value, in ms.
     ``gap``: a position left out. ``enhanced``: one Enhanced multi-frame object instead of
-    one file per frame. ``attrs`` are set on every dataset.
+    one file per frame. ``temporal_ids``: whether repetitions carry TemporalPositionIdentifier
+    (else only AcquisitionTime orders them). ``b_values``/``gradients``: diffusion weighting per
+    repetition (DiffusionBValue, DiffusionGradientOrientation in LPS). ``uids``: (study,
+    series, frame of reference) to add to an existing series. ``attrs`` are set on every dataset.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    study_uid, series_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
+    study_uid, series_uid, frame_uid = uids or (generate_uid(), generate_uid(), generate_uid())
     echoes = list(echo_times) if echo_times else [None]
     signed = modality in ("CT", "PT")
     if slopes is not None and len(slopes) != slices:
@@ -183,7 +193,8 @@ def make_series(
     series = GeneratedSeries(
         files=[], slices=[], rows=rows, columns=columns, spacing=spacing, slice_spacing=slice_spacing,
         orientation=tuple(orientation), origin=origin, tilt=tilt, study_uid=study_uid, series_uid=series_uid,
-        patient_id=patient_id, repetitions=repetitions,
+        patient_id=patient_id, repetitions=repetitions, temporal_ids=temporal_ids, b_values=b_values,
+        gradients=gradients,
     )
     frames: list[dict[str, Any]] = []
     number = 0
@@ -201,7 +212,7 @@ def make_series(
                                    intercept=-1024.0 if modality == "CT" else 0.0))
                 number += 1
     if instance_numbers == "descending":
-        ranked = sorted(frames, key=lambda f: (f["echo"], f["t"], -f["k"]))
+        ranked = sorted(frames, key=lambda f: (f["echo"], -f["t"], -f["k"]))
     elif instance_numbers == "ascending":
         ranked = sorted(frames, key=lambda f: (f["echo"], f["t"], f["k"]))
     else:
@@ -227,7 +238,7 @@ def make_series(
         return series
     for frame in order:
         ds = _classic(frame, series, modality, signed, **common, **attrs)
-        path = directory / f"IM{frame['number']:05d}.dcm"
+        path = directory / f"IM{frame['number']:05d}-{ds.SOPInstanceUID[-8:]}.dcm"
         dicomgen.write(path, ds)
         series.files.append(path)
         series.slices.append(_slice(path, 0, ds.SOPInstanceUID, frame))
@@ -282,8 +293,12 @@ def _classic(frame: dict[str, Any], series: GeneratedSeries, modality: str, sign
         values.update(EchoNumbers=frame["echo"], EchoTime=frame["echo_time"])
     if series.tilt:
         values.update(GantryDetectorTilt=series.tilt)
-    if series.repetitions > 1:
+    if series.repetitions > 1 and series.temporal_ids:
         values.update(TemporalPositionIdentifier=frame["t"] + 1, NumberOfTemporalPositions=series.repetitions)
+    if series.b_values is not None:
+        values.update(DiffusionBValue=series.b_values[frame["t"]])
+    if series.gradients is not None:
+        values.update(DiffusionGradientOrientation=list(series.gradients[frame["t"]]))
     values.update(attrs)
     return dicomgen.make_dataset(rows=series.rows, columns=series.columns, **values)
 
