@@ -132,7 +132,10 @@ def extract(ds: Dataset) -> InstanceFacts:
         facts.frames = _frames(ds, max(_int(_value(ds, 0x00280008)) or 1, 1))
     except Exception:
         facts.frames = [FrameFacts()]
-    facts.sidecar = _sidecar(ds)
+    try:
+        facts.sidecar = _sidecar(ds)
+    except Exception:
+        facts.sidecar = {}
     return facts
 
 
@@ -246,11 +249,11 @@ def _sidecar(ds: Dataset) -> dict[str, Any]:
         for source in sources:
             try:
                 elem = source.get(tag)
-            except Exception:
+                if elem is None or elem.value in (None, "", b""):
+                    continue
+                value = _json_value(elem)
+            except Exception:  # a malformed value is left out of the sidecar
                 continue
-            if elem is None or elem.value in (None, "", b""):
-                continue
-            value = _json_value(elem)
             if value is not None:
                 found[keyword] = value
                 break
