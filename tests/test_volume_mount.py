@@ -30,7 +30,7 @@ import pydicom
 import pytest
 import volumegen
 from conftest import Daemon, copy_testdata, run_cli, wait_for
-from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import JPEG2000Lossless, RLELossless, SecondaryCaptureImageStorage, generate_uid
 from volume_reference import (
     assert_positions,
     assert_same_volume,
@@ -70,6 +70,8 @@ OTHER = {
                       gradients=[(0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 0.0, 0.0), (0.0, 0.6, 0.8)]),
 }
 
+COMPRESSED = {"rle-lossless": RLELossless, "jpeg-2000-lossless": JPEG2000Lossless}
+
 
 @dataclass
 class Archive:
@@ -94,6 +96,10 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
     series = {case: volumegen.make_series(inputs / case, patient_id=case, **options)
               for case, options in {**GEOMETRY, **OTHER}.items()}
     series["no-geometry"] = secondary_captures(inputs / "no-geometry")
+    for case, syntax in COMPRESSED.items():  # originals kept aside for dcm2niix and the comparison
+        original = volumegen.make_series(root / "originals" / case, patient_id=case, rows=40, columns=36,
+                                         modality="MR" if "rle" in case else "CT")
+        series[case] = volumegen.compressed_copies(original, inputs / case, syntax)
     axial = volumegen.make_series(inputs / "two-orientations" / "axial", patient_id="two-orientations", slices=3)
     series["two-orientations"] = axial
     series["two-orientations-sagittal"] = volumegen.make_series(
@@ -333,6 +339,21 @@ def test_a_gap_is_filled_with_zeros_at_the_true_positions(archive: Archive) -> N
     (described,) = summary(folder)["Volume"]["Volumes"]
     assert described["File"] == "volume.nii" and described["Dimensions"] == [6, 8, 6]
     assert any("missing" in note for note in described["Notes"])
+
+
+@pytest.mark.parametrize("case", list(COMPRESSED))
+def test_compressed_series_is_decoded_into_the_same_volume(archive: Archive, case: str) -> None:
+    series = archive.series[case]
+    assert pydicom.dcmread(series.files[0]).file_meta.TransferSyntaxUID == COMPRESSED[case]
+    folder = archive.folder(case)
+    assert [p.name for p in volumes(folder)] == ["volume.nii"]
+    local = read_volume(folder / "volume.nii", archive.scratch)
+    assert_nifti_header(local, integer=True)
+    assert assert_positions(local, series.files) == placement(series, series.slices, False)
+    assert np.array_equal(nib.load(local).get_fdata(), series.expected_data())
+    (reference,) = references(archive, case)
+    assert_same_volume(local, reference)
+    assert (folder / "volume.nii").read_bytes() == local.read_bytes()  # the second read: the same bytes
 
 
 def test_two_orientations_are_two_volumes(archive: Archive) -> None:

@@ -352,3 +352,19 @@ def _enhanced(order: list[dict[str, Any]], series: GeneratedSeries, modality: st
         values[name] = dicomgen.REMOVE
     values.update(attrs)
     return dicomgen.make_dataset(rows=series.rows, columns=series.columns, **values)
+
+
+def compressed_copies(series: GeneratedSeries, directory: Path, transfer_syntax: str) -> GeneratedSeries:
+    """The same instances (same UIDs, same pixels) re-encoded in ``transfer_syntax`` under ``directory``."""
+    import pydicom
+
+    directory.mkdir(parents=True, exist_ok=True)
+    moved: dict[Path, Path] = {}
+    for path in series.files:
+        ds = pydicom.dcmread(path)
+        ds.compress(transfer_syntax, generate_instance_uid=False)  # the same instance, re-encoded
+        moved[path] = directory / path.name
+        ds.save_as(moved[path], enforce_file_format=True)
+    slices = [Slice(path=moved[s.path], frame=s.frame, sop_uid=s.sop_uid, k=s.k, t=s.t, echo=s.echo,
+                    position=s.position, stored=s.stored, slope=s.slope, intercept=s.intercept) for s in series.slices]
+    return GeneratedSeries(**{**series.__dict__, "files": [moved[p] for p in series.files], "slices": slices})
