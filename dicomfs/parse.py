@@ -94,6 +94,7 @@ def parse_instance(raw: bytes, *, source: str = "", received: bool = False) -> P
         has_image = renders_image(ds)
         references = derived_references(ds)
         volume_facts = facts.extract(ds).to_json()
+        volume_sidecar = facts.sidecar_json(ds)
     except (NotDicomError, InvalidInstanceError):
         raise
     except Exception as exc:  # pydicom raises many types on malformed input
@@ -109,6 +110,7 @@ def parse_instance(raw: bytes, *, source: str = "", received: bool = False) -> P
         source=source,
         transfer_syntax_uid=str(ds.file_meta.get("TransferSyntaxUID", "")),
         volume_facts=volume_facts,
+        volume_sidecar=volume_sidecar,
         facts_version=facts.FACTS_VERSION,
     )
     return parsed

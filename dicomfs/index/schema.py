@@ -284,7 +284,16 @@ ALTER TABLE changes_v5 RENAME TO changes;
 # files by ``IndexWriter.refresh_volume_facts`` when the daemon starts.
 SCHEMA_V6 = """
 ALTER TABLE instances ADD COLUMN volume_facts TEXT NOT NULL DEFAULT '';
+ALTER TABLE instances ADD COLUMN volume_sidecar TEXT NOT NULL DEFAULT '';  -- JSON: volumes.facts.sidecar_values
 ALTER TABLE instances ADD COLUMN facts_version INTEGER NOT NULL DEFAULT 0;
+
+-- What a series folder lists of its volumes (volumes.series.VolumeFiles), kept so that a
+-- listing need not plan the series again; valid while the signature matches its instances.
+CREATE TABLE volume_plans (
+    series_id           INTEGER PRIMARY KEY,
+    signature           TEXT NOT NULL,         -- volumes.series.signature when planned
+    files               TEXT NOT NULL          -- JSON: file names and sizes per volume, and the series.json summary
+);
 """
 
 # Each entry upgrades the schema from version i to i + 1.

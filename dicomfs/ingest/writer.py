@@ -237,11 +237,14 @@ class IndexWriter:
             for instance_id, relpath in stale[start:start + 100]:
                 try:
                     ds = pydicom.dcmread(self.store.path(relpath), defer_size=4096)
-                    updates.append((volume_facts.extract(ds).to_json(), FACTS_VERSION, instance_id))
+                    updates.append((volume_facts.extract(ds).to_json(), volume_facts.sidecar_json(ds), FACTS_VERSION,
+                                    instance_id))
                 except Exception as exc:
                     log.error("cannot read the volume facts of %s: %s", relpath, exc)
-                    updates.append(("", FACTS_VERSION, instance_id))
+                    updates.append(("", "", FACTS_VERSION, instance_id))
             with self.db.transaction():
                 for row in updates:
-                    self.db.execute("UPDATE instances SET volume_facts = ?, facts_version = ? WHERE id = ?", row)
+                    self.db.execute("UPDATE instances SET volume_facts = ?, volume_sidecar = ?, facts_version = ? "
+                                    "WHERE id = ?", row)
+                self.db.execute("DELETE FROM volume_plans")  # listings planned from the old facts
         return len(stale)

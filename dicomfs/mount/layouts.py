@@ -38,7 +38,6 @@ from dicomfs.mount.model import (
 )
 from dicomfs.mount.rows import InstanceRow
 from dicomfs.views.jpeg_size import is_color, jpeg_size
-from dicomfs.volumes import nifti
 
 
 def folder(name: str, kind: Kind, row_id: int, mtime: float, timeout: float = ENTRY_TIMEOUT) -> Node:
@@ -453,7 +452,7 @@ class SeriesSummary(SeriesFile):
     def entries(self, series_id: int, instances: list[tuple[str, InstanceRow]] | None) -> list[Node]:
         if instances is not None:  # the summary lists these same names: build it now, once
             self.model.summaries[inode_of(Kind.SERIES_JSON, series_id)] = summaries.series_summary(
-                self.db, series_id, instances, self.model.volumes(series_id).plan.summary())
+                self.db, series_id, instances, self.model.volume_files(series_id).summary)
         return [self.model.summary_node(Kind.SERIES_JSON, series_id)]
 
     def node(self, kind: Kind, row_id: int) -> Node:
@@ -463,36 +462,33 @@ class SeriesSummary(SeriesFile):
 class SeriesVolumeFiles(SeriesFile):
     """``volume*.nii`` with its ``.json`` sidecar (and ``.bval``/``.bvec``) in every series folder.
 
-    Sizes come from the plan (``volumes.plan``), made from the index alone; the mtime is the
-    series'. Short timeouts: a volume changes as its series does.
+    Names and sizes come from ``Model.volume_files``, which plans the series only when it
+    changed; the mtime is the series'. Short timeouts: a volume changes as its series does.
     """
 
     kinds = frozenset({Kind.VOLUME_NII, Kind.VOLUME_TEXT})
 
     def entries(self, series_id: int, instances: list[tuple[str, InstanceRow]] | None) -> list[Node]:
-        volumes = self.model.volumes(series_id).plan.volumes
-        if not volumes:
+        listing = self.model.volume_files(series_id)
+        if not listing.volumes:
             return []
         mtime = self.model.level_mtime("series", series_id)
-        nodes: list[Node] = []
-        for number, plan in enumerate(volumes):
-            nodes.append(Node(f"{plan.name}.nii", inode_of(Kind.VOLUME_NII, volume_id(series_id, number)), mtime,
-                              nifti.file_size(plan), SUMMARY_TIMEOUT))
-            parts = [VolumePart.JSON] + ([VolumePart.BVAL, VolumePart.BVEC] if plan.b_values is not None else [])
-            for part in parts:
-                inode = inode_of(Kind.VOLUME_TEXT, volume_id(series_id, number, part))
-                nodes.append(Node(f"{plan.name}{naming.VOLUME_SUFFIXES[part]}", inode, mtime,
-                                  len(self.model.summary(inode)), SUMMARY_TIMEOUT))
-        return nodes
+        return [Node(name, self._inode(series_id, number, part), mtime, size, SUMMARY_TIMEOUT)
+                for number, files in enumerate(listing.volumes) for part, name, size in files]
 
     def node(self, kind: Kind, row_id: int) -> Node:
-        series_id, number, _ = volume_of(row_id)
-        volumes = self.model.volumes(series_id).plan.volumes
-        if number >= len(volumes):
+        series_id, number, part = volume_of(row_id)
+        volumes = self.model.volume_files(series_id).volumes
+        found = [size for p, _, size in volumes[number] if p == part] if number < len(volumes) else []
+        if not found:
             raise NotFoundError(inode_of(kind, row_id))
-        inode = inode_of(kind, row_id)
-        size = nifti.file_size(volumes[number]) if kind is Kind.VOLUME_NII else len(self.model.summary(inode))
-        return Node("", inode, self.model.level_mtime("series", series_id), size, SUMMARY_TIMEOUT)
+        return Node("", inode_of(kind, row_id), self.model.level_mtime("series", series_id), found[0],
+                    SUMMARY_TIMEOUT)
+
+    @staticmethod
+    def _inode(series_id: int, number: int, part: int) -> int:
+        kind = Kind.VOLUME_NII if part == VolumePart.NII else Kind.VOLUME_TEXT
+        return inode_of(kind, volume_id(series_id, number, VolumePart(part)))
 
 
 LAYOUTS: tuple[type[Layout], ...] = (

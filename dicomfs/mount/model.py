@@ -21,7 +21,7 @@ from dicomfs.index.db import Database, NoSuchRowError
 from dicomfs.mount import naming, rows, summaries
 from dicomfs.mount.kinds import Kind, entity_of, inode_of, split_inode
 from dicomfs.mount.rows import InstanceRow
-from dicomfs.volumes.series import SeriesVolumes, series_volumes
+from dicomfs.volumes.series import FactsCache, SeriesVolumes, VolumeFiles, series_volumes, volume_files
 
 ENTRY_TIMEOUT = 300.0  # names and most attributes never change; changes are invalidated explicitly
 SUMMARY_TIMEOUT = 1.0  # summaries and derived/ change size as data arrives
@@ -84,7 +84,8 @@ class Model:
 
     def __init__(self, db: Database, summaries: MutableMapping[int, bytes] | None = None,
                  layouts: Iterable[type[Layout]] | None = None,
-                 volumes: MutableMapping[int, SeriesVolumes] | None = None) -> None:
+                 volumes: MutableMapping[int, SeriesVolumes] | None = None,
+                 volume_listings: MutableMapping[int, VolumeFiles] | None = None) -> None:
         if layouts is None:
             from dicomfs.mount.layouts import LAYOUTS
 
@@ -92,6 +93,8 @@ class Model:
         self.db = db
         self.summaries: MutableMapping[int, bytes] = {} if summaries is None else summaries
         self.volume_plans: MutableMapping[int, SeriesVolumes] = {} if volumes is None else volumes
+        self.volume_listings: MutableMapping[int, VolumeFiles] = {} if volume_listings is None else volume_listings
+        self.volume_facts = FactsCache()
         self.mounted_at = time.time()
         self.layouts = [cls(self) for cls in layouts]
         self._by_kind: dict[Kind, Layout] = {kind: layout for layout in self.layouts for kind in layout.kinds}
@@ -131,11 +134,19 @@ class Model:
         return data
 
     def volumes(self, series_id: int) -> SeriesVolumes:
-        """The planned volumes of a series, made once per change of the series."""
+        """The planned volumes of a series (every slice), made once per change of the series."""
         planned = self.volume_plans.get(series_id)
         if planned is None:
-            planned = self.volume_plans[series_id] = series_volumes(self.db, series_id)
+            planned = self.volume_plans[series_id] = series_volumes(self.db, series_id, self.volume_facts)
         return planned
+
+    def volume_files(self, series_id: int) -> VolumeFiles:
+        """What the series folder lists of its volumes, without planning when the series is unchanged."""
+        listing = self.volume_listings.get(series_id)
+        if listing is None:
+            listing = self.volume_listings[series_id] = volume_files(
+                self.db, series_id, self.volume_plans.get(series_id), cache=self.volume_facts)
+        return listing
 
     def origin(self, inode: int) -> tuple[str, int] | None:
         """("study", id) or ("series", id) for a study or series folder in any layout, else None."""

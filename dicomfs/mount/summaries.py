@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 from dicomfs.index import organise
 from dicomfs.index.db import Database, NoSuchRowError
 from dicomfs.mount import naming, rows
-from dicomfs.mount.kinds import Kind, VolumePart, orphan_origin, volume_of
+from dicomfs.mount.kinds import Kind, orphan_origin, volume_of
 from dicomfs.mount.rows import InstanceRow
 from dicomfs.views.summary import summary_json
-from dicomfs.volumes import sidecar
+from dicomfs.volumes.series import text_file
 
 if TYPE_CHECKING:
     from dicomfs.mount.model import Model
@@ -32,7 +32,7 @@ def make(model: Model, kind: Kind, row_id: int) -> bytes:
         return study_summary(model.db, row_id)
     if kind is Kind.SERIES_JSON:
         return series_summary(model.db, row_id, naming.named_instances(rows.instances_of(model.db, row_id)),
-                              model.volumes(row_id).plan.summary())
+                              model.volume_files(row_id).summary)
     if kind is Kind.VOLUME_TEXT:
         return volume_text(model, row_id)
     if kind is Kind.ORPHAN_JSON:
@@ -131,17 +131,13 @@ def series_summary(db: Database, series_id: int, named: list[tuple[str, Instance
     return summary_json("SERIES", attributes, "Instances", children)
 
 def volume_text(model: Model, packed: int) -> bytes:
-    """A volume's sidecar, .bval or .bvec (NoSuchRowError when the series has no such volume now)."""
+    """A volume's sidecar, .bval or .bvec (NoSuchRowError when the series has no such file now)."""
     series_id, number, part = volume_of(packed)
     volumes = model.volumes(series_id).plan.volumes
-    if number >= len(volumes):
+    data = text_file(model.db, volumes[number], part, series_id) if number < len(volumes) else None
+    if data is None:
         raise NoSuchRowError(packed)
-    plan = volumes[number]
-    if part is VolumePart.JSON:
-        return sidecar.sidecar_json(plan, model.db.get_str("SELECT series_uid FROM series WHERE id = ?", (series_id,)))
-    if plan.b_values is None:
-        raise NoSuchRowError(packed)
-    return sidecar.bval(plan) if part is VolumePart.BVAL else sidecar.bvec(plan)
+    return data
 
 
 def organisation(db: Database, level: str, row_id: int) -> dict[str, Any]:

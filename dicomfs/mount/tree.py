@@ -34,7 +34,7 @@ from dicomfs.mount.layouts import Queries, date_ids
 from dicomfs.mount.model import Model, NotFoundError, split
 from dicomfs.mount.rows import InstanceFile
 from dicomfs.volumes.plan import VolumePlan
-from dicomfs.volumes.series import SeriesVolumes
+from dicomfs.volumes.series import SeriesVolumes, VolumeFiles
 
 __all__ = ["Entry", "Listing", "NotFoundError", "Refresh", "Tree"]
 
@@ -97,7 +97,8 @@ class Tree:
         self._listings: OrderedDict[int, Listing] = OrderedDict()
         self._summaries: dict[int, bytes] = {}
         self._volumes: dict[int, SeriesVolumes] = {}  # series id → its planned volumes
-        self.model = Model(db, self._summaries, volumes=self._volumes)
+        self._volume_files: dict[int, VolumeFiles] = {}  # series id → what its folder lists of them
+        self.model = Model(db, self._summaries, volumes=self._volumes, volume_listings=self._volume_files)
         # How many volumes each series was listed with: a change must make the kernel forget them all.
         self._volume_counts: dict[int, int] = {}
         self.attributes_of = KernelAttributes()
@@ -223,6 +224,7 @@ class Tree:
         # their sizes change. Dropping their pages would race with readers of a fetch under way.
         if changes.everything:
             self._volumes.clear()
+            self._volume_files.clear()
         attributes = [inode for inode in stale if split_inode(inode)[0].content not in _NEW_BYTES]
         contents = [inode for inode in stale if split_inode(inode)[0].content in _NEW_BYTES]
         return Refresh(attributes, contents, gone)
@@ -237,6 +239,7 @@ class Tree:
             self._summaries.pop(inode, None)
             if inode & _KIND_MASK == Kind.SERIES_JSON:  # the series changed: so may its volumes
                 self._volumes.pop(inode >> KIND_BITS, None)
+                self._volume_files.pop(inode >> KIND_BITS, None)
 
     def _stale(self, series_ids: Iterable[int], *, everything: bool) -> list[int]:
         """What depends on these series (everything cached, for a change above any series)."""

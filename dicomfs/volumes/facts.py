@@ -4,7 +4,9 @@ Recorded at ingest (and backfilled for older archives): where the pixel data lie
 stored file and how it is encoded, and per frame its geometry, rescale and the values that
 split a series or order a repetition (echo, time, diffusion, dimension index). An Enhanced
 multi-frame object has one ``FrameFacts`` per frame, read from its functional groups; a
-classic image has one. Kept as compact JSON in ``instances.volume_facts``.
+classic image has one. Kept as compact JSON in ``instances.volume_facts``; the acquisition
+values for the volume's sidecar (``sidecar_values``) in ``instances.volume_sidecar``, apart,
+since only the first slice's are ever read.
 """
 
 from __future__ import annotations
@@ -81,7 +83,6 @@ class InstanceFacts:
     acquisition_number: int | None = None
     instance_number: int | None = None
     frames: list[FrameFacts] = field(default_factory=list)
-    sidecar: dict[str, Any] = field(default_factory=dict)  # SIDECAR_KEYWORDS present, as JSON values
 
     @property
     def has_pixels(self) -> bool:
@@ -110,9 +111,15 @@ class InstanceFacts:
     @classmethod
     def from_json(cls, text: str) -> InstanceFacts:
         data = json.loads(text)
-        frames = [FrameFacts(**{k: tuple(v) if isinstance(v, list) else v for k, v in f.items()})
-                  for f in data.pop("frames", [])]
+        frames = []
+        for f in data.pop("frames", ()):
+            for key in _TUPLES.intersection(f):
+                f[key] = tuple(f[key])
+            frames.append(FrameFacts(**f))
         return cls(**data, frames=frames)
+
+
+_TUPLES = frozenset({"position", "orientation", "spacing", "gradient", "dimension_index"})
 
 
 def extract(ds: Dataset) -> InstanceFacts:
@@ -132,10 +139,6 @@ def extract(ds: Dataset) -> InstanceFacts:
         facts.frames = _frames(ds, max(_int(_value(ds, 0x00280008)) or 1, 1))
     except Exception:
         facts.frames = [FrameFacts()]
-    try:
-        facts.sidecar = _sidecar(ds)
-    except Exception:
-        facts.sidecar = {}
     return facts
 
 
@@ -237,6 +240,18 @@ def _functional_groups(groups: Dataset, frame: FrameFacts) -> None:
 
 
 _SIDECAR_TAGS = tuple((keyword, tag_for_keyword(keyword)) for keyword in SIDECAR_KEYWORDS)
+
+
+def sidecar_values(ds: Dataset) -> dict[str, Any]:
+    """The SIDECAR_KEYWORDS present in ``ds``, as JSON values; never raises."""
+    try:
+        return _sidecar(ds)
+    except Exception:
+        return {}
+
+
+def sidecar_json(ds: Dataset) -> str:
+    return json.dumps(sidecar_values(ds), separators=(",", ":"), ensure_ascii=False)
 
 
 def _sidecar(ds: Dataset) -> dict[str, Any]:

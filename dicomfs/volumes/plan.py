@@ -11,6 +11,7 @@ diffusion b-value), InstanceNumber only as a last resort.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import numpy as np
 
 from dicomfs.volumes.facts import FrameFacts, InstanceFacts
 
+PLAN_VERSION = 1  # bump when planning changes what a series lists: kept listings are then made again
 POSITION_TOLERANCE = 0.01  # mm: positions closer than this along the normal are the same slice
 SPACING_TOLERANCE = 0.01  # relative: spacing differences below this are rounding
 MAX_VOLUMES = 16  # per series: more splits than this is not a stack worth serving
@@ -114,13 +116,15 @@ def plan_series(instances: Sequence[tuple[int, str, InstanceFacts]], *, not_loca
               for index in range(len(facts.frames))]
     if not frames:
         return SeriesPlan([], "no image data" if instances else "no instances")
-    missing = sum(1 for s in frames if not _has_geometry(s.frame_facts))
-    if missing == len(frames):
-        return SeriesPlan([], "no geometry: ImagePositionPatient, ImageOrientationPatient or PixelSpacing missing")
     groups: dict[tuple[tuple[str, str], ...], list[Slice]] = {}
+    missing = 0
     for s in frames:
         if _has_geometry(s.frame_facts):
             groups.setdefault(_split_key(s), []).append(s)
+        else:
+            missing += 1
+    if missing == len(frames):
+        return SeriesPlan([], "no geometry: ImagePositionPatient, ImageOrientationPatient or PixelSpacing missing")
     left_out = [f"{missing} frames without geometry"] if missing else []
     names = _names(list(groups))
     volumes: list[VolumePlan] = []
@@ -146,11 +150,17 @@ def _has_geometry(f: FrameFacts) -> bool:
         f.orientation) is not None
 
 
-def _normal(orientation: tuple[float, ...]) -> np.ndarray | None:
-    row, column = np.asarray(orientation[:3]), np.asarray(orientation[3:])
-    normal = np.cross(row, column)
-    length = float(np.linalg.norm(normal))
-    return None if length < 1e-3 else normal / length
+@functools.lru_cache(maxsize=1024)
+def _normal(orientation: tuple[float, ...]) -> tuple[float, float, float] | None:
+    """The unit slice normal (row direction x column direction); None for degenerate cosines.
+
+    Plain Python and cached: a series has a handful of distinct orientations, and numpy's
+    cross product costs more than the rest of planning a slice.
+    """
+    ax, ay, az, bx, by, bz = orientation
+    nx, ny, nz = ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx
+    length = math.sqrt(nx * nx + ny * ny + nz * nz)
+    return None if length < 1e-3 else (nx / length, ny / length, nz / length)
 
 
 # What splits a series, in naming order; each part is (label, value) and only parts that
@@ -173,11 +183,13 @@ def _split_key(s: Slice) -> tuple[tuple[str, str], ...]:
     )
 
 
+@functools.lru_cache(maxsize=1024)
 def _orientation_name(orientation: tuple[float, ...]) -> str:
     """axial, coronal or sagittal by the dominant axis of the normal, plus the exact cosines."""
     normal = _normal(orientation)
     assert normal is not None
-    axis = int(np.argmax(np.abs(normal)))
+    magnitudes = [abs(v) for v in normal]
+    axis = magnitudes.index(max(magnitudes))
     exact = ",".join(f"{v:.4f}" for v in orientation)
     return f"{('sagittal', 'coronal', 'axial')[axis]}|{exact}"
 
@@ -235,9 +247,10 @@ def _float(text: str) -> float:
 def _plan_stack(name: str, members: list[Slice]) -> VolumePlan | str:
     first = members[0].frame_facts
     assert first.orientation is not None and first.spacing is not None
-    normal = _normal(first.orientation)
-    assert normal is not None
-    along = np.array([float(np.dot(np.asarray(s.frame_facts.position), normal)) for s in members])
+    unit = _normal(first.orientation)
+    assert unit is not None
+    normal = np.asarray(unit)
+    along = np.array([s.frame_facts.position for s in members], dtype=float) @ normal
     order = np.argsort(along, kind="stable")
     # Cluster positions along the normal.
     locations: list[list[int]] = []

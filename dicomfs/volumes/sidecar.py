@@ -13,10 +13,11 @@ from dicomfs.volumes.plan import VolumePlan
 _MILLISECONDS = ("EchoTime", "RepetitionTime", "InversionTime")  # BIDS wants seconds
 
 
-def sidecar_json(plan: VolumePlan, series_uid: str) -> bytes:
+def sidecar_json(plan: VolumePlan, series_uid: str, acquisition: dict[str, Any]) -> bytes:
+    """``acquisition``: the first slice's ``facts.sidecar_values``."""
     first = plan.first
     out: dict[str, Any] = {}
-    for keyword, value in first.facts.sidecar.items():
+    for keyword, value in acquisition.items():
         if keyword in _MILLISECONDS and isinstance(value, int | float):
             value = round(value / 1000.0, 9)
         out[keyword] = value
