@@ -507,7 +507,8 @@ def test_a_truncated_slice_is_refused_and_the_rest_is_a_volume(daemon: Daemon, d
 
 
 def test_two_instances_at_one_position_are_never_stacked(daemon: Daemon, data_dir: Path, tmp_path: Path) -> None:
-    """dcm2niix stacks six slices over five positions; we split them or explain, never misplace."""
+    """dcm2niix stacks six slices over five positions; we keep the first at each place (lowest
+    InstanceNumber) and name the one left out, never misplace."""
     series = volumegen.make_series(tmp_path / "in", patient_id="twice")
     twin = pydicom.dcmread(series.files[2])
     twin.SOPInstanceUID, twin.InstanceNumber = generate_uid(), 99
@@ -517,8 +518,10 @@ def test_two_instances_at_one_position_are_never_stacked(daemon: Daemon, data_di
     daemon.start()
     folder = series_folder(daemon.mount, series)
     held = assert_volumes_place(folder, [*series.files, twin_path], tmp_path / "scratch")
-    if held != {*(s.sop_uid for s in series.slices), twin.SOPInstanceUID}:
-        assert "repeated positions" in volume_reason(folder, "LeftOut")
+    assert held == {s.sop_uid for s in series.slices}
+    summary = json.loads((folder / "series.json").read_text())["Volume"]
+    [notes] = [v["Notes"] for v in summary["Volumes"]]
+    assert notes == [f"1 other objects at positions already filled left out: {twin.SOPInstanceUID}"]
 
 
 def _only(directory: Path, files: list[Path]) -> Path:
