@@ -378,3 +378,38 @@ class _BytesIO:
         import io
 
         return io.BytesIO(data)
+
+
+def test_an_index_of_schema_v5_is_upgraded_and_backfilled(tmp_path: Path) -> None:
+    from dicomfs.index.schema import SCHEMA_VERSION, migrate
+    from dicomfs.volumes.series import series_volumes
+
+    paths = stack(tmp_path / "src", 3)
+    archive = open_archive(tmp_path / "data")
+    run_import(archive, [tmp_path / "src"], workers=1, progress=False)
+    db = archive.db
+    with db.transaction():  # back to what schema v5 had
+        db.execute("DROP TABLE volume_plans")
+        for column in ("volume_facts", "volume_sidecar", "facts_version"):
+            db.execute(f"ALTER TABLE instances DROP COLUMN {column}")
+        db.execute("PRAGMA user_version = 5")
+    migrate(db)
+    assert db.get_int("PRAGMA user_version") == SCHEMA_VERSION == 6
+    assert db.query("SELECT DISTINCT volume_facts, facts_version FROM instances") == [("", 0)]
+    assert series_volumes(db, 1).plan.volumes == []  # nothing recorded yet: no volume, and no failure
+    assert archive.writer.refresh_volume_facts() == 3
+    [volume] = series_volumes(db, 1).plan.volumes
+    assert volume.slices_per_volume == 3
+    assert_positions(_image_from_store(volume, archive), paths)
+    archive.close()
+
+
+def _image_from_store(volume, archive) -> nib.Nifti1Image:  # type: ignore[no-untyped-def]
+    from dicomfs.volumes.source import VolumeSource
+
+    paths = dict(archive.db.query("SELECT id, file_path FROM instances"))
+    source = VolumeSource(volume, archive.store.root, paths)
+    try:
+        return nib.Nifti1Image.from_bytes(source.read(0, source.size))
+    finally:
+        source.close()
