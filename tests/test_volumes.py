@@ -363,10 +363,10 @@ def test_volume_inodes_name_their_series() -> None:
 
 def _image(volume, paths: list[Path]) -> nib.Nifti1Image:  # type: ignore[no-untyped-def]
     """The volume's bytes as the mount would serve them, from the original files."""
-    from dicomfs.volumes.source import VolumeSource
+    from dicomfs.volumes.source import VolumeLayout, VolumeSource
 
     by_id = {number: str(path) for number, path in enumerate(paths, 1)}
-    source = VolumeSource(volume, Path("/"), by_id)
+    source = VolumeSource(VolumeLayout.of(volume), Path("/"), by_id)
     try:
         return nib.Nifti1Image.from_bytes(source.read(0, source.size))
     finally:
@@ -405,11 +405,27 @@ def test_an_index_of_schema_v5_is_upgraded_and_backfilled(tmp_path: Path) -> Non
 
 
 def _image_from_store(volume, archive) -> nib.Nifti1Image:  # type: ignore[no-untyped-def]
-    from dicomfs.volumes.source import VolumeSource
+    from dicomfs.volumes.source import VolumeLayout, VolumeSource
 
     paths = dict(archive.db.query("SELECT id, file_path FROM instances"))
-    source = VolumeSource(volume, archive.store.root, paths)
+    source = VolumeSource(VolumeLayout.of(volume), archive.store.root, paths)
     try:
         return nib.Nifti1Image.from_bytes(source.read(0, source.size))
     finally:
         source.close()
+
+
+def test_opening_a_listed_volume_needs_no_planning(tmp_path: Path, archive_of, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from dicomfs.mount.tree import Tree
+    from dicomfs.volumes import series
+
+    mount = archive_of(stack(tmp_path / "src", 4))
+    folder = _series_path(mount)
+    expected = mount.read(mount.lookup(*folder, "volume.nii").st_ino)  # listed once: kept in the index
+    mount.tree = mount.ops.tree = Tree(mount.archive.db)  # a new mount of the same archive
+
+    def no_planning(*args: object, **kwargs: object) -> None:
+        raise AssertionError("planned again")
+
+    monkeypatch.setattr(series, "plan_series", no_planning)
+    assert mount.read(mount.lookup(*folder, "volume.nii").st_ino) == expected

@@ -292,7 +292,8 @@ ALTER TABLE instances ADD COLUMN facts_version INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE volume_plans (
     series_id           INTEGER PRIMARY KEY,
     signature           TEXT NOT NULL,         -- volumes.series.signature when planned
-    files               TEXT NOT NULL          -- JSON: file names and sizes per volume, and the series.json summary
+    files               TEXT NOT NULL,         -- JSON: file names and sizes per volume, and the series.json summary
+    layouts             TEXT NOT NULL          -- JSON: per volume, header and slice offsets (null: decoded)
 );
 """
 

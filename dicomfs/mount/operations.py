@@ -25,12 +25,12 @@ from dicomfs.derived import DerivedError, DerivedStore
 from dicomfs.mount.derived_writes import DerivedWrites
 from dicomfs.mount.handles import GeneratedFile, Handle, RenderedView, StoredFile, VolumeFile
 from dicomfs.mount.kernel import Kernel
-from dicomfs.mount.kinds import Content, Kind, Top, inode_of, split_inode
+from dicomfs.mount.kinds import Content, Kind, Top, inode_of, split_inode, volume_of
 from dicomfs.mount.rows import InstanceFile
 from dicomfs.mount.tree import NotFoundError, Tree
 from dicomfs.views.render import RenderError, render_view
 from dicomfs.volumes.cache import VolumeCache
-from dicomfs.volumes.source import VolumeSource
+from dicomfs.volumes.source import VolumeLayout, VolumeSource
 
 if TYPE_CHECKING:
     from dicomfs.ingest.writer import Ingested
@@ -200,14 +200,16 @@ class Operations(pyfuse3.Operations):
         return self._keep(handle, pyfuse3.FileInfo(keep_cache=True))
 
     async def _volume(self, inode: int) -> Handle:
-        """The volume as planned now: this handle keeps that version, whatever arrives later."""
-        plan, file_paths = self.tree.volume(inode)
-        if plan.raw:
-            return VolumeFile(VolumeSource(plan, self.store_root, file_paths))
+        """The volume as it is now: this handle keeps that version, whatever arrives later."""
+        found = self.tree.volume(inode)
+        series_id = volume_of(split_inode(inode)[1])[0]
+        file_paths = self.tree.stored_files(series_id)
+        if isinstance(found, VolumeLayout):
+            return VolumeFile(VolumeSource(found, self.store_root, file_paths))
         if self.volume_cache is None:
             raise pyfuse3.FUSEError(errno.EIO)
-        log.debug("decoding volume %s of inode %d", plan.name, inode)
-        path = await trio.to_thread.run_sync(self.volume_cache.path_for, plan, self.store_root, file_paths,
+        log.debug("decoding volume %s of inode %d", found.name, inode)
+        path = await trio.to_thread.run_sync(self.volume_cache.path_for, found, self.store_root, file_paths,
                                              limiter=self.render_limiter)
         return StoredFile(path)
 

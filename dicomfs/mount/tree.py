@@ -34,7 +34,8 @@ from dicomfs.mount.layouts import Queries, date_ids
 from dicomfs.mount.model import Model, NotFoundError, split
 from dicomfs.mount.rows import InstanceFile
 from dicomfs.volumes.plan import VolumePlan
-from dicomfs.volumes.series import SeriesVolumes, VolumeFiles
+from dicomfs.volumes.series import SeriesVolumes, VolumeFiles, load_layouts, stored_files
+from dicomfs.volumes.source import VolumeLayout
 
 __all__ = ["Entry", "Listing", "NotFoundError", "Refresh", "Tree"]
 
@@ -170,19 +171,31 @@ class Tree:
     def summary(self, inode: int) -> bytes:
         return self.model.summary(inode)
 
-    def volume(self, inode: int) -> tuple[VolumePlan, dict[int, str]]:
-        """For opening a volume: its plan now, and where its slices' files are."""
+    def volume(self, inode: int) -> VolumeLayout | VolumePlan:
+        """For opening a volume: where its bytes are now (a raw one), or its plan (one to decode)."""
         kind, packed = split(inode)
         if kind is not Kind.VOLUME_NII:
             raise NotFoundError(inode)
         series_id, number, _ = volume_of(packed)
         try:
-            planned = self.model.volumes(series_id)
+            listing = self.model.volume_files(series_id)
+            if number >= len(listing.volumes):
+                raise NotFoundError(inode)
+            if load_layouts(self.db, series_id, listing):
+                assert listing.layouts is not None
+                layout = listing.layouts[number]
+                if layout is not None:
+                    return layout
+            volumes = self.model.volumes(series_id).plan.volumes
         except NoSuchRowError:
             raise NotFoundError(inode) from None
-        if number >= len(planned.plan.volumes):
+        if number >= len(volumes):
             raise NotFoundError(inode)
-        return planned.plan.volumes[number], planned.file_paths
+        plan = volumes[number]
+        return VolumeLayout.of(plan) if plan.raw else plan
+
+    def stored_files(self, series_id: int) -> dict[int, str]:
+        return stored_files(self.db, series_id)
 
     def origin(self, inode: int) -> tuple[str, int] | None:
         return self.model.origin(inode)

@@ -22,6 +22,7 @@ from dicomfs.index.db import Database
 from dicomfs.volumes import nifti, sidecar
 from dicomfs.volumes.facts import FACTS_VERSION, InstanceFacts
 from dicomfs.volumes.plan import PLAN_VERSION, SeriesPlan, VolumePlan, plan_series
+from dicomfs.volumes.source import VolumeLayout
 
 log = logging.getLogger(__name__)
 
@@ -34,20 +35,32 @@ class SeriesVolumes:
     file_paths: dict[int, str]  # instance id → stored file, relative to the store
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class VolumeFiles:
-    """What a series folder lists of its volumes: per volume, (part, file name, size) of each file."""
+    """What a series folder lists of its volumes: per volume, (part, file name, size) of each file.
+
+    ``layouts``: per volume, where a raw volume's bytes are (None: it must be decoded); read
+    from the index only when a volume is opened (``load_layouts``).
+    """
 
     volumes: list[list[tuple[int, str, int]]]
     summary: dict[str, Any]  # the ``Volume`` of series.json
+    signature: str = ""
+    layouts: list[VolumeLayout | None] | None = None
 
     def to_json(self) -> str:
         return json.dumps({"volumes": self.volumes, "summary": self.summary}, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str) -> VolumeFiles:
+    def from_json(cls, text: str, signature: str) -> VolumeFiles:
         data = json.loads(text)
-        return cls([[tuple(f) for f in files] for files in data["volumes"]], data["summary"])  # type: ignore[misc]
+        return cls([[tuple(f) for f in files] for files in data["volumes"]], data["summary"],  # type: ignore[misc]
+                   signature)
+
+    def layouts_json(self) -> str:
+        assert self.layouts is not None
+        return json.dumps([None if layout is None else layout.to_json() for layout in self.layouts],
+                          separators=(",", ":"))
 
 
 class FactsCache:
@@ -125,7 +138,7 @@ def volume_files(db: Database, series_id: int, planned: SeriesVolumes | None = N
     sign = signature(db, series_id)
     kept = db.query("SELECT signature, files FROM volume_plans WHERE series_id = ?", (series_id,))
     if kept and kept[0][0] == sign:
-        return VolumeFiles.from_json(kept[0][1])
+        return VolumeFiles.from_json(kept[0][1], sign)
     planned = planned or series_volumes(db, series_id, cache)
     files: list[list[tuple[int, str, int]]] = []
     for plan in planned.plan.volumes:
@@ -135,12 +148,30 @@ def volume_files(db: Database, series_id: int, planned: SeriesVolumes | None = N
             if data is not None:
                 entry.append((part, f"{plan.name}{suffix}", len(data)))
         files.append(entry)
-    listing = VolumeFiles(files, planned.plan.summary())
+    listing = VolumeFiles(files, planned.plan.summary(), sign,
+                          [VolumeLayout.of(plan) if plan.raw else None for plan in planned.plan.volumes])
     if persist and not db.conn.in_transaction:
         try:
             with db.transaction():
-                db.execute("INSERT OR REPLACE INTO volume_plans (series_id, signature, files) VALUES (?, ?, ?)",
-                           (series_id, sign, listing.to_json()))
+                db.execute("INSERT OR REPLACE INTO volume_plans (series_id, signature, files, layouts) "
+                           "VALUES (?, ?, ?, ?)", (series_id, sign, listing.to_json(), listing.layouts_json()))
         except (apsw.BusyError, apsw.ReadOnlyError):
             log.debug("volume listing of series %d not kept: the index is busy or read-only", series_id)
     return listing
+
+
+def load_layouts(db: Database, series_id: int, listing: VolumeFiles) -> bool:
+    """Fill ``listing.layouts`` from the index; False when they are not kept for its signature."""
+    if listing.layouts is not None:
+        return True
+    kept = db.query("SELECT layouts FROM volume_plans WHERE series_id = ? AND signature = ?",
+                    (series_id, listing.signature))
+    if not kept:
+        return False
+    listing.layouts = [None if data is None else VolumeLayout.from_json(data) for data in json.loads(kept[0][0])]
+    return True
+
+
+def stored_files(db: Database, series_id: int) -> dict[int, str]:
+    """Instance id → stored file of a series' local instances."""
+    return dict(db.query("SELECT id, file_path FROM instances WHERE series_id = ? AND file_path != ''", (series_id,)))
