@@ -158,7 +158,7 @@ def test_restart_after_kill_recovers_the_stale_mount(daemon: Daemon, data_dir: P
     daemon.expected_errors.append("stale mount")
     daemon.start()
     assert (daemon.mount / "patients" / PATIENT).stat().st_ino == inode  # stable across remounts
-    assert len(os.listdir(daemon.mount / "patients" / PATIENT / STUDY / SERIES)) == 17
+    assert len(os.listdir(daemon.mount / "patients" / PATIENT / STUDY / SERIES)) == 19
 
 
 def test_sigterm_unmounts_cleanly(daemon: Daemon, data_dir: Path, ct_series: list[Path]) -> None:
@@ -188,7 +188,7 @@ def test_listing_a_large_series_renders_nothing(daemon: Daemon, data_dir: Path, 
     series_dir = daemon.mount / "patients" / PATIENT / STUDY / SERIES
     listing = subprocess.run(["ls", "-l", series_dir], capture_output=True, text=True, check=True).stdout
     lines = [line for line in listing.splitlines() if line.startswith("-")]
-    assert len(lines) == 3001
+    assert len(lines) == 3003  # 1000 x 3 views, series.json, volume.nii, volume.json
     jpg_sizes = {int(line.split()[4]) for line in lines if line.endswith(".jpg")}
     assert len(jpg_sizes) == 1 and jpg_sizes.pop() > 0  # known from the geometry alone
     for entry in os.scandir(series_dir):

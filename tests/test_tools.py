@@ -33,7 +33,7 @@ def sh(*cmd: str | os.PathLike[str], **kw) -> subprocess.CompletedProcess[str]:
 def test_cp_r_copies_complete_files(mounted: Daemon, tmp_path: Path) -> None:
     sh("cp", "-r", mounted.mount / SERIES, tmp_path / "copy")
     cmp = filecmp.dircmp(mounted.mount / SERIES, tmp_path / "copy")
-    assert len(cmp.common_files) == 8 * 3 + 1 and not cmp.left_only and not cmp.right_only
+    assert len(cmp.common_files) == 8 * 3 + 3 and not cmp.left_only and not cmp.right_only
     _, mismatch, errors = filecmp.cmpfiles(mounted.mount / SERIES, tmp_path / "copy", cmp.common_files, shallow=False)
     assert mismatch == [] and errors == []
 
@@ -50,7 +50,7 @@ def test_tar_archives_the_series(mounted: Daemon, tmp_path: Path) -> None:
     sh("tar", "-cf", tmp_path / "s.tar", "-C", mounted.mount / SERIES.parent, SERIES.name)
     with tarfile.open(tmp_path / "s.tar") as tar:
         members = {m.name: m for m in tar.getmembers() if m.isfile()}
-        assert len(members) == 25
+        assert len(members) == 27  # 8 x 3 views, series.json, volume.nii, volume.json
         for name, member in members.items():
             data = tar.extractfile(member).read()  # type: ignore[union-attr]
             assert data == (mounted.mount / SERIES.parent / name).read_bytes()
