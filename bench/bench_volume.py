@@ -189,6 +189,8 @@ def _measure(args: argparse.Namespace, daemon: common.Daemon, size: int, volume:
         mount_runs += common.timed(lambda: load_volume(volume), 1).runs
         loose_runs += common.timed(lambda: load_loose(loose), 1).runs
         native_runs += common.timed(lambda: load_volume(native_copy), 1).runs
+    info(f"{name} warm runs: mount {common.Timing(mount_runs).spread()}, loose {common.Timing(loose_runs).spread()}, "
+         f"native {common.Timing(native_runs).spread()}")
     mount_time = common.Timing(mount_runs).median
     loose_time = common.Timing(loose_runs).median
     native_time = common.Timing(native_runs).median
