@@ -28,6 +28,7 @@ from dicomfs.mount.kernel import Kernel
 from dicomfs.mount.kinds import Content, Kind, Top, inode_of, split_inode
 from dicomfs.mount.rows import InstanceFile
 from dicomfs.mount.tree import NotFoundError, Tree
+from dicomfs.views.jpeg_size import jpeg_probe
 from dicomfs.views.render import RenderError, render_view
 
 if TYPE_CHECKING:
@@ -189,6 +190,11 @@ class Operations(pyfuse3.Operations):
         path = self.store_root / instance.file_path
         if kind.content is Content.STORED:
             handle: Handle = StoredFile(path)
+        elif kind is Kind.INSTANCE_JPG:
+            size = self.tree.size(inode)
+            head, tail = jpeg_probe(size)
+            handle = RenderedView(functools.partial(self._render, kind, path, instance), size=size, head=head,
+                                  tail=tail)
         else:
             handle = RenderedView(functools.partial(self._render, kind, path, instance))
         return self._keep(handle, pyfuse3.FileInfo(keep_cache=True))

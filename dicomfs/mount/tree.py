@@ -123,6 +123,10 @@ class Tree:
             self._told_sizes[inode] = node.size
         return self.attributes_of(node)
 
+    def size(self, inode: int) -> int:
+        """The size a file is listed with."""
+        return self.model.node(inode).size
+
     def told_other_size(self, inode: int, size: int) -> bool:
         """True when the kernel was last given another size for this generated file; from now
         on it is taken to know ``size`` (the caller makes it forget the old one)."""

@@ -58,7 +58,7 @@ from pydicom.pixels import (
 from pydicom.pixels.utils import as_pixel_options
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from dicomfs.views.jpeg_size import is_color, jpeg_size
+from dicomfs.views.jpeg_size import EOI, SOI, com_segments, is_color, jpeg_probe, jpeg_size, probe_lengths
 
 __all__ = ["RenderError", "is_color", "jpeg_size", "render_jpeg", "renders_image"]
 
@@ -77,7 +77,6 @@ AUTO_PERCENTILES = (0.5, 99.5)
 """Window used when the header has none: this range of the frame's values."""
 
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, FloatPixelData, DoubleFloat...
-_COM_MAX = 65533  # largest COM payload: the length field (which counts itself) is 16 bits
 _BLOCK = 16  # flat blocks of the fallback: one 4:2:0 MCU, so chroma is flat too
 _MAX_TEXT = 200
 
@@ -475,14 +474,20 @@ def _encode_to_size(image: np.ndarray, size: int, note: str) -> bytes:
     for quality, subsampling in QUALITY_LADDER:
         data = _encode(image, quality, subsampling)
         text = _comment(f"{note}, quality {quality}")
-        if len(data) + 4 + len(text) <= size:
+        if _fits(data, size, text):
             return _pad(data, size, text)
     for fallback, label in ((_blocky(image), "16x16 blocks"), (np.full_like(image, 128), "flat")):
         data = _encode(fallback, 5, 2)
         text = _comment(f"{note}, too detailed for its budget: {label}")
-        if len(data) + 4 + len(text) <= size:
+        if _fits(data, size, text):
             return _pad(data, size, text)
     raise RenderError(f"internal error: even a flat image exceeds {size} bytes")
+
+
+def _fits(data: bytes, size: int, text: bytes) -> bool:
+    """Room for the stream, the fixed head and tail, and a COM segment holding ``text``."""
+    head, tail = probe_lengths(size)
+    return len(data) + head + tail + 4 + len(text) <= size
 
 
 def _encode(image: np.ndarray, quality: int, subsampling: int) -> bytes:
@@ -508,25 +513,15 @@ def _blocky(image: np.ndarray) -> np.ndarray:
 
 
 def _pad(data: bytes, size: int, text: bytes) -> bytes:
-    """Insert COM segments totalling ``size - len(data)`` bytes after SOI (and JFIF APP0)."""
+    """Frame Pillow's stream to exactly ``size`` bytes: the geometry's fixed head (SOI, APP0,
+    COM of spaces), a COM with ``text`` and the padding, the stream's own segments and scan,
+    the fixed tail (fill bytes, EOI)."""
+    head, tail = jpeg_probe(size)
     position = 2
-    if data[2:4] == b"\xff\xe0":  # JFIF APP0 must stay right after SOI
+    if data[2:4] == b"\xff\xe0":  # Pillow's JFIF APP0: ours, identical, is in the head
         position = 4 + int.from_bytes(data[4:6], "big")
-    padded = data[:position] + _com_segments(text, size - len(data)) + data[position:]
+    body = data[position:-2]
+    assert data[:2] == SOI and data[-2:] == EOI
+    padded = head + com_segments(text, size - len(head) - len(body) - len(tail)) + body + tail
     assert len(padded) == size
     return padded
-
-
-def _com_segments(text: bytes, total: int) -> bytes:
-    """COM segments of exactly `total` bytes (at least 4 + len(text)); `text` opens the first."""
-    segments = []
-    remaining = total
-    while remaining:
-        payload = min(remaining - 4, _COM_MAX)
-        left = remaining - 4 - payload
-        if 0 < left < 4:  # too little for another segment: leave room for a minimal one
-            payload -= 4 - left
-        body = text.ljust(payload) if not segments else b" " * payload
-        segments.append(b"\xff\xfe" + (payload + 2).to_bytes(2, "big") + body)
-        remaining -= 4 + payload
-    return b"".join(segments)
