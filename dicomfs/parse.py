@@ -35,7 +35,9 @@ def quiet_pydicom() -> None:
     """
     warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
     warnings.filterwarnings("ignore", module=r"pylibjpeg|libjpeg|openjpeg|rle")
-    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    # CRITICAL: a decoder that fails logs an ERROR with a traceback per plugin; the views
+    # report what failed themselves (import decides on it, the mount logs it once).
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
 
 
 class NotDicomError(ValueError):

@@ -346,3 +346,90 @@ def test_a_summary_opened_after_it_grew_makes_the_kernel_forget_its_old_size(mou
     grown = mount.read(summary)
     assert len(grown) > listed and summary in mount.kernel.attributes
     assert json.loads(grown)["Instances"][-1]["name"] == "009.dcm"
+
+
+# ---------------------------------------------------------------- views: probes, failures
+
+
+def test_a_format_probe_of_a_jpg_renders_nothing_and_reads_the_files_own_bytes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dicomgen.series(tmp_path / "src", 1, rows=512, columns=512)
+    archive = open_archive(tmp_path / "data")
+    run_import(archive, [tmp_path / "src"], workers=1, progress=False)
+    mount = Mount(archive, tmp_path / "derived")
+    inode = mount.inode(*SERIES, "001.jpg")
+    size = mount.lookup(*SERIES, "001.jpg").st_size
+    assert size == 2048 + 512 * 512 // 2
+    renders: list[int] = []
+    render = mount.ops._render
+
+    async def counted(*args: Any) -> bytes:
+        renders.append(1)
+        return await render(*args)
+
+    monkeypatch.setattr(mount.ops, "_render", counted)
+
+    async def probe() -> tuple[bytes, bytes]:
+        info = await mount.ops.open(inode, os.O_RDONLY, None)
+        try:  # what dcm2niix and GDCM read: the first bytes, and the last block (fseek SEEK_END)
+            return await mount.ops.read(info.fh, 0, 256), await mount.ops.read(info.fh, size - 2048, 4096)
+        finally:
+            await mount.ops.release(info.fh)
+
+    head, tail = mount.run(probe)
+    assert renders == []
+    whole = mount.read(inode)
+    assert renders == [1] and len(whole) == size
+    assert whole[:256] == head and whole[size - 2048:] == tail
+    archive.close()
+
+
+def test_a_listed_jpg_that_fails_to_render_reads_as_a_placeholder_of_its_size(
+        mount: Mount, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import io
+
+    from PIL import Image
+
+    from dicomfs.mount import operations
+    from dicomfs.views.render import RenderError
+
+    def broken(suffix: str, path: Path) -> bytes:
+        raise RenderError("cannot decode frame 0: test")
+
+    monkeypatch.setattr(operations, "render_view", broken)
+    attr = mount.lookup(*SERIES, "002.jpg")
+    for _ in range(2):
+        data = mount.read(attr.st_ino)
+        assert len(data) == attr.st_size
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+        assert b"frame not rendered: cannot decode frame 0: test" in data
+    logged = [r for r in caplog.records if "placeholder" in r.getMessage()]
+    assert len(logged) == 1  # once per instance, not per read
+
+
+def test_an_object_that_cannot_be_rendered_gets_no_jpg_and_a_reason(tmp_path: Path) -> None:
+    from conftest import copy_testdata
+
+    copy_testdata(["JPEG-lossy.dcm", "CT_small.dcm"], tmp_path / "src")
+    archive = open_archive(tmp_path / "data")
+    try:
+        assert run_import(archive, [tmp_path / "src"], workers=1, progress=False).counts["stored"] == 2
+        m = Mount(archive, tmp_path / "derived")
+        found: dict[str, list[str]] = {}
+        for patient in m.names("patients"):
+            for study in [s for s in m.names("patients", patient) if not s.endswith(".json")]:
+                for series in [s for s in m.names("patients", patient, study) if s not in ("derived", "study.json")]:
+                    path = ("patients", patient, study, series)
+                    summary = json.loads(m.read(m.inode(*path, "series.json")))
+                    for child in summary["Instances"]:
+                        found[child["SOPClassUID"] + child["name"]] = [
+                            n for n in m.names(*path) if n.startswith(child["name"][:-4])]
+                        if child["jpg"] is None:
+                            assert "cannot be decoded" in child["no_jpg_reason"]
+                            assert "1.2.840.10008.1.2.4.51" in child["no_jpg_reason"]
+                        else:
+                            assert "no_jpg_reason" not in child
+        assert sorted(len(names) for names in found.values()) == [2, 3]  # .dcm and .json; and the .jpg too
+    finally:
+        archive.close()

@@ -28,6 +28,7 @@ from dicomfs.mount.kernel import Kernel
 from dicomfs.mount.kinds import Content, Kind, Top, inode_of, split_inode
 from dicomfs.mount.rows import InstanceFile
 from dicomfs.mount.tree import NotFoundError, Tree
+from dicomfs.views.jpeg import placeholder_jpeg
 from dicomfs.views.jpeg_size import jpeg_probe
 from dicomfs.views.render import RenderError, render_view
 
@@ -95,6 +96,7 @@ class Operations(pyfuse3.Operations):
         # Fetched with another file of their series since the kernel was given size 0 for
         # them: the next open refreshes the kernel's sizes.
         self._filled: set[str] = set()
+        self._placeholders: set[str] = set()  # SOP instance UIDs whose .jpg failed (logged once each)
         if remote is not None:
             remote.on_filled = self._note_filled
 
@@ -193,8 +195,8 @@ class Operations(pyfuse3.Operations):
         elif kind is Kind.INSTANCE_JPG:
             size = self.tree.size(inode)
             head, tail = jpeg_probe(size)
-            handle = RenderedView(functools.partial(self._render, kind, path, instance), size=size, head=head,
-                                  tail=tail)
+            handle = RenderedView(functools.partial(self._render, kind, path, instance, size), size=size,
+                                  head=head, tail=tail)
         else:
             handle = RenderedView(functools.partial(self._render, kind, path, instance))
         return self._keep(handle, pyfuse3.FileInfo(keep_cache=True))
@@ -229,9 +231,19 @@ class Operations(pyfuse3.Operations):
         inodes = [inode_of(kind, instance_id) for kind in (Kind.INSTANCE_DCM, Kind.INSTANCE_JSON, Kind.INSTANCE_JPG)]
         await trio.to_thread.run_sync(self.kernel.forget_attributes, inodes)
 
-    async def _render(self, kind: Kind, path: Path, instance: InstanceFile) -> bytes:
+    async def _render(self, kind: Kind, path: Path, instance: InstanceFile, size: int = 0) -> bytes:
         log.debug("rendering %s view of %s", _VIEW_SUFFIX[kind], instance.sop_uid)
-        data = await trio.to_thread.run_sync(render_view, _VIEW_SUFFIX[kind], path, limiter=self.render_limiter)
+        try:
+            data = await trio.to_thread.run_sync(render_view, _VIEW_SUFFIX[kind], path, limiter=self.render_limiter)
+        except RenderError as exc:
+            if kind is not Kind.INSTANCE_JPG:
+                raise
+            # Listed, so promised: a placeholder of the listed size that says why, never EIO
+            # (one bad object must not break cp -r, tar or grep -r of its study).
+            if instance.sop_uid not in self._placeholders:
+                self._placeholders.add(instance.sop_uid)
+                log.error("jpg view of %s cannot be rendered, serving a placeholder: %s", instance.sop_uid, exc)
+            return placeholder_jpeg(size, str(exc))
         if kind is Kind.INSTANCE_JSON and len(data) != instance.json_size:
             data = self._fit(data, instance.json_size, instance.sop_uid)
         return data

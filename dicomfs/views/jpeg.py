@@ -60,7 +60,8 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, Implic
 
 from dicomfs.views.jpeg_size import EOI, SOI, com_segments, is_color, jpeg_probe, jpeg_size, probe_lengths
 
-__all__ = ["RenderError", "is_color", "jpeg_size", "render_jpeg", "renders_image"]
+__all__ = ["RenderError", "has_renderable_pixels", "is_color", "jpeg_size", "placeholder_jpeg", "render_jpeg",
+           "renders_image"]
 
 QUALITY_LADDER: tuple[tuple[int, int], ...] = (
     (92, 0),
@@ -88,9 +89,23 @@ class RenderError(Exception):
 def renders_image(ds: pydicom.Dataset) -> bool:
     """True if `ds` has pixel data this module can render (so the mount lists ``NNN.jpg``).
 
+    Decided at import, where a listed ``.jpg`` is promised: beyond the cheap checks
+    (``has_renderable_pixels``), the first frame is decoded once, so pixel data that no
+    decoder reads (a broken stream, truncated data, a bad Number of Frames) gives False.
     Needs the pixel data element in `ds` (do not read with ``stop_before_pixels``).
     SR, RTSTRUCT, RTPLAN, waveforms and video (MPEG/HEVC, no decoder) give False.
     """
+    if not has_renderable_pixels(ds):
+        return False
+    try:
+        _decode(ds, 0)
+    except Exception:
+        return False
+    return True
+
+
+def has_renderable_pixels(ds: pydicom.Dataset) -> bool:
+    """Pixel data, a geometry and a decoder for the transfer syntax: no decoding."""
     elem = next((ds.get_item(t, keep_deferred=True) for t in _PIXEL_TAGS if t in ds), None)
     if elem is None or not _has_value(elem):
         return False
@@ -107,7 +122,7 @@ def render_jpeg(ds: pydicom.Dataset, *, frame: int = 0) -> bytes:
 
     Raises RenderError, and nothing else, when the frame cannot be rendered.
     """
-    if not renders_image(ds):
+    if not has_renderable_pixels(ds):
         raise RenderError("no renderable pixel data (or no decoder for its transfer syntax)")
     try:
         rows, columns = int(ds.Rows), int(ds.Columns)
@@ -119,6 +134,14 @@ def render_jpeg(ds: pydicom.Dataset, *, frame: int = 0) -> bytes:
         raise
     except Exception as exc:  # pydicom and the codecs raise many types on bad data
         raise RenderError(f"cannot render frame {frame}: {type(exc).__name__}: {exc}") from exc
+
+
+def placeholder_jpeg(size: int, reason: str) -> bytes:
+    """A valid JPEG of exactly `size` bytes (a ``jpeg_size``): a small grey square whose
+    comment says why the frame could not be rendered. Served instead of a read error, so a
+    tree walk (``cp -r``, ``tar``, ``grep -r``) never fails on one bad object."""
+    note = f"dicomfs view: frame not rendered: {reason}"
+    return _encode_to_size(np.full((16, 16), 128, np.uint8), size, note)
 
 
 # --- decoding ---------------------------------------------------------------------------------
