@@ -190,9 +190,15 @@ def test_renders_image_needs_pixels_and_geometry() -> None:
     video.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2: nothing decodes it
     assert not renders_image(video)
     floats = make_image(np.zeros((4, 4), np.uint8))
-    del floats.PixelData
-    floats.FloatPixelData = np.zeros(16, np.float32).tobytes()
+    del floats.PixelData, floats.BitsStored, floats.HighBit, floats.PixelRepresentation
+    floats.BitsAllocated = 32
+    floats.FloatPixelData = np.arange(16, dtype=np.float32).tobytes()
     assert renders_image(floats)
+    floats.BitsAllocated = 8  # 64 bytes that do not match the header: import finds out, once
+    assert not renders_image(floats)
+    truncated = make_image(np.zeros((4, 4), np.uint8))
+    truncated.PixelData = bytes(10)
+    assert not renders_image(truncated)
 
 
 # --- every bundled image --------------------------------------------------------------------
