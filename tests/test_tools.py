@@ -129,6 +129,8 @@ def test_cp_tar_and_grep_walk_every_study_of_the_test_corpus(
     copied = sorted(p.relative_to(tmp_path / "copy") for p in (tmp_path / "copy").rglob("*") if p.is_file())
     assert listed == copied and len(listed) > 300
     assert any(p.suffix == ".jpg" for p in listed)
+    frames = {p.parent for p in listed if p.parent.suffix == ".frames"}
+    assert frames and all(len(list((studies / f).iterdir())) > 1 for f in frames)
     sh("tar", "-cf", tmp_path / "all.tar", "-C", mounted.mount, "studies")
     with tarfile.open(tmp_path / "all.tar") as tar:
         assert len([m for m in tar.getmembers() if m.isfile()]) == len(listed)

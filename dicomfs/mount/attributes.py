@@ -18,7 +18,7 @@ _BLKSIZE = 131072
 # .jpg views: a buffered probe (Python's open().read(132), stdio) reads st_blksize bytes, and a
 # small one stays inside the bytes a view answers without rendering (views.jpeg_size).
 _VIEW_BLKSIZE = 4096
-_PROBED_KINDS = frozenset({Kind.INSTANCE_JPG.value})
+_PROBED_KINDS = frozenset({Kind.INSTANCE_JPG.value, Kind.FRAME_JPG.value})
 _FOLDER_KINDS = frozenset(kind.value for kind in Kind if kind.folder)
 _KIND_MASK = (1 << KIND_BITS) - 1
 _MODES = {  # (folder, writable) → st_mode

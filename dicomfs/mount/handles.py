@@ -76,13 +76,13 @@ class RenderedView(Handle):
         self._data: bytes | None = None
         self._lock = trio.Lock()
         self._head, self._tail = head, tail
-        self._tail_start = size - len(tail) if tail else size + 1
+        self._tail_start = size - len(tail)
 
     async def read(self, off: int, size: int) -> bytes:
         if self._data is None:
             if off + size <= len(self._head):
                 return self._head[off:off + size]
-            if off >= self._tail_start:
+            if self._tail and off >= self._tail_start:
                 return self._tail[off - self._tail_start:off - self._tail_start + size]
             async with self._lock:  # concurrent reads of one handle render once
                 if self._data is None:

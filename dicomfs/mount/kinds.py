@@ -31,6 +31,7 @@ class Ids(enum.Enum):
     SCOPED = "scoped"  # (project or query id, row id), see ``scoped_id``
     ORPHAN = "orphan"  # (level, row id) of a deleted origin, see ``orphan_id``
     FOLDER = "folder"  # the inode of the study or series folder a derived/ folder belongs to
+    FRAME = "frame"  # (instance row id, frame number), see ``frame_id``
 
 
 class Kind(enum.IntEnum):
@@ -75,6 +76,9 @@ class Kind(enum.IntEnum):
     QUERY_SERIES = 25, True, "series", Ids.SCOPED
     ORPHAN = 26, True, None, Ids.ORPHAN  # /orphans/<level>-<UID>: derived data of a deleted origin
     ORPHAN_JSON = 27, False, None, Ids.ORPHAN, Content.GENERATED  # /orphans/<origin>/origin.json
+    # 28-29: NIfTI volumes (series folders)
+    FRAME_FOLDER = 30, True, "instance"  # NNN.frames/ beside a multi-frame instance: id is its row id
+    FRAME_JPG = 31, False, "instance", Ids.FRAME, Content.RENDERED  # NNN.frames/0001.jpg: one frame
 
 
 class Top(enum.IntEnum):
@@ -117,6 +121,25 @@ def orphan_origin(orphan: int) -> tuple[str, int]:
     return ("series" if orphan & 1 else "study"), orphan >> 1
 
 
+FRAME_BITS = 16
+MAX_FRAMES = (1 << FRAME_BITS) - 1
+"""Frames a frames folder lists (numbered from 1); an object with more shows its first ones."""
+
+
+def frame_id(instance_id: int, frame: int) -> int:
+    """The id of one frame's view: the instance's row id and the frame number (1-based)."""
+    return instance_id << FRAME_BITS | frame
+
+
+def unframed(packed: int) -> tuple[int, int]:
+    """(instance row id, frame number) of a ``frame_id``."""
+    return packed >> FRAME_BITS, packed & MAX_FRAMES
+
+
 def entity_of(kind: Kind, row_id: int) -> int:
     """The row id of the entity (at ``kind.level``) that an inode of ``kind`` shows."""
-    return unscoped(row_id)[1] if kind.ids is Ids.SCOPED else row_id
+    if kind.ids is Ids.SCOPED:
+        return unscoped(row_id)[1]
+    if kind.ids is Ids.FRAME:
+        return unframed(row_id)[0]
+    return row_id

@@ -179,6 +179,7 @@ def unique_names(
 
 SUMMARY_NAMES = {"patient": "patient.json", "study": "study.json", "series": "series.json"}
 DERIVED_NAME = "derived"
+FRAMES_SUFFIX = ".frames"  # NNN.frames/: one .jpg per frame of a multi-frame instance
 ORIGIN_JSON_NAME = "origin.json"
 UNKNOWN_YEAR_NAME = "unknown"
 

@@ -40,6 +40,9 @@ def _read(path: Path) -> pydicom.Dataset:
 VIEWS: dict[str, Callable[[Path], bytes]] = {"json": _json, "jpg": _jpg}
 
 
-def render_view(suffix: str, path: Path) -> bytes:
-    """Bytes of view ``suffix`` of the stored file at ``path`` (runs in a worker thread)."""
+def render_view(suffix: str, path: Path, frame: int = 0) -> bytes:
+    """Bytes of view ``suffix`` of the stored file at ``path`` (runs in a worker thread);
+    ``frame`` (0 = first) for the .jpg of one frame (``NNN.frames/``)."""
+    if frame:
+        return render_jpeg(_read(path), frame=frame)
     return VIEWS[suffix](path)
