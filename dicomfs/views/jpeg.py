@@ -13,12 +13,13 @@ headers (about 650 bytes) and our comment. The frame is encoded at quality 92,
 subsampling). If even quality 5 is too big (noise), the image is averaged into
 flat 16x16 blocks, and as a last resort rendered flat grey: a flat block costs
 at most a few bytes per 8x8 block, far below the 32 bytes per block the budget
-grants, so the last step always fits for any geometry. The stream is then
-padded to exactly ``jpeg_size`` with COM segments: the first says what was
-rendered, e.g. ``dicomfs view: frame 1/1, window C=40 W=400 (header), quality
-92``, the rest are spaces. They sit right after SOI and, if present, the JFIF
-APP0 segment (JFIF requires APP0 to come first), so the file stays a valid
-JPEG with nothing after EOI.
+grants, so the last step always fits for any geometry. The stream is then framed to exactly
+``jpeg_size``: it starts with the geometry's fixed head (SOI, JFIF APP0, COM
+segments of spaces) and ends with its fixed tail (0xFF fill bytes, EOI), so a
+format probe is answered without rendering (see ``jpeg_size``); between them
+come COM segments whose first says what was rendered, e.g. ``dicomfs view:
+frame 1/1, window C=40 W=400 (header), quality 92``, then the stream's own
+segments and scan. The file stays a valid JPEG with nothing after EOI.
 
 The display pipeline follows PS3.4 N.2 with pydicom's own helpers: Modality
 LUT (Rescale Slope/Intercept or Modality LUT Sequence), then VOI (VOI LUT
