@@ -76,7 +76,6 @@ class Kind(enum.IntEnum):
     QUERY_SERIES = 25, True, "series", Ids.SCOPED
     ORPHAN = 26, True, None, Ids.ORPHAN  # /orphans/<level>-<UID>: derived data of a deleted origin
     ORPHAN_JSON = 27, False, None, Ids.ORPHAN, Content.GENERATED  # /orphans/<origin>/origin.json
-    # 28-29: NIfTI volumes (series folders)
     FRAME_FOLDER = 30, True, "instance"  # NNN.frames/ beside a multi-frame instance: id is its row id
     FRAME_JPG = 31, False, "instance", Ids.FRAME, Content.RENDERED  # NNN.frames/0001.jpg: one frame
 
