@@ -116,7 +116,7 @@ class _Mounts:
     @contextlib.contextmanager
     def fresh(self, name: str) -> Iterator[Path]:
         self.count += 1
-        with common.mount(self.data, self.work / f"mnt{self.count}") as daemon, \
+        with common.mount(self.data, self.work / f"mnt{self.count}", extra=["--no-dicom"]) as daemon, \
                 common.Profiler(self.profile, daemon, f"{name}-{self.count}"):
             if self.count == 1:
                 info(f"mount read-ahead {daemon.read_ahead_kb()} KB")
