@@ -6,7 +6,8 @@
 #   SCRATCH=/mnt/big bash bench/run_all.sh
 #
 # Needs: dicomfs installed (pip install -e .), fuse3, root for dropping caches and for the
-# mount's read-ahead; DCMTK's dcmj2pnm for the JPEG comparison.
+# mount's read-ahead; DCMTK's dcmj2pnm for the JPEG comparison; dcm2niix and SimpleITK
+# (pip install SimpleITK) for bench_tools.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +32,7 @@ run bench_read --instances "$read_n" --repeat "$repeat"
 run bench_import --instances "$import_n" --repeat 3
 run bench_walk --instances "$walk_n" --repeat 3
 run bench_jpeg --instances "$jpeg_n"
+run bench_tools --repeat "$repeat"
 
 echo
 echo "== summary (full output in $log)"

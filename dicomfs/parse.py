@@ -36,7 +36,9 @@ def quiet_pydicom() -> None:
     """
     warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
     warnings.filterwarnings("ignore", module=r"pylibjpeg|libjpeg|openjpeg|rle")
-    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    # CRITICAL: a decoder that fails logs an ERROR with a traceback per plugin; the views
+    # report what failed themselves (import decides on it, the mount logs it once).
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
 
 
 class NotDicomError(ValueError):
@@ -90,11 +92,11 @@ def parse_instance(raw: bytes, *, source: str = "", received: bool = False) -> P
         ds = pydicom.dcmread(io.BytesIO(data))
         _check_complete(ds, data)
         values = _extract(ds)
+        volume_facts = facts.extract(ds).to_json()  # first: it needs the pixel data still unread (offsets)
+        volume_sidecar = facts.sidecar_json(ds)
         json_size = len(dataset_json(ds))
         has_image = renders_image(ds)
         references = derived_references(ds)
-        volume_facts = facts.extract(ds).to_json()
-        volume_sidecar = facts.sidecar_json(ds)
     except (NotDicomError, InvalidInstanceError):
         raise
     except Exception as exc:  # pydicom raises many types on malformed input

@@ -346,3 +346,154 @@ def test_a_summary_opened_after_it_grew_makes_the_kernel_forget_its_old_size(mou
     grown = mount.read(summary)
     assert len(grown) > listed and summary in mount.kernel.attributes
     assert json.loads(grown)["Instances"][-1]["name"] == "009.dcm"
+
+
+# ---------------------------------------------------------------- views: probes, failures
+
+
+def test_a_format_probe_of_a_jpg_renders_nothing_and_reads_the_files_own_bytes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dicomgen.series(tmp_path / "src", 1, rows=512, columns=512)
+    archive = open_archive(tmp_path / "data")
+    run_import(archive, [tmp_path / "src"], workers=1, progress=False)
+    mount = Mount(archive, tmp_path / "derived")
+    inode = mount.inode(*SERIES, "001.jpg")
+    size = mount.lookup(*SERIES, "001.jpg").st_size
+    assert size == 2048 + 512 * 512 // 2
+    renders: list[int] = []
+    render = mount.ops._render
+
+    async def counted(*args: Any) -> bytes:
+        renders.append(1)
+        return await render(*args)
+
+    monkeypatch.setattr(mount.ops, "_render", counted)
+
+    async def probe() -> tuple[bytes, bytes]:
+        info = await mount.ops.open(inode, os.O_RDONLY, None)
+        try:  # what dcm2niix and GDCM read: the first bytes, and the last block (fseek SEEK_END)
+            return await mount.ops.read(info.fh, 0, 256), await mount.ops.read(info.fh, size - 2048, 4096)
+        finally:
+            await mount.ops.release(info.fh)
+
+    head, tail = mount.run(probe)
+    assert renders == []
+    whole = mount.read(inode)
+    assert renders == [1] and len(whole) == size
+    assert whole[:256] == head and whole[size - 2048:] == tail
+    archive.close()
+
+
+def test_a_listed_jpg_that_fails_to_render_reads_as_a_placeholder_of_its_size(
+        mount: Mount, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import io
+
+    from PIL import Image
+
+    from dicomfs.mount import operations
+    from dicomfs.views.render import RenderError
+
+    def broken(suffix: str, path: Path, frame: int = 0) -> bytes:
+        raise RenderError("cannot decode frame 0: test")
+
+    monkeypatch.setattr(operations, "render_view", broken)
+    attr = mount.lookup(*SERIES, "002.jpg")
+    for _ in range(2):
+        data = mount.read(attr.st_ino)
+        assert len(data) == attr.st_size
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+        assert b"frame not rendered: cannot decode frame 0: test" in data
+    logged = [r for r in caplog.records if "placeholder" in r.getMessage()]
+    assert len(logged) == 1  # once per instance, not per read
+
+
+def test_an_object_that_cannot_be_rendered_gets_no_jpg_and_a_reason(tmp_path: Path) -> None:
+    from conftest import copy_testdata
+
+    copy_testdata(["JPEG-lossy.dcm", "CT_small.dcm"], tmp_path / "src")
+    archive = open_archive(tmp_path / "data")
+    try:
+        assert run_import(archive, [tmp_path / "src"], workers=1, progress=False).counts["stored"] == 2
+        m = Mount(archive, tmp_path / "derived")
+        found: dict[str, list[str]] = {}
+        for patient in m.names("patients"):
+            for study in [s for s in m.names("patients", patient) if not s.endswith(".json")]:
+                for series in [s for s in m.names("patients", patient, study) if s not in ("derived", "study.json")]:
+                    path = ("patients", patient, study, series)
+                    summary = json.loads(m.read(m.inode(*path, "series.json")))
+                    for child in summary["Instances"]:
+                        found[child["SOPClassUID"] + child["name"]] = [
+                            n for n in m.names(*path) if n.startswith(child["name"][:-4])]
+                        if child["jpg"] is None:
+                            assert "cannot be decoded" in child["no_jpg_reason"]
+                            assert "1.2.840.10008.1.2.4.51" in child["no_jpg_reason"]
+                        else:
+                            assert "no_jpg_reason" not in child
+        assert sorted(len(names) for names in found.values()) == [2, 3]  # .dcm and .json; and the .jpg too
+    finally:
+        archive.close()
+
+
+def test_a_multi_frame_instance_has_a_folder_of_its_frames(tmp_path: Path) -> None:
+    import io
+
+    from conftest import copy_testdata
+    from PIL import Image
+
+    from dicomfs.views.jpeg_size import jpeg_probe, jpeg_size
+
+    copy_testdata(["rtdose.dcm"], tmp_path / "src")  # RT Dose: 15 frames of 10x10
+    archive = open_archive(tmp_path / "data")
+    try:
+        run_import(archive, [tmp_path / "src"], workers=1, progress=False)
+        m = Mount(archive, tmp_path / "derived")
+        study_uid, series_uid = archive.db.get_row(
+            "SELECT st.study_uid, se.series_uid FROM series se JOIN studies st ON st.id = se.study_id")
+        series = ("studies", study_uid, series_uid)
+        stem = archive.db.get_str("SELECT sop_uid FROM instances")
+        assert f"{stem}.frames" in m.names(*series)
+        frames = m.readdir(m.inode(*series, f"{stem}.frames"))
+        assert [name for name, _, _ in frames] == [f"{n:04d}.jpg" for n in range(1, 16)]
+        size = jpeg_size(10, 10, False)
+        views = []
+        for name, inode, _ in frames:
+            attr = m.run(m.ops.getattr, inode, None)
+            assert attr.st_size == size and m.lookup(*series, f"{stem}.frames", name).st_ino == inode
+            data = m.read(inode)
+            assert len(data) == size and data.startswith(jpeg_probe(size)[0])
+            assert f"dicomfs view: frame {int(name[:4])}/15".encode() in data
+            with Image.open(io.BytesIO(data)) as image:
+                assert image.size == (10, 10)
+            views.append(data)
+        assert views[0] == m.read(m.inode(*series, f"{stem}.jpg"))  # the instance's .jpg is frame 1
+        assert len(set(views)) == 15
+        assert m.errno_of(m.ops.lookup, m.inode(*series, f"{stem}.frames"), b"0016.jpg", None) == errno.ENOENT
+    finally:
+        archive.close()
+
+
+def test_views_read_in_small_pieces_are_whole(tmp_path: Path) -> None:
+    dicomgen.series(tmp_path / "src", 1, rows=256, columns=256, StudyDescription="x" * 9000)
+    archive = open_archive(tmp_path / "data")
+    try:
+        run_import(archive, [tmp_path / "src"], workers=1, progress=False)
+        m = Mount(archive, tmp_path / "derived")
+        series = ("studies", *archive.db.get_row(
+            "SELECT st.study_uid, se.series_uid FROM series se JOIN studies st ON st.id = se.study_id"))
+        stem = archive.db.get_str("SELECT sop_uid FROM instances")
+        for suffix in (".json", ".jpg"):
+            attr = m.lookup(*series, stem + suffix)
+            assert attr.st_size > 8192
+
+            async def pieces(inode: int = attr.st_ino) -> bytes:
+                info = await m.ops.open(inode, os.O_RDONLY, None)
+                data = b""
+                while chunk := await m.ops.read(info.fh, len(data), 4096):
+                    data += chunk
+                await m.ops.release(info.fh)
+                return data
+
+            assert m.run(pieces) == m.read(attr.st_ino) and len(m.read(attr.st_ino)) == attr.st_size
+    finally:
+        archive.close()

@@ -115,3 +115,30 @@ def test_extended_attributes_are_not_supported(mounted: Daemon) -> None:
         os.listxattr(path)
     assert err.value.errno == errno.EOPNOTSUPP
     assert subprocess.run(["ls", "-l", path], capture_output=True, check=True).returncode == 0
+
+
+def test_cp_tar_and_grep_walk_every_study_of_the_test_corpus(
+        daemon: Daemon, data_dir: Path, pydicom_files: Path, tmp_path: Path) -> None:
+    """pydicom's test files include objects no decoder reads: they get no .jpg, and nothing
+    listed fails on read, so whole-tree tools finish without an error."""
+    run_cli("import", "--data-dir", data_dir, pydicom_files, check=False)  # some are rejected on purpose
+    mounted = daemon.start()
+    studies = mounted.mount / "studies"
+    sh("cp", "-r", studies, tmp_path / "copy")
+    listed = sorted(p.relative_to(studies) for p in studies.rglob("*") if p.is_file())
+    copied = sorted(p.relative_to(tmp_path / "copy") for p in (tmp_path / "copy").rglob("*") if p.is_file())
+    assert listed == copied and len(listed) > 300
+    assert any(p.suffix == ".jpg" for p in listed)
+    frames = {p.parent for p in listed if p.parent.suffix == ".frames"}
+    assert frames and all(len(list((studies / f).iterdir())) > 1 for f in frames)
+    sh("tar", "-cf", tmp_path / "all.tar", "-C", mounted.mount, "studies")
+    with tarfile.open(tmp_path / "all.tar") as tar:
+        assert len([m for m in tar.getmembers() if m.isfile()]) == len(listed)
+    grep = subprocess.run(["grep", "-rc", "DICM", studies], capture_output=True, text=True, timeout=300)
+    assert grep.returncode in (0, 1) and grep.stderr == ""  # 1: some files have no match, none failed
+    for jpg in (p for p in listed if p.suffix == ".jpg"):
+        with Image.open(studies / jpg) as image:
+            image.load()
+    unrendered = [c for s in studies.glob("*/*/series.json") for c in json.loads(s.read_text())["Instances"]
+                  if c["jpg"] is None]
+    assert any("cannot be decoded" in c["no_jpg_reason"] for c in unrendered)

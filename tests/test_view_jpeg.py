@@ -84,12 +84,16 @@ def rendered(ds: Dataset, **kwargs: Any) -> tuple[bytes, np.ndarray]:
 
 
 def check_jpeg_structure(data: bytes) -> list[bytes]:
-    """Walk the markers: SOI, COM right after SOI/APP0, header segments, scan, EOI at the end.
+    """Walk the markers: SOI, JFIF APP0, COM segments, header segments, scan, fill bytes, EOI.
 
-    Returns the COM payloads.
+    The first bytes and the last are the geometry's fixed probe region. Returns the COM
+    payloads from the one that describes the rendering on.
     """
     assert data[:2] == b"\xff\xd8"
     assert data[-2:] == b"\xff\xd9"  # EOI ends the file: no trailing garbage
+    head, tail = sizes.jpeg_probe(len(data))
+    assert data.startswith(head) and data.endswith(tail)
+    assert set(tail[:-2]) <= {0xFF}  # fill bytes (T.81 B.1.1.2) before EOI
     position, comments, markers = 2, [], []
     while True:
         assert data[position] == 0xFF
@@ -103,14 +107,27 @@ def check_jpeg_structure(data: bytes) -> list[bytes]:
         position += 2 + length
     assert comments, "no COM segment"
     first_com = markers.index(0xFE)
-    assert markers[:first_com] in ([], [0xE0]), "COM must follow SOI (and JFIF APP0) directly"
+    assert markers[:first_com] == [0xE0], "COM must follow SOI and JFIF APP0 directly"
     assert all(m == 0xFE for m in markers[first_com : first_com + len(comments)])
-    assert comments[0].startswith(b"dicomfs view: frame ")
-    return comments
+    assert comments[0].startswith(sizes.HEAD_TEXT)
+    described = [i for i, c in enumerate(comments) if c.startswith(b"dicomfs view: frame ")]
+    assert len(described) == 1
+    return comments[described[0]:]
 
 
 def comment(data: bytes) -> str:
     return check_jpeg_structure(data)[0].decode("ascii").rstrip()
+
+
+def test_the_probe_region_is_the_rendered_files_own_bytes() -> None:
+    """A format probe is answered from the geometry: it must be what the full render has."""
+    for shape, photometric in (((512, 512), "MONOCHROME2"), ((64, 48, 3), "RGB"), ((3, 5), "MONOCHROME2")):
+        pixels = np.random.default_rng(2).integers(0, 256, size=shape, dtype=np.uint8)
+        data = render_jpeg(make_image(pixels, photometric=photometric))
+        head, tail = sizes.jpeg_probe(len(data))
+        assert data[: len(head)] == head and data[len(data) - len(tail) :] == tail
+        assert data[:256] == head[:256] or len(head) < 256
+    assert sizes.probe_lengths(jpeg_size(512, 512, False)) == (32768, 8192)
 
 
 # --- size and classification --------------------------------------------------------------
@@ -173,9 +190,15 @@ def test_renders_image_needs_pixels_and_geometry() -> None:
     video.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2: nothing decodes it
     assert not renders_image(video)
     floats = make_image(np.zeros((4, 4), np.uint8))
-    del floats.PixelData
-    floats.FloatPixelData = np.zeros(16, np.float32).tobytes()
+    del floats.PixelData, floats.BitsStored, floats.HighBit, floats.PixelRepresentation
+    floats.BitsAllocated = 32
+    floats.FloatPixelData = np.arange(16, dtype=np.float32).tobytes()
     assert renders_image(floats)
+    floats.BitsAllocated = 8  # 64 bytes that do not match the header: import finds out, once
+    assert not renders_image(floats)
+    truncated = make_image(np.zeros((4, 4), np.uint8))
+    truncated.PixelData = bytes(10)
+    assert not renders_image(truncated)
 
 
 # --- every bundled image --------------------------------------------------------------------
@@ -614,7 +637,7 @@ def test_padding_spans_several_com_segments_for_big_images() -> None:
 
 @pytest.mark.parametrize("total", [4, 5, 7, 8, 65537, 65538, 65539, 65540, 131075, 200000])
 def test_com_segments_have_exactly_the_requested_size(total: int) -> None:
-    segments = view._com_segments(b"", total)
+    segments = sizes.com_segments(b"", total)
     assert len(segments) == total
     position = 0
     while position < total:

@@ -15,6 +15,10 @@ from dicomfs.mount.kinds import KIND_BITS, Kind
 from dicomfs.mount.model import ENTRY_TIMEOUT, Node
 
 _BLKSIZE = 131072
+# .jpg views: a buffered probe (Python's open().read(132), stdio) reads st_blksize bytes, and a
+# small one stays inside the bytes a view answers without rendering (views.jpeg_size).
+_VIEW_BLKSIZE = 4096
+_PROBED_KINDS = frozenset({Kind.INSTANCE_JPG.value, Kind.FRAME_JPG.value})
 _FOLDER_KINDS = frozenset(kind.value for kind in Kind if kind.folder)
 _KIND_MASK = (1 << KIND_BITS) - 1
 _MODES = {  # (folder, writable) → st_mode
@@ -41,7 +45,7 @@ class KernelAttributes:
         if not folder:
             attr.st_size = node.size
             attr.st_blocks = (node.size + 511) >> 9
-        attr.st_blksize = _BLKSIZE
+        attr.st_blksize = _VIEW_BLKSIZE if node.inode & _KIND_MASK in _PROBED_KINDS else _BLKSIZE
         attr.st_uid = self.uid
         attr.st_gid = self.gid
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = int(node.mtime * 1e9)

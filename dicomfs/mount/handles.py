@@ -65,18 +65,27 @@ class GeneratedFile(Handle):
 
 
 class RenderedView(Handle):
-    """A view rendered on the first read: an open whose pages the kernel still caches
-    (``keep_cache``) never reads, so it costs no rendering at all."""
+    """A view rendered on the first read that needs it: an open whose pages the kernel still
+    caches (``keep_cache``) never reads, so it costs no rendering at all, and reads that stay
+    inside the view's fixed ``head`` or ``tail`` (bytes known from the geometry alone: what a
+    format probe reads, see ``views.jpeg_size``) are answered without rendering."""
 
-    __slots__ = ("_data", "_lock", "_render")
+    __slots__ = ("_data", "_head", "_lock", "_render", "_tail", "_tail_start")
 
-    def __init__(self, render: Callable[[], Awaitable[bytes]]) -> None:
+    def __init__(self, render: Callable[[], Awaitable[bytes]], *, size: int = 0, head: bytes = b"",
+                 tail: bytes = b"") -> None:
         self._render = render
         self._data: bytes | None = None
         self._lock = trio.Lock()
+        self._head, self._tail = head, tail
+        self._tail_start = size - len(tail)
 
     async def read(self, off: int, size: int) -> bytes:
         if self._data is None:
+            if off + size <= len(self._head):
+                return self._head[off:off + size]
+            if self._tail and off >= self._tail_start:
+                return self._tail[off - self._tail_start:off - self._tail_start + size]
             async with self._lock:  # concurrent reads of one handle render once
                 if self._data is None:
                     self._data = await self._render()

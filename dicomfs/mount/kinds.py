@@ -33,6 +33,7 @@ class Ids(enum.Enum):
     ORPHAN = "orphan"  # (level, row id) of a deleted origin, see ``orphan_id``
     FOLDER = "folder"  # the inode of the study or series folder a derived/ folder belongs to
     VOLUME = "volume"  # (series row id, volume number, file part), see ``volume_id``
+    FRAME = "frame"  # (instance row id, frame number), see ``frame_id``
 
 
 class Kind(enum.IntEnum):
@@ -79,6 +80,8 @@ class Kind(enum.IntEnum):
     ORPHAN_JSON = 27, False, None, Ids.ORPHAN, Content.GENERATED  # /orphans/<origin>/origin.json
     VOLUME_NII = 28, False, "series", Ids.VOLUME, Content.VOLUME  # <series>/volume*.nii
     VOLUME_TEXT = 29, False, "series", Ids.VOLUME, Content.GENERATED  # its .json sidecar, .bval, .bvec
+    FRAME_FOLDER = 30, True, "instance"  # NNN.frames/ beside a multi-frame instance: id is its row id
+    FRAME_JPG = 31, False, "instance", Ids.FRAME, Content.RENDERED  # NNN.frames/0001.jpg: one frame
 
 
 class Top(enum.IntEnum):
@@ -143,8 +146,27 @@ def volume_of(packed: int) -> tuple[int, int, VolumePart]:
     return packed >> (VOLUME_BITS + 2), (packed >> 2) & ((1 << VOLUME_BITS) - 1), VolumePart(packed & 3)
 
 
+FRAME_BITS = 16
+MAX_FRAMES = (1 << FRAME_BITS) - 1
+"""Frames a frames folder lists (numbered from 1); an object with more shows its first ones."""
+
+
+def frame_id(instance_id: int, frame: int) -> int:
+    """The id of one frame's view: the instance's row id and the frame number (1-based)."""
+    return instance_id << FRAME_BITS | frame
+
+
+def unframed(packed: int) -> tuple[int, int]:
+    """(instance row id, frame number) of a ``frame_id``."""
+    return packed >> FRAME_BITS, packed & MAX_FRAMES
+
+
 def entity_of(kind: Kind, row_id: int) -> int:
     """The row id of the entity (at ``kind.level``) that an inode of ``kind`` shows."""
+    if kind.ids is Ids.SCOPED:
+        return unscoped(row_id)[1]
+    if kind.ids is Ids.FRAME:
+        return unframed(row_id)[0]
     if kind.ids is Ids.VOLUME:
         return volume_of(row_id)[0]
-    return unscoped(row_id)[1] if kind.ids is Ids.SCOPED else row_id
+    return row_id

@@ -13,14 +13,17 @@ from typing import ClassVar
 from dicomfs.mount import naming, rows, summaries
 from dicomfs.mount.kinds import (
     KIND_BITS,
+    MAX_FRAMES,
     Kind,
     Top,
     VolumePart,
     entity_of,
+    frame_id,
     inode_of,
     orphan_id,
     orphan_origin,
     scoped_id,
+    unframed,
     unscoped,
     volume_id,
     volume_of,
@@ -418,6 +421,8 @@ class InstanceFiles(Layout):
             if r.has_image:
                 add(Node(f"{stem}.jpg", base | Kind.INSTANCE_JPG, r.received_at,
                          jpeg_size(r.rows, r.columns, is_color(r.photometric))))
+                if r.number_of_frames > 1:
+                    add(Node(f"{stem}{naming.FRAMES_SUFFIX}", base | Kind.FRAME_FOLDER, r.received_at))
         return nodes
 
     def node(self, kind: Kind, row_id: int) -> Node:
@@ -433,6 +438,40 @@ class InstanceFiles(Layout):
         else:
             raise NotFoundError(row_id)
         return Node("", inode_of(kind, row_id), received_at, size, ENTRY_TIMEOUT if local else REMOTE_TIMEOUT)
+
+
+class Frames(Layout):
+    """``NNN.frames/`` beside a multi-frame instance: ``0001.jpg`` … one view per frame.
+
+    Each is rendered like ``NNN.jpg`` (same size, same fixed first and last bytes), from its
+    own frame, on its first read past them.
+    """
+
+    kinds = frozenset({Kind.FRAME_FOLDER, Kind.FRAME_JPG})
+
+    def _instance(self, instance_id: int) -> tuple[int, int, int, float]:
+        """(frames, size of each view, has_image, received_at); NoSuchRowError if gone."""
+        rows_, columns, photometric, frames, has_image, received_at = self.db.get_row(
+            "SELECT rows, columns, photometric, number_of_frames, has_image, received_at FROM instances WHERE id = ?",
+            (instance_id,))
+        if not has_image or frames < 2:
+            raise NotFoundError(instance_id)
+        return min(frames, MAX_FRAMES), jpeg_size(rows_, columns, is_color(photometric)), has_image, received_at
+
+    def children(self, kind: Kind, row_id: int) -> list[Node]:
+        frames, size, _, received_at = self._instance(row_id)
+        width = max(4, len(str(frames)))
+        return [Node(f"{n:0{width}d}.jpg", inode_of(Kind.FRAME_JPG, frame_id(row_id, n)), received_at, size)
+                for n in range(1, frames + 1)]
+
+    def node(self, kind: Kind, row_id: int) -> Node:
+        if kind is Kind.FRAME_FOLDER:
+            return Node("", inode_of(kind, row_id), self._instance(row_id)[3])
+        instance_id, frame = unframed(row_id)
+        frames, size, _, received_at = self._instance(instance_id)
+        if not 1 <= frame <= frames:
+            raise NotFoundError(row_id)
+        return Node("", inode_of(kind, row_id), received_at, size)
 
 
 class FolderSummaries(Layout):
@@ -493,6 +532,6 @@ class SeriesVolumeFiles(SeriesFile):
 
 LAYOUTS: tuple[type[Layout], ...] = (
     Root, Patients, StudiesByUid, Dates, Projects, Queries, Orphans, Derived,
-    InstanceFiles, FolderSummaries, SeriesSummary, SeriesVolumeFiles,
+    InstanceFiles, Frames, FolderSummaries, SeriesSummary, SeriesVolumeFiles,
 )
 """The registry: every kind of entry is answered by exactly one of these."""

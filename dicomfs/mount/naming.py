@@ -182,6 +182,7 @@ DERIVED_NAME = "derived"
 # A series volume's files (volumes.plan names them "volume" or "volume_<what separates it>"):
 # instance stems are numbers or UIDs, so they never collide.
 VOLUME_SUFFIXES = {0: ".nii", 1: ".json", 2: ".bval", 3: ".bvec"}  # by kinds.VolumePart
+FRAMES_SUFFIX = ".frames"  # NNN.frames/: one .jpg per frame of a multi-frame instance
 ORIGIN_JSON_NAME = "origin.json"
 UNKNOWN_YEAR_NAME = "unknown"
 

@@ -25,9 +25,11 @@ from dicomfs.derived import DerivedError, DerivedStore
 from dicomfs.mount.derived_writes import DerivedWrites
 from dicomfs.mount.handles import GeneratedFile, Handle, RenderedView, StoredFile, VolumeFile
 from dicomfs.mount.kernel import Kernel
-from dicomfs.mount.kinds import Content, Kind, Top, inode_of, split_inode, volume_of
+from dicomfs.mount.kinds import Content, Kind, Top, entity_of, inode_of, split_inode, unframed, volume_of
 from dicomfs.mount.rows import InstanceFile
 from dicomfs.mount.tree import NotFoundError, Tree
+from dicomfs.views.jpeg import placeholder_jpeg
+from dicomfs.views.jpeg_size import jpeg_probe
 from dicomfs.views.render import RenderError, render_view
 from dicomfs.volumes.cache import VolumeCache
 from dicomfs.volumes.source import VolumeLayout, VolumeSource
@@ -71,7 +73,8 @@ def _fuse_errors(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]
     return wrapper
 
 
-_VIEW_SUFFIX = {Kind.INSTANCE_JSON: "json", Kind.INSTANCE_JPG: "jpg"}
+_VIEW_SUFFIX = {Kind.INSTANCE_JSON: "json", Kind.INSTANCE_JPG: "jpg", Kind.FRAME_JPG: "jpg"}
+_JPG_KINDS = (Kind.INSTANCE_JPG, Kind.FRAME_JPG)
 _QUERY_FOLDER = inode_of(Kind.TOP_FOLDER, Top.QUERY)
 
 
@@ -98,6 +101,7 @@ class Operations(pyfuse3.Operations):
         # Fetched with another file of their series since the kernel was given size 0 for
         # them: the next open refreshes the kernel's sizes.
         self._filled: set[str] = set()
+        self._placeholders: set[tuple[str, int]] = set()  # (SOP instance UID, frame) of failed .jpg, logged once
         if remote is not None:
             remote.on_filled = self._note_filled
 
@@ -195,6 +199,12 @@ class Operations(pyfuse3.Operations):
         path = self.store_root / instance.file_path
         if kind.content is Content.STORED:
             handle: Handle = StoredFile(path)
+        elif kind in _JPG_KINDS:
+            size = self.tree.size(inode)
+            head, tail = jpeg_probe(size)
+            frame = unframed(split_inode(inode)[1])[1] - 1 if kind is Kind.FRAME_JPG else 0
+            handle = RenderedView(functools.partial(self._render, kind, path, instance, size, frame), size=size,
+                                  head=head, tail=tail)
         else:
             handle = RenderedView(functools.partial(self._render, kind, path, instance))
         return self._keep(handle, pyfuse3.FileInfo(keep_cache=True))
@@ -221,7 +231,8 @@ class Operations(pyfuse3.Operations):
     async def _local(self, inode: int) -> InstanceFile:
         """The instance's file, fetched first if it is only listed from a remote PACS."""
         instance = self.tree.instance_file(inode)
-        instance_id = split_inode(inode)[1]
+        kind, row_id = split_inode(inode)
+        instance_id = entity_of(kind, row_id)
         if not instance.file_path:
             if self.remote is None:
                 raise pyfuse3.FUSEError(errno.EIO)
@@ -243,9 +254,20 @@ class Operations(pyfuse3.Operations):
         inodes = [inode_of(kind, instance_id) for kind in (Kind.INSTANCE_DCM, Kind.INSTANCE_JSON, Kind.INSTANCE_JPG)]
         await trio.to_thread.run_sync(self.kernel.forget_attributes, inodes)
 
-    async def _render(self, kind: Kind, path: Path, instance: InstanceFile) -> bytes:
-        log.debug("rendering %s view of %s", _VIEW_SUFFIX[kind], instance.sop_uid)
-        data = await trio.to_thread.run_sync(render_view, _VIEW_SUFFIX[kind], path, limiter=self.render_limiter)
+    async def _render(self, kind: Kind, path: Path, instance: InstanceFile, size: int = 0, frame: int = 0) -> bytes:
+        log.debug("rendering %s view of %s (frame %d)", _VIEW_SUFFIX[kind], instance.sop_uid, frame + 1)
+        try:
+            data = await trio.to_thread.run_sync(render_view, _VIEW_SUFFIX[kind], path, frame,
+                                                 limiter=self.render_limiter)
+        except RenderError as exc:
+            if kind not in _JPG_KINDS:
+                raise
+            # Listed, so promised: a placeholder of the listed size that says why, never EIO
+            # (one bad object must not break cp -r, tar or grep -r of its study).
+            if (instance.sop_uid, frame) not in self._placeholders:
+                self._placeholders.add((instance.sop_uid, frame))
+                log.error("jpg view of %s cannot be rendered, serving a placeholder: %s", instance.sop_uid, exc)
+            return placeholder_jpeg(size, str(exc))
         if kind is Kind.INSTANCE_JSON and len(data) != instance.json_size:
             data = self._fit(data, instance.json_size, instance.sop_uid)
         return data

@@ -54,6 +54,8 @@ class InstanceRow(NamedTuple):
     received_at: float
     sop_class_uid: str
     local: int  # 0: listed from a remote PACS, not fetched yet
+    transfer_syntax_uid: str
+    number_of_frames: int
 
 
 _PATIENTS = "SELECT id, patient_name, patient_id, updated_at FROM patients p "
@@ -67,7 +69,7 @@ _STUDIES = (
 _SERIES = "SELECT id, series_uid, series_number, modality, series_description, updated_at, num_instances FROM series "
 _INSTANCES = (
     "SELECT id, instance_number, sop_uid, file_size, json_size, rows, columns, photometric, has_image, "
-    "received_at, sop_class_uid, file_path != '' FROM instances "
+    "received_at, sop_class_uid, file_path != '', transfer_syntax_uid, number_of_frames FROM instances "
 )
 
 

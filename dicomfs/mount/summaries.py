@@ -86,6 +86,15 @@ def study_summary(db: Database, study_id: int) -> bytes:
                                 "SeriesListed": listed is not None}
     return summary_json("STUDY", attributes, "Series", children)
 
+def no_jpg_reason(r: InstanceRow) -> str:
+    """Why an instance has no .jpg view, from what the index keeps (import decided it)."""
+    if not r.local:
+        return "not fetched yet"
+    if not r.rows or not r.columns:
+        return "no image: no pixel data"
+    return f"pixel data that cannot be decoded or rendered (transfer syntax {r.transfer_syntax_uid or 'unknown'})"
+
+
 def series_summary(db: Database, series_id: int, named: list[tuple[str, InstanceRow]],
                    volume: dict[str, Any] | None = None) -> bytes:
     """``named``: the series' instances with the names its folder gives them; ``volume``: what
@@ -95,7 +104,7 @@ def series_summary(db: Database, series_id: int, named: list[tuple[str, Instance
     children = [
         {"name": f"{stem}.dcm", "SOPInstanceUID": r.sop_uid, "SOPClassUID": r.sop_class_uid,
          "InstanceNumber": r.instance_number, "size": r.file_size, "jpg": f"{stem}.jpg" if r.has_image else None,
-         "local": bool(r.local)}
+         **({} if r.has_image else {"no_jpg_reason": no_jpg_reason(r)}), "local": bool(r.local)}
         for stem, r in named
     ]
     attributes = {

@@ -79,7 +79,7 @@ def _kinds(level: str) -> tuple[Kind, ...]:
 
 
 _SERIES_FOLDERS, _STUDY_FOLDERS = _kinds("series"), _kinds("study")
-_INSTANCE_FILES = tuple(k for k in Kind if k.level == "instance")
+_INSTANCE_FILES = tuple(k for k in Kind if k.level == "instance" and k.ids is Ids.ROW)
 # Folders that depend on many series at once; they are few, so any series change drops them all.
 _SCOPED = frozenset(k for k in Kind if k.ids is Ids.SCOPED) | {Kind.PROJECT, Kind.QUERY, Kind.DERIVED_FOLDER}
 _TOPS = [inode_of(Kind.TOP_FOLDER, t) for t in (Top.ROOT, Top.PATIENTS, Top.STUDIES, Top.DATES, Top.ORPHANS)]
@@ -147,6 +147,10 @@ class Tree:
             self._told_sizes[inode] = node.size
         return self.attributes_of(node)
 
+    def size(self, inode: int) -> int:
+        """The size a file is listed with."""
+        return self.model.node(inode).size
+
     def told_other_size(self, inode: int, size: int) -> bool:
         """True when the kernel was last given another size for this generated file; from now
         on it is taken to know ``size`` (the caller makes it forget the old one)."""
@@ -160,11 +164,11 @@ class Tree:
 
     def instance_file(self, inode: int) -> InstanceFile:
         """For opening an instance view: where its file is."""
-        kind, instance_id = split(inode)
-        if kind.level != "instance":
+        kind, row_id = split(inode)
+        if kind.level != "instance" or kind.folder:
             raise NotFoundError(inode)
         try:
-            return rows.instance_file(self.db, instance_id)
+            return rows.instance_file(self.db, entity_of(kind, row_id))
         except NoSuchRowError:
             raise NotFoundError(inode) from None
 

@@ -13,12 +13,13 @@ headers (about 650 bytes) and our comment. The frame is encoded at quality 92,
 subsampling). If even quality 5 is too big (noise), the image is averaged into
 flat 16x16 blocks, and as a last resort rendered flat grey: a flat block costs
 at most a few bytes per 8x8 block, far below the 32 bytes per block the budget
-grants, so the last step always fits for any geometry. The stream is then
-padded to exactly ``jpeg_size`` with COM segments: the first says what was
-rendered, e.g. ``dicomfs view: frame 1/1, window C=40 W=400 (header), quality
-92``, the rest are spaces. They sit right after SOI and, if present, the JFIF
-APP0 segment (JFIF requires APP0 to come first), so the file stays a valid
-JPEG with nothing after EOI.
+grants, so the last step always fits for any geometry. The stream is then framed to exactly
+``jpeg_size``: it starts with the geometry's fixed head (SOI, JFIF APP0, COM
+segments of spaces) and ends with its fixed tail (0xFF fill bytes, EOI), so a
+format probe is answered without rendering (see ``jpeg_size``); between them
+come COM segments whose first says what was rendered, e.g. ``dicomfs view:
+frame 1/1, window C=40 W=400 (header), quality 92``, then the stream's own
+segments and scan. The file stays a valid JPEG with nothing after EOI.
 
 The display pipeline follows PS3.4 N.2 with pydicom's own helpers: Modality
 LUT (Rescale Slope/Intercept or Modality LUT Sequence), then VOI (VOI LUT
@@ -58,9 +59,10 @@ from pydicom.pixels import (
 from pydicom.pixels.utils import as_pixel_options
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from dicomfs.views.jpeg_size import is_color, jpeg_size
+from dicomfs.views.jpeg_size import EOI, SOI, com_segments, is_color, jpeg_probe, jpeg_size, probe_lengths
 
-__all__ = ["RenderError", "is_color", "jpeg_size", "render_jpeg", "renders_image"]
+__all__ = ["RenderError", "has_renderable_pixels", "is_color", "jpeg_size", "placeholder_jpeg", "render_jpeg",
+           "renders_image"]
 
 QUALITY_LADDER: tuple[tuple[int, int], ...] = (
     (92, 0),
@@ -77,7 +79,6 @@ AUTO_PERCENTILES = (0.5, 99.5)
 """Window used when the header has none: this range of the frame's values."""
 
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, FloatPixelData, DoubleFloat...
-_COM_MAX = 65533  # largest COM payload: the length field (which counts itself) is 16 bits
 _BLOCK = 16  # flat blocks of the fallback: one 4:2:0 MCU, so chroma is flat too
 _MAX_TEXT = 200
 
@@ -89,9 +90,23 @@ class RenderError(Exception):
 def renders_image(ds: pydicom.Dataset) -> bool:
     """True if `ds` has pixel data this module can render (so the mount lists ``NNN.jpg``).
 
+    Decided at import, where a listed ``.jpg`` is promised: beyond the cheap checks
+    (``has_renderable_pixels``), the first frame is decoded once, so pixel data that no
+    decoder reads (a broken stream, truncated data, a bad Number of Frames) gives False.
     Needs the pixel data element in `ds` (do not read with ``stop_before_pixels``).
     SR, RTSTRUCT, RTPLAN, waveforms and video (MPEG/HEVC, no decoder) give False.
     """
+    if not has_renderable_pixels(ds):
+        return False
+    try:
+        _decode(ds, 0)
+    except Exception:
+        return False
+    return True
+
+
+def has_renderable_pixels(ds: pydicom.Dataset) -> bool:
+    """Pixel data, a geometry and a decoder for the transfer syntax: no decoding."""
     elem = next((ds.get_item(t, keep_deferred=True) for t in _PIXEL_TAGS if t in ds), None)
     if elem is None or not _has_value(elem):
         return False
@@ -108,7 +123,7 @@ def render_jpeg(ds: pydicom.Dataset, *, frame: int = 0) -> bytes:
 
     Raises RenderError, and nothing else, when the frame cannot be rendered.
     """
-    if not renders_image(ds):
+    if not has_renderable_pixels(ds):
         raise RenderError("no renderable pixel data (or no decoder for its transfer syntax)")
     try:
         rows, columns = int(ds.Rows), int(ds.Columns)
@@ -120,6 +135,14 @@ def render_jpeg(ds: pydicom.Dataset, *, frame: int = 0) -> bytes:
         raise
     except Exception as exc:  # pydicom and the codecs raise many types on bad data
         raise RenderError(f"cannot render frame {frame}: {type(exc).__name__}: {exc}") from exc
+
+
+def placeholder_jpeg(size: int, reason: str) -> bytes:
+    """A valid JPEG of exactly `size` bytes (a ``jpeg_size``): a small grey square whose
+    comment says why the frame could not be rendered. Served instead of a read error, so a
+    tree walk (``cp -r``, ``tar``, ``grep -r``) never fails on one bad object."""
+    note = f"dicomfs view: frame not rendered: {reason}"
+    return _encode_to_size(np.full((16, 16), 128, np.uint8), size, note)
 
 
 # --- decoding ---------------------------------------------------------------------------------
@@ -475,14 +498,20 @@ def _encode_to_size(image: np.ndarray, size: int, note: str) -> bytes:
     for quality, subsampling in QUALITY_LADDER:
         data = _encode(image, quality, subsampling)
         text = _comment(f"{note}, quality {quality}")
-        if len(data) + 4 + len(text) <= size:
+        if _fits(data, size, text):
             return _pad(data, size, text)
     for fallback, label in ((_blocky(image), "16x16 blocks"), (np.full_like(image, 128), "flat")):
         data = _encode(fallback, 5, 2)
         text = _comment(f"{note}, too detailed for its budget: {label}")
-        if len(data) + 4 + len(text) <= size:
+        if _fits(data, size, text):
             return _pad(data, size, text)
     raise RenderError(f"internal error: even a flat image exceeds {size} bytes")
+
+
+def _fits(data: bytes, size: int, text: bytes) -> bool:
+    """Room for the stream, the fixed head and tail, and a COM segment holding ``text``."""
+    head, tail = probe_lengths(size)
+    return len(data) + head + tail + 4 + len(text) <= size
 
 
 def _encode(image: np.ndarray, quality: int, subsampling: int) -> bytes:
@@ -508,25 +537,15 @@ def _blocky(image: np.ndarray) -> np.ndarray:
 
 
 def _pad(data: bytes, size: int, text: bytes) -> bytes:
-    """Insert COM segments totalling ``size - len(data)`` bytes after SOI (and JFIF APP0)."""
+    """Frame Pillow's stream to exactly ``size`` bytes: the geometry's fixed head (SOI, APP0,
+    COM of spaces), a COM with ``text`` and the padding, the stream's own segments and scan,
+    the fixed tail (fill bytes, EOI)."""
+    head, tail = jpeg_probe(size)
     position = 2
-    if data[2:4] == b"\xff\xe0":  # JFIF APP0 must stay right after SOI
+    if data[2:4] == b"\xff\xe0":  # Pillow's JFIF APP0: ours, identical, is in the head
         position = 4 + int.from_bytes(data[4:6], "big")
-    padded = data[:position] + _com_segments(text, size - len(data)) + data[position:]
+    body = data[position:-2]
+    assert data[:2] == SOI and data[-2:] == EOI
+    padded = head + com_segments(text, size - len(head) - len(body) - len(tail)) + body + tail
     assert len(padded) == size
     return padded
-
-
-def _com_segments(text: bytes, total: int) -> bytes:
-    """COM segments of exactly `total` bytes (at least 4 + len(text)); `text` opens the first."""
-    segments = []
-    remaining = total
-    while remaining:
-        payload = min(remaining - 4, _COM_MAX)
-        left = remaining - 4 - payload
-        if 0 < left < 4:  # too little for another segment: leave room for a minimal one
-            payload -= 4 - left
-        body = text.ljust(payload) if not segments else b" " * payload
-        segments.append(b"\xff\xfe" + (payload + 2).to_bytes(2, "big") + body)
-        remaining -= 4 + payload
-    return b"".join(segments)
