@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import enum
 
-KIND_BITS = 5
+KIND_BITS = 5  # every value 1-31 is taken: the next kind needs 6 bits (inode numbers then all change,
+# which is safe between mounts: they are computed, never stored)
 
 
 class Content(enum.Enum):
