@@ -67,7 +67,7 @@ class FactsCache:
     """Parsed facts by instance id: they never change once stored, so a series planned again
     after a change parses only its new instances. Bounded; least recently planned go first."""
 
-    def __init__(self, limit: int = 100_000) -> None:
+    def __init__(self, limit: int = 20_000) -> None:  # ~1.5 KiB each: ~30 MiB at most
         self.limit = limit
         self._facts: OrderedDict[int, InstanceFacts] = OrderedDict()
 
