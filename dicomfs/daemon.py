@@ -116,19 +116,34 @@ def _prepare_mount_point(path: Path) -> Path:
     except OSError as exc:
         if exc.errno not in (errno.EEXIST, errno.ENOTCONN):  # a stale mount: handled below
             raise MountError(f"cannot create mount point {path}: {exc.strerror}") from exc
-    try:
-        os.stat(path)
-    except OSError as exc:
-        if exc.errno != errno.ENOTCONN:
-            raise MountError(f"cannot use mount point {path}: {exc.strerror}") from exc
+    if _is_dead_mount(path):
         # A daemon that was killed leaves a dead FUSE mount behind: release it.
         log.warning("%s is a stale mount left by a killed daemon; unmounting it", path)
         subprocess.run(["fusermount3", "-u", "-z", str(path)], check=False)
+    if path.exists() and not path.is_dir():
+        raise MountError(f"mount point {path} is not a folder: give --mount a folder (it is created if missing)")
     if os.path.ismount(path):
-        raise MountError(f"{path} is already a mount point")
-    if any(path.iterdir()):
-        raise MountError(f"mount point {path} is not empty")
+        raise MountError(f"{path} is already a mount point (is another dicomfs serving it? "
+                         f"stop it, or give --mount another folder)")
+    try:
+        if any(path.iterdir()):
+            raise MountError(f"mount point {path} is not empty")
+    except OSError as exc:
+        raise MountError(f"cannot use mount point {path}: {exc.strerror}") from exc
     return path
+
+
+def _is_dead_mount(path: Path) -> bool:
+    """A FUSE mount whose daemon is gone: every request fails with ENOTCONN.
+
+    ``stat`` is not enough: the kernel answers it from attributes it still holds, so the
+    folder is listed, which always asks the (dead) daemon.
+    """
+    try:
+        os.listdir(path)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
 
 
 async def _tune_read_ahead(mount_point: Path, kb: int) -> None:

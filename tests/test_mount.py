@@ -161,6 +161,35 @@ def test_restart_after_kill_recovers_the_stale_mount(daemon: Daemon, data_dir: P
     assert len(os.listdir(daemon.mount / "patients" / PATIENT / STUDY / SERIES)) == 19
 
 
+def test_restart_after_kill_with_listings_cached(daemon: Daemon, data_dir: Path,
+                                                        ct_series: list[Path]) -> None:
+    """Recovery asks the mount to list itself (which always reaches the daemon), not stat, which a
+    kernel may answer from attributes it still holds."""
+    run_cli("import", "--data-dir", data_dir, ct_series[0].parent)
+    daemon.start()
+    os.listdir(daemon.mount / "patients")
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGKILL)
+    daemon.proc.wait()
+    daemon.proc = None
+    daemon.expected_errors.append("stale mount")
+    daemon.start()
+    assert PATIENT in os.listdir(daemon.mount / "patients")
+
+
+def test_a_mount_point_that_is_a_file_is_one_clear_line(daemon: Daemon, data_dir: Path) -> None:
+    daemon.mount.parent.mkdir(parents=True, exist_ok=True)
+    daemon.mount.write_text("not a folder")
+    proc = subprocess.run(
+        [*__import__("conftest").DICOMFS, "serve", "--data-dir", str(data_dir), "--mount", str(daemon.mount)],
+        capture_output=True, text=True, timeout=30, env=__import__("conftest").cli_env(),
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].endswith(
+        f"mount point {daemon.mount} is not a folder: give --mount a folder (it is created if missing)")
+    assert "Traceback" not in proc.stderr
+
+
 def test_sigterm_unmounts_cleanly(daemon: Daemon, data_dir: Path, ct_series: list[Path]) -> None:
     run_cli("import", "--data-dir", data_dir, ct_series[0].parent)
     daemon.start()
