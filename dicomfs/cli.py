@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomfs import __version__, config
+from dicomfs.errors import user_errors
 
 log = logging.getLogger("dicomfs")
 
@@ -192,6 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
+        mistakes = user_errors(exc)
+        if mistakes is not None:
+            for mistake in mistakes:
+                print(f"dicomfs: {mistake}", file=sys.stderr)
+            return 2
         if settings.log_level == "DEBUG":
             raise
         for leaf in _leaves(exc):
@@ -458,7 +464,7 @@ def _status(settings: config.Settings) -> int:
 
 
 def _serve(settings: config.Settings, args: argparse.Namespace) -> int:
-    from dicomfs.daemon import MountError, serve
+    from dicomfs.daemon import serve
 
     if args.mount:
         settings.mount.path = args.mount
@@ -472,9 +478,5 @@ def _serve(settings: config.Settings, args: argparse.Namespace) -> int:
         settings.dicom.port = args.port
     if args.bind:
         settings.dicom.bind = args.bind
-    try:
-        serve(settings)
-    except MountError as exc:
-        print(f"dicomfs: {exc}", file=sys.stderr)
-        return 1
+    serve(settings)  # a MountError, like every UserError, is one line and exit 2 (in main)
     return 0

@@ -21,6 +21,7 @@ import trio
 from dicomfs.archive import Archive, open_archive
 from dicomfs.config import Settings
 from dicomfs.derived import DerivedStore
+from dicomfs.errors import UserError
 from dicomfs.ingest.gateway import IndexGateway
 from dicomfs.mount.operations import Operations
 from dicomfs.mount.tree import Tree
@@ -32,7 +33,7 @@ from dicomfs.volumes.cache import VolumeCache
 log = logging.getLogger(__name__)
 
 
-class MountError(RuntimeError):
+class MountError(UserError):
     """The mount point cannot be used."""
 
 

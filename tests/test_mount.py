@@ -184,7 +184,7 @@ def test_a_mount_point_that_is_a_file_is_one_clear_line(daemon: Daemon, data_dir
         [*__import__("conftest").DICOMFS, "serve", "--data-dir", str(data_dir), "--mount", str(daemon.mount)],
         capture_output=True, text=True, timeout=30, env=__import__("conftest").cli_env(),
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].endswith(
         f"mount point {daemon.mount} is not a folder: give --mount a folder (it is created if missing)")
     assert "Traceback" not in proc.stderr
@@ -205,7 +205,7 @@ def test_refuses_a_mount_point_that_is_not_empty(daemon: Daemon, data_dir: Path)
         [*__import__("conftest").DICOMFS, "serve", "--data-dir", str(data_dir), "--mount", str(daemon.mount)],
         capture_output=True, text=True, timeout=30, env=__import__("conftest").cli_env(),
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "not empty" in proc.stderr
     assert (daemon.mount / "precious.txt").read_text() == "keep me"
 
