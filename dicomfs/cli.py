@@ -244,9 +244,7 @@ def _import(settings: config.Settings, args: argparse.Namespace) -> int:
         )
     finally:
         archive.close()
-    for path, reason in report.rejected:
-        print(f"rejected {path}: {reason}", file=sys.stderr)
-    print(report.summary())
+    print(report.summary())  # each rejection was logged once as it happened
     return 0 if report.ok else 1
 
 
