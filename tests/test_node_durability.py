@@ -42,7 +42,7 @@ def dataset_bytes(data: bytes) -> bytes:
 
 
 def _uid(path: Path) -> str:
-    return str(_uid(path))
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
 
 
 def _indexed_sop_uids(data_dir: Path) -> set[str]:
