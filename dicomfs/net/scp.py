@@ -99,7 +99,6 @@ class NodeServer:
         self._thread: threading.Thread | None = None
         self.admission = Admission(settings.max_pending, settings.max_associations)
         loopback = peers.listens_on_loopback_only(settings.bind)
-        peers.check_opening(settings, loopback)
         self.policy = peers.build_policy(settings, loopback)
         self.loopback = loopback
         self.ae = self._make_ae()
@@ -146,6 +145,12 @@ class NodeServer:
             )
         except OSError as exc:
             raise NodeError(_listen_problem(s.bind, s.port, exc)) from None
+        try:  # after binding, so that an address that cannot work is named first
+            peers.check_opening(s, self.loopback)
+        except peers.PeerError:
+            self._server.server_close()
+            self._server = None
+            raise
         self._server.contexts = _ContextList(self._server.contexts)
         self._thread = threading.Thread(target=self._server.serve_forever, name="dicom-acceptor", daemon=True)
         self._thread.start()
@@ -165,10 +170,15 @@ class NodeServer:
             return None
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.minimum_version = ssl.TLSVersion.TLSv1_2  # BCP 195
-        context.load_cert_chain(tls.cert, tls.key)
-        if tls.ca:
-            context.load_verify_locations(tls.ca)
-            context.verify_mode = ssl.CERT_REQUIRED
+        try:
+            context.load_cert_chain(tls.cert, tls.key)
+            if tls.ca:
+                context.load_verify_locations(tls.ca)
+                context.verify_mode = ssl.CERT_REQUIRED
+        except (OSError, ssl.SSLError) as exc:
+            raise NodeError(f"cannot use the TLS files of [dicom.tls] (cert {tls.cert}, key {tls.key}"
+                            f"{', ca ' + tls.ca if tls.ca else ''}): {getattr(exc, 'strerror', None) or exc}; "
+                            "give PEM files this user can read") from None
         return context
 
     def stop(self) -> None:
