@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import select
 import socket
 import ssl
 import struct
@@ -44,6 +45,9 @@ log = logging.getLogger(__name__)
 MAX_ASSOCIATE_RQ = 1 << 20
 _SMALL_PDU = 1024  # A-RELEASE-RQ/RP and A-ABORT carry 4 bytes
 _RECV_CHUNK = 1 << 20
+# A-ABORT PDU: source service-provider (2), reason unexpected PDU (2)
+_A_ABORT = struct.pack(">BBLBBBB", 0x07, 0, 4, 0, 0, 0x02, 0x02)
+_PENDING_POLL = 0.05  # seconds a pending connection's reader waits for data per turn
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,10 +246,22 @@ class GuardedDUL(DULServiceProvider):
         self.event_queue.put("Evt19")  # the state machine sends the A-ABORT
 
     def _is_transport_event(self) -> bool:
-        if self._refused and self.state_machine.current_state == "Sta13":
+        state = self.state_machine.current_state
+        if self._refused and state == "Sta13":
             self.socket.close()  # type: ignore[union-attr]  # the rest of an oversized PDU stays unread
             return True
+        if state == "Sta2" and not self._requested:
+            self._wait_readable()
         return super()._is_transport_event()
+
+    def _wait_readable(self) -> None:
+        """Block briefly until the peer sends: pynetdicom polls every millisecond, and many
+        idle connections polling would take the CPU that real associations need."""
+        raw = self._raw
+        if raw is None or (isinstance(raw, ssl.SSLSocket) and raw.pending()):
+            return
+        with contextlib.suppress(OSError, ValueError):
+            select.select([raw], [], [], _PENDING_POLL)
 
     def kill_dul(self) -> None:
         super().kill_dul()
@@ -283,12 +299,45 @@ class _RequestHandler(RequestHandler):
         host = str(self.client_address[0])
         connection = Connection(self.request, host, time.monotonic() + server.limits.association_timeout)
         server.admission.arrived(connection)
-        if server.ssl_context is not None and not self._handshake(connection, server.ssl_context):
+        if server.ssl_context is not None:
+            admitted = self._handshake(connection, server.ssl_context)
+        else:
+            admitted = self._screen(connection, server.limits)
+        if not admitted:
             server.admission.gone(connection, None)
             return
         assoc = self._associate(connection)
         evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
         assoc.start()
+
+    def _screen(self, connection: Connection, limits: Limits) -> bool:
+        """Wait, without polling, for the first PDU header; refuse junk before pynetdicom
+        builds an association (two threads, polling every millisecond) for it.
+
+        The header is only peeked at (the association reads it again); SO_RCVLOWAT makes
+        ``select`` wait for all six bytes, or the end of the connection.
+        """
+        sock = connection.sock
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 6)
+            readable, _, _ = select.select([sock], [], [], max(connection.deadline - time.monotonic(), 0))
+            if not readable:
+                log.info("dropped a connection from %s: no A-ASSOCIATE-RQ within %g s (association_timeout)",
+                         connection.host, limits.association_timeout)
+            else:
+                header = sock.recv(6, socket.MSG_PEEK)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+                if len(header) == 6:  # fewer: the peer closed, or the admission dropped it
+                    pdu_type, _, length = struct.unpack(">BBL", header)
+                    refusal = limits.refusal(pdu_type, length, pending=True)
+                    if refusal is None:
+                        return True
+                    log.warning("aborted a connection from %s: %s", connection.host, refusal)
+                    sock.sendall(_A_ABORT)
+        except (OSError, ValueError):
+            pass  # reset by the peer, or dropped by the admission
+        sock.close()
+        return False
 
     def _handshake(self, connection: Connection, context: ssl.SSLContext) -> bool:
         """TLS in this connection's own thread, bounded by the association timeout."""
