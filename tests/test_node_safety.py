@@ -230,3 +230,17 @@ def test_only_established_associations_count_against_max_associations(daemon: Da
         for sock in idle:
             sock.close()
     assert "all 2 associations are in use (max_associations)" in daemon.log()
+
+
+def test_an_object_beyond_max_object_mb_aborts_its_association(daemon: Daemon, tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text("[dicom]\nmax_object_mb = 0.5\n")
+    small = dicomgen.write(tmp_path / "small.dcm", dicomgen.make_dataset(rows=256, columns=256))  # 128 KiB
+    large = dicomgen.write(tmp_path / "large.dcm", dicomgen.make_dataset(rows=1024, columns=512))  # 1 MiB
+    daemon.start("--no-mount", "--config", str(config))
+    refused = dcmtk("storescu", "-aec", "DICOMFS", ADDRESS, daemon.port, large)
+    assert refused.returncode != 0, refused.stdout + refused.stderr
+    assert "a DIMSE message of more than 524288 bytes (max_object_mb)" in daemon.log()
+    stored = dcmtk("storescu", "-aec", "DICOMFS", ADDRESS, daemon.port, small)
+    assert stored.returncode == 0, stored.stderr
+    assert len(list((daemon.data_dir / "store").rglob("*.dcm"))) == 1
