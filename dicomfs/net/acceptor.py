@@ -163,21 +163,24 @@ class GuardedDUL(DULServiceProvider):
 
     def _read_pdu_data(self) -> None:
         pending = not self._requested
-        header = self._receive(6, pending)
-        if header is None:
+        header = bytearray(6)
+        if not self._receive(header, 0, pending):
             return
         pdu_type, _, length = struct.unpack(">BBL", header)
         refusal = self.limits.refusal(pdu_type, length, pending)
+        pdu = header
         if refusal is None:
-            body = self._receive(length, pending)
-            if body is None:
+            pdu = bytearray(6 + length)  # one buffer for the whole PDU, filled in place
+            pdu[:6] = header
+            if not self._receive(pdu, 6, pending):
                 return
-            refusal = self._count_fragments(body) if pdu_type == 0x04 else None
+            if pdu_type == 0x04:
+                refusal = self._count_fragments(pdu, 6)
         if refusal is not None:
             self._refuse(refusal, pending)
             return
         try:
-            pdu, event = self._decode_pdu(header + body)
+            decoded, event = self._decode_pdu(pdu)
         except Exception as exc:
             self._refuse(f"an undecodable PDU of type 0x{pdu_type:02X} ({exc})", pending)
             return
@@ -186,17 +189,16 @@ class GuardedDUL(DULServiceProvider):
             self.admission.requested(self.connection)
             self._raw.settimeout(self.limits.network_timeout)
         self.event_queue.put(event)
-        self._recv_pdu.put(pdu)
+        self._recv_pdu.put(decoded)
 
     @property
     def _raw(self) -> socket.socket:
         return self.socket.socket  # type: ignore[union-attr,return-value]
 
-    def _receive(self, size: int, pending: bool) -> bytearray | None:
-        """Exactly ``size`` bytes, or None (the transport is then reported closed)."""
-        buffer = bytearray(size)
+    def _receive(self, buffer: bytearray, start: int, pending: bool) -> bool:
+        """Fill ``buffer`` from ``start``; False when the transport ended (then reported closed)."""
         view = memoryview(buffer)
-        got = 0
+        got, size = start, len(buffer)
         try:
             while got < size:
                 if pending:
@@ -213,23 +215,22 @@ class GuardedDUL(DULServiceProvider):
                 log.info("dropped a connection from %s: no complete A-ASSOCIATE-RQ within %g s "
                          "(association_timeout)", self.connection.host, self.limits.association_timeout)
             else:
-                log.warning("aborted the association with %s: a PDU stalled for %g s (network_timeout)",
+                log.warning("aborted the association from %s: a PDU stalled for %g s (network_timeout)",
                             self.connection.host, self.limits.network_timeout)
         except (OSError, ValueError, AttributeError):
             pass  # reset, or closed under us (a dropped pending connection): the transport is gone
         finally:
             view.release()
         if got == size:
-            return buffer
+            return True
         self.event_queue.put("Evt17")
-        return None
+        return False
 
-    def _count_fragments(self, body: bytearray) -> str | None:
+    def _count_fragments(self, pdu: bytearray, offset: int) -> str | None:
         """Bound the DIMSE message being assembled from this P-DATA's fragments (PS3.8 E.2)."""
-        offset = 0
-        while offset + 6 <= len(body):
-            item_length = int.from_bytes(body[offset:offset + 4], "big")
-            control = body[offset + 5]
+        while offset + 6 <= len(pdu):
+            item_length = int.from_bytes(pdu[offset:offset + 4], "big")
+            control = pdu[offset + 5]
             kind = control & 0x01  # 1: command, 0: data set
             self._message_bytes[kind] += max(item_length - 2, 0)
             if self._message_bytes[kind] > self.limits.max_object:

@@ -188,9 +188,10 @@ class NodeServer:
             return
         server.shutdown()
         server.server_close()
-        self.admission.drop_pending()
+        self.admission.drop_pending()  # they end on their own; an A-ABORT is not valid before a request
         for assoc in list(self.ae.active_associations):
-            assoc.abort()
+            if assoc.is_established:
+                assoc.abort()
         if self._thread is not None:
             self._thread.join(timeout=10)
         self.writers.shutdown(wait=True)
