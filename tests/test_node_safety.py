@@ -244,3 +244,20 @@ def test_an_object_beyond_max_object_mb_aborts_its_association(daemon: Daemon, t
     stored = dcmtk("storescu", "-aec", "DICOMFS", ADDRESS, daemon.port, small)
     assert stored.returncode == 0, stored.stderr
     assert len(list((daemon.data_dir / "store").rglob("*.dcm"))) == 1
+
+
+def test_a_pdu_that_stalls_midway_aborts_after_the_network_timeout(daemon: Daemon, tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text("[dicom]\nnetwork_timeout = 1.0\n")
+    daemon.start("--no-mount", "--config", str(config))
+    ae = AE(ae_title="PROBE")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(ADDRESS, daemon.port, ae_title="DICOMFS")
+    try:
+        assert assoc.is_established
+        assoc.dul.socket.socket.sendall(struct.pack(">BBL", 0x04, 0, 100) + bytes(10))  # 10 of 100 bytes
+        wait_for(lambda: assoc.is_aborted, 5, "the node to abort the association")
+    finally:
+        if assoc.is_established:
+            assoc.abort()
+    assert "aborted the association from 127.0.0.1: a PDU stalled for 1 s (network_timeout)" in daemon.log()

@@ -148,6 +148,17 @@ class Admission:
             return len(self._pending), len(self._established)
 
 
+class _IdleTimeoutIsOurs(logging.Filter):
+    """pynetdicom logs an idle peer's timeout as an ERROR; ``GuardedDUL`` logs it as a warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ours = isinstance(threading.current_thread(), GuardedAssociation)  # the reactor runs in its thread
+        return not (ours and record.getMessage() == "Network timeout reached")
+
+
+logging.getLogger("pynetdicom.association").addFilter(_IdleTimeoutIsOurs())
+
+
 class GuardedDUL(DULServiceProvider):
     """pynetdicom's upper layer, with every PDU length checked before its body is read."""
 
@@ -159,6 +170,7 @@ class GuardedDUL(DULServiceProvider):
         self._requested = False  # the A-ASSOCIATE-RQ has arrived whole
         self._refused = False  # an A-ABORT was sent for a violation: close, read nothing more
         self._woken = False
+        self._idle_reported = False
         self._message_bytes = [0, 0]  # bytes of the data set [0] and command [1] being assembled
 
     def _read_pdu_data(self) -> None:
@@ -263,6 +275,14 @@ class GuardedDUL(DULServiceProvider):
             return
         with contextlib.suppress(OSError, ValueError):
             select.select([raw], [], [], _PENDING_POLL)
+
+    def idle_timer_expired(self) -> bool:
+        expired = super().idle_timer_expired()
+        if expired and not self._idle_reported:
+            self._idle_reported = True
+            log.warning("aborted the association from %s: idle for %g s (network_timeout)", self.connection.host,
+                        self.limits.network_timeout)
+        return expired
 
     def kill_dul(self) -> None:
         super().kill_dul()
