@@ -9,6 +9,9 @@ request handler, association and DUL (the package itself is left alone):
 - A connection is *pending* until its A-ASSOCIATE-RQ has arrived whole. Pending
   connections are bounded separately (``max_pending``; the oldest is dropped first) and
   each must complete its TLS handshake and its request within ``association_timeout``.
+- Junk is screened before pynetdicom builds anything for it: the first PDU header is
+  awaited without polling (``select`` with ``SO_RCVLOWAT``) and must announce an
+  A-ASSOCIATE-RQ of sane size, or the connection gets an A-ABORT and is closed.
 - Only associations past their request hold one of the ``max_associations`` slots.
 - Every PDU length is checked before a byte of its body is read: an A-ASSOCIATE-RQ of
   more than ``MAX_ASSOCIATE_RQ``, a P-DATA of more than the maximum PDU size we advertise,
@@ -45,9 +48,12 @@ log = logging.getLogger(__name__)
 MAX_ASSOCIATE_RQ = 1 << 20
 _SMALL_PDU = 1024  # A-RELEASE-RQ/RP and A-ABORT carry 4 bytes
 _RECV_CHUNK = 1 << 20
-# A-ABORT PDU: source service-provider (2), reason unexpected PDU (2)
-_A_ABORT = struct.pack(">BBLBBBB", 0x07, 0, 4, 0, 0, 0x02, 0x02)
 _PENDING_POLL = 0.05  # seconds a pending connection's reader waits for data per turn
+
+
+def _a_abort(reason: int) -> bytes:
+    """An A-ABORT PDU from the service provider (PS3.8 9.3.8): 2 unexpected PDU, 6 invalid value."""
+    return struct.pack(">BBLBBBB", 0x07, 0, 4, 0, 0, 0x02, reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,7 +360,7 @@ class _RequestHandler(RequestHandler):
                     if refusal is None:
                         return True
                     log.warning("aborted a connection from %s: %s", connection.host, refusal)
-                    sock.sendall(_A_ABORT)
+                    sock.sendall(_a_abort(0x02 if pdu_type != 0x01 else 0x06))
         except (OSError, ValueError):
             pass  # reset by the peer, or dropped by the admission
         sock.close()
