@@ -103,3 +103,11 @@ def test_allow_any_opens_and_warns_at_every_start(daemon: Daemon, tmp_path: Path
         daemon.stop()
     warning = "admits any AE from any host to every service whose allow-list is empty (allow_any = true)"
     assert daemon.log().count(warning) == 2
+
+
+def test_tls_files_that_cannot_be_read(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text('[dicom.tls]\ncert = "/nonexistent/node.pem"\nkey = "/nonexistent/node.key"\n')
+    line = _one_line(_serve(tmp_path, "--no-mount", "--config", config, "--port", str(free_port())))
+    assert line == ("dicomfs: cannot use the TLS files of [dicom.tls] (cert /nonexistent/node.pem, key "
+                    "/nonexistent/node.key): No such file or directory; give PEM files this user can read")

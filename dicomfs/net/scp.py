@@ -98,9 +98,8 @@ class NodeServer:
         self._server: NodeAssociationServer | None = None
         self._thread: threading.Thread | None = None
         self.admission = Admission(settings.max_pending, settings.max_associations)
-        loopback = peers.listens_on_loopback_only(settings.bind)
-        self.policy = peers.build_policy(settings, loopback)
-        self.loopback = loopback
+        self.loopback = peers.listens_on_loopback_only(settings.bind)
+        self.policy = peers.build_policy(settings, self.loopback)
         self.ae = self._make_ae()
 
     def _make_ae(self) -> AE:
