@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import dicomgen
+import pytest
 from conftest import Daemon, dcmtk, wait_for
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
@@ -179,17 +180,22 @@ def test_a_pdata_pdu_beyond_the_advertised_maximum_aborts_the_association(daemon
     assert echo.returncode == 0, echo.stderr
 
 
-def test_an_idle_connection_is_dropped_after_the_association_timeout(daemon: Daemon, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("sent", "logged"), [
+    (b"\x01\x00", "no A-ASSOCIATE-RQ within 1 s"),  # half a PDU header, then nothing
+    (struct.pack(">BBL", 0x01, 0, 200) + bytes(10), "no complete A-ASSOCIATE-RQ within 1 s"),  # half a request
+], ids=["partial-header", "partial-request"])
+def test_a_stalled_connection_is_dropped_after_the_association_timeout(daemon: Daemon, tmp_path: Path, sent: bytes,
+                                                                       logged: str) -> None:
     config = tmp_path / "node.toml"
     config.write_text("[dicom]\nassociation_timeout = 1.0\n")
     daemon.start("--no-mount", "--config", str(config))
     with socket.create_connection((ADDRESS, daemon.port), timeout=10) as sock:
         start = time.monotonic()
-        sock.sendall(b"\x01\x00")  # the beginning of a PDU header, and then nothing
+        sock.sendall(sent)
         assert _hung_up(sock)
         waited = time.monotonic() - start
     assert 0.8 <= waited <= 3.0, waited
-    wait_for(lambda: "no A-ASSOCIATE-RQ within 1 s" in daemon.log(), 2, "the log line")
+    wait_for(lambda: logged in daemon.log(), 2, "the log line")
 
 
 def test_pending_connections_beyond_max_pending_drop_the_oldest(daemon: Daemon, tmp_path: Path) -> None:
