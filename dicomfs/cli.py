@@ -56,8 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--mount", type=Path, metavar="DIR", help="mount point (default: ~/dicom)")
     srv.add_argument("--no-mount", action="store_true", help="do not mount the archive")
     srv.add_argument("--ae-title", metavar="AET", help="our DICOM AE title (default: DICOMFS)")
-    srv.add_argument("--port", type=int, metavar="N", help="DICOM port (default: 11112)")
-    srv.add_argument("--bind", metavar="ADDR", help="address to listen on (default: 0.0.0.0)")
+    srv.add_argument("--port", type=int, metavar="N", help="DICOM port, 1 to 65535 (default: 11112)")
+    srv.add_argument("--bind", metavar="ADDR",
+                     help="address the DICOM node listens on (default: 127.0.0.1, local tools only; "
+                          "any other address needs peers declared in [dicom.allow], see docs/dicom.md)")
     srv.add_argument("--no-dicom", action="store_true", help="do not run the DICOM node")
 
     _remote_parser(sub, common)
@@ -477,7 +479,9 @@ def _serve(settings: config.Settings, args: argparse.Namespace) -> int:
         settings.dicom.ae_title = args.ae_title
     if args.port is not None:
         settings.dicom.port = args.port
-    if args.bind:
+    if args.bind is not None:
         settings.dicom.bind = args.bind
+    if settings.dicom.enabled:
+        config.check_dicom(settings.dicom)  # --port and --bind, before anything starts
     serve(settings)  # a MountError, like every UserError, is one line and exit 2 (in main)
     return 0

@@ -77,7 +77,11 @@ async def _serve(settings: Settings, archive: Archive) -> None:
 
 
 def _start_node(settings: Settings, archive: Archive, gateway: IndexGateway) -> NodeServer:
-    """The DICOM node; its association threads hand instances to the gateway for indexing."""
+    """The DICOM node; its association threads hand instances to the gateway for indexing.
+
+    Raises a ``UserError`` (one line) when it cannot listen: a bad or foreign address, a
+    port in use or privileged, or an opening beyond loopback with no declared peers.
+    """
     node = NodeServer(settings.dicom, archive.store, gateway.submit_from_thread, settings.index_path)
     node.start()
     return node

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import dicomgen
 import pydicom
 import pytest
-from conftest import Daemon, copy_testdata, dcmtk, wait_for
+from conftest import Daemon, copy_testdata, dcmtk, free_port, wait_for
+from orthanc import Orthanc
 
 SERIES = Path("patients/DOE^JOHN [12345]/2024-03-01 CT Thorax [ACC123]/003 CT Lung 1.0")
 
@@ -181,3 +183,38 @@ def test_peers_in_no_allow_list_are_rejected_at_association(daemon: Daemon, tmp_
     query = dcmtk("findscu", "-v", "-S", "-aet", "MODALITY", "-aec", "DICOMFS", "-k", "QueryRetrieveLevel=STUDY",
                   "-k", "PatientName", "127.0.0.1", daemon.port)
     assert query.returncode != 0 and "No Acceptable Presentation Contexts" in query.stdout + query.stderr
+
+
+def test_a_configured_remote_may_send_where_store_is_restricted(daemon: Daemon, orthanc: Orthanc,
+                                                               tmp_path: Path) -> None:
+    """A PACS we retrieve from by C-MOVE sends back: a declared peer for storage, not for query."""
+    orthanc.dicom_port, orthanc.http_port = free_port(), free_port()
+    config = tmp_path / "node.toml"
+    config.write_text(f'[dicom.allow]\nstore = ["MODALITY"]\nquery = ["WS1"]\n\n[[dicom.remotes]]\nname = "pacs"\n'
+                      f'ae_title = "{orthanc.aet}"\nhost = "127.0.0.1"\nport = {orthanc.dicom_port}\n')
+    daemon.start("--no-mount", "--config", str(config))
+    port = daemon.port
+    orthanc.modalities = {"dicomfs": ("DICOMFS", "127.0.0.1", port)}
+    orthanc.start()
+    ids = orthanc.upload(dicomgen.series(tmp_path / "in", 3, rows=16, columns=16, PatientID="BACK"))
+    request = urllib.request.Request(f"{orthanc.url}/modalities/dicomfs/store", method="POST",
+                                     data=json.dumps({"Resources": ids, "Synchronous": True}).encode())
+    with urllib.request.urlopen(request, timeout=60) as response:
+        answer = json.load(response)
+    assert answer.get("FailedInstancesCount", 0) == 0, answer
+    assert len(list((daemon.data_dir / "store").rglob("*.dcm"))) == 3
+    assert f"store: MODALITY, {orthanc.aet}@127.0.0.1 (remote pacs)" in daemon.log()
+    # The same AE title may not query: its query contexts are not offered.
+    query = dcmtk("findscu", "-S", "-aet", orthanc.aet, "-aec", "DICOMFS", "-k", "QueryRetrieveLevel=STUDY",
+                  "-k", "PatientID", "127.0.0.1", port)
+    assert query.returncode != 0 and "No Acceptable Presentation Contexts" in query.stdout + query.stderr
+
+
+def test_check_called_ae_refuses_associations_for_another_title(daemon: Daemon, tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text("[dicom]\ncheck_called_ae = true\n")
+    daemon.start("--no-mount", "--config", str(config))
+    wrong = dcmtk("echoscu", "-v", "-aec", "ANY-SCP", "127.0.0.1", daemon.port)
+    out = wrong.stdout + wrong.stderr
+    assert wrong.returncode != 0 and "Called AE Title Not Recognized" in out, out
+    assert dcmtk("echoscu", "-aec", "DICOMFS", "127.0.0.1", daemon.port).returncode == 0

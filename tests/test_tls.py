@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import dicomgen
@@ -64,3 +66,21 @@ def test_plain_and_foreign_clients_are_refused(tls_node: tuple[Daemon, dict[str,
     stranger = dcmtk("echoscu", "+tls", certs["stranger"][0], certs["stranger"][1], "+cf", certs["ca"][1],
                      "-aec", "DICOMFS", "127.0.0.1", daemon.port)
     assert stranger.returncode != 0  # its certificate was not signed by the configured CA
+
+
+def test_idle_connections_do_not_hold_up_tls_peers(tls_node: tuple[Daemon, dict[str, tuple[Path, Path]]]) -> None:
+    """The handshake runs in each connection's own thread, within the association timeout."""
+    daemon, certs = tls_node
+    idle = [socket.create_connection(("127.0.0.1", daemon.port), timeout=10) for _ in range(4)]
+    try:
+        start = time.monotonic()
+        echo = dcmtk("echoscu", "-to", "4", "-ta", "4", "+tls", certs["client"][0], certs["client"][1],
+                     "+cf", certs["ca"][1], "-aec", "DICOMFS", "127.0.0.1", daemon.port)
+        assert echo.returncode == 0, echo.stderr
+        assert time.monotonic() - start < 3
+        for sock in idle:  # dropped at the association timeout (5 s), not held for ever
+            assert sock.recv(1) == b""
+    finally:
+        for sock in idle:
+            sock.close()
+    assert "TLS handshake failed (timed out)" in daemon.log()

@@ -1,6 +1,9 @@
 """The DICOM node's acceptor side: associations and their allow-lists, and the services
 Verification (C-ECHO), Storage (C-STORE), and Query/Retrieve (C-FIND, C-GET, C-MOVE).
 
+Who may do what is decided in ``peers`` (resolved once at start); the port's defences
+(pending connections, timeouts, PDU limits) are in ``acceptor``.
+
 pynetdicom runs every association in its own thread. The C-STORE handler prepares the
 received bytes there (slow work, off the event loop) and submits the instance to the trio
 loop, which alone writes the index: data flows one way, and no SQLite writer runs in a
@@ -10,6 +13,7 @@ thread. Queries and retrieves read the index through a read-only connection per 
 from __future__ import annotations
 
 import copy
+import errno
 import logging
 import socket
 import ssl
@@ -34,13 +38,15 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
-from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomfs.config import DicomSettings
+from dicomfs.errors import UserError
 from dicomfs.index import cfind
 from dicomfs.index.db import Database
 from dicomfs.ingest.prepare import prepare
 from dicomfs.ingest.writer import Submit
+from dicomfs.net import peers
+from dicomfs.net.acceptor import Admission, Limits, NodeAssociationServer
 from dicomfs.net.status import (
     CANCEL,
     CANNOT_UNDERSTAND,
@@ -74,24 +80,8 @@ class _ContextList(list[PresentationContext]):
         return copies
 
 
-class _NoDelayServer(ThreadedAssociationServer):
-    """Sets TCP_NODELAY on every accepted socket: without it each object stalls ~45 ms."""
-
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        client, address = super().get_request()
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return client, address
-
-
-def _allowed(rules: list[str], calling_ae: str, host: str) -> bool:
-    """An empty rule list admits everyone; "AE" admits that AE from anywhere, "AE@host" from host."""
-    if not rules:
-        return True
-    for rule in rules:
-        ae, _, rule_host = rule.partition("@")
-        if ae.strip() == calling_ae and (not rule_host or rule_host == host):
-            return True
-    return False
+class NodeError(UserError):
+    """The node cannot listen where it is told to."""
 
 
 class NodeServer:
@@ -105,20 +95,25 @@ class NodeServer:
         self._local = threading.local()
         # One writer per association that can be open, so no store waits for another's fsync.
         self.writers = ThreadPoolExecutor(settings.max_associations, thread_name_prefix="dicom-writer")
-        self._server: ThreadedAssociationServer | None = None
+        self._server: NodeAssociationServer | None = None
         self._thread: threading.Thread | None = None
+        self.admission = Admission(settings.max_pending, settings.max_associations)
+        self.loopback = peers.listens_on_loopback_only(settings.bind)
+        self.policy = peers.build_policy(settings, self.loopback)
         self.ae = self._make_ae()
 
     def _make_ae(self) -> AE:
         s = self.settings
         _config.LOG_HANDLER_LEVEL = "none"
         ae = AE(ae_title=s.ae_title)
-        ae.maximum_associations = s.max_associations
+        # Established associations are counted by our Admission; pynetdicom's own count
+        # includes connections that never associate, so it must never bite.
+        ae.maximum_associations = 1 << 20
         ae.maximum_pdu_size = s.max_pdu
         ae.network_timeout = s.network_timeout
-        ae.acse_timeout = s.network_timeout
+        ae.acse_timeout = s.network_timeout  # our own requests (C-MOVE sub-associations)
         ae.dimse_timeout = s.network_timeout
-        ae.require_called_aet = False
+        ae.require_called_aet = s.check_called_ae
         ae.add_supported_context(Verification)
         for model in (PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind,
                       PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelGet,
@@ -130,7 +125,6 @@ class NodeServer:
 
         return ae
 
-
     def start(self) -> None:
         s = self.settings
         handlers: list[Any] = [
@@ -141,15 +135,33 @@ class NodeServer:
             (evt.EVT_C_GET, _handle_get, [self]),
             (evt.EVT_C_MOVE, _handle_move, [self]),
         ]
-        self._server = self.ae.make_server(
-            (s.bind, s.port), ae_title=s.ae_title, evt_handlers=handlers,
-            server_class=_NoDelayServer, ssl_context=self._ssl_context(),
-        )
+        limits = Limits(association_timeout=s.association_timeout, network_timeout=s.network_timeout,
+                        max_pdu=s.max_pdu, max_object=int(s.max_object_mb * 2**20))
+        try:
+            self._server = self.ae.make_server(
+                (s.bind, s.port), ae_title=s.ae_title, evt_handlers=handlers, server_class=NodeAssociationServer,
+                ssl_context=self._ssl_context(), limits=limits, admission=self.admission,
+            )
+        except OSError as exc:
+            raise NodeError(_listen_problem(s.bind, s.port, exc)) from None
+        try:  # after binding, so that an address that cannot work is named first
+            peers.check_opening(s, self.loopback)
+        except peers.PeerError:
+            self._server.server_close()
+            self._server = None
+            raise
         self._server.contexts = _ContextList(self._server.contexts)
         self._thread = threading.Thread(target=self._server.serve_forever, name="dicom-acceptor", daemon=True)
         self._thread.start()
         self.ae._servers.append(self._server)  # as AE.start_server does; shutdown() expects it
-        log.info("DICOM node %s listening on %s:%d", s.ae_title, s.bind, self._server.server_address[1])
+        tls = " with TLS" if self.settings.tls.cert else ""
+        log.info("DICOM node %s listening on %s:%d%s; %s", s.ae_title, s.bind, self._server.server_address[1], tls,
+                 self.policy.describe())
+        if not self.loopback and s.allow_any:
+            log.warning("the DICOM node on %s:%d admits any AE from any host to every service whose allow-list "
+                        "is empty (allow_any = true)", s.bind, s.port)
+        elif not self.loopback and not tls:
+            log.info("the DICOM node is reachable from other hosts without TLS: see docs/dicom.md")
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         tls = self.settings.tls
@@ -157,10 +169,15 @@ class NodeServer:
             return None
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.minimum_version = ssl.TLSVersion.TLSv1_2  # BCP 195
-        context.load_cert_chain(tls.cert, tls.key)
-        if tls.ca:
-            context.load_verify_locations(tls.ca)
-            context.verify_mode = ssl.CERT_REQUIRED
+        try:
+            context.load_cert_chain(tls.cert, tls.key)
+            if tls.ca:
+                context.load_verify_locations(tls.ca)
+                context.verify_mode = ssl.CERT_REQUIRED
+        except (OSError, ssl.SSLError) as exc:
+            raise NodeError(f"cannot use the TLS files of [dicom.tls] (cert {tls.cert}, key {tls.key}"
+                            f"{', ca ' + tls.ca if tls.ca else ''}): {getattr(exc, 'strerror', None) or exc}; "
+                            "give PEM files this user can read") from None
         return context
 
     def stop(self) -> None:
@@ -170,8 +187,10 @@ class NodeServer:
             return
         server.shutdown()
         server.server_close()
+        self.admission.drop_pending()  # they end on their own; an A-ABORT is not valid before a request
         for assoc in list(self.ae.active_associations):
-            assoc.abort()
+            if assoc.is_established:
+                assoc.abort()
         if self._thread is not None:
             self._thread.join(timeout=10)
         self.writers.shutdown(wait=True)
@@ -187,14 +206,32 @@ class NodeServer:
     def permits(self, group: str, event: evt.Event) -> bool:
         calling = event.assoc.requestor.ae_title.strip()
         host = event.assoc.requestor.address
-        ok = _allowed(getattr(self.settings.allow, group), calling, host)
+        ok = self.policy.may(group, calling, host)
         if not ok:
             log.warning("refused %s request from %s@%s: not in the %s allow-list", group, calling, host, group)
         return ok
 
 
+def _listen_problem(bind: str, port: int, exc: OSError) -> str:
+    where = f"cannot listen for DICOM on {bind}:{port}"
+    if isinstance(exc, socket.gaierror):
+        return f"{where}: {bind} does not resolve; give --bind an address of this host"
+    if exc.errno == errno.EADDRINUSE:
+        return f"{where}: the port is in use (another dicomfs or DICOM node?); choose another with --port, " \
+               "or run without the node with --no-dicom"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{where}: {bind} is not an address of this host; give --bind an address of this host " \
+               "(127.0.0.1 for local tools only, 0.0.0.0 for every interface)"
+    if exc.errno == errno.EACCES and port < 1024:
+        return f"{where}: ports below 1024 need privileges; use a port from 1024 up (e.g. --port 11112), " \
+               "or grant the daemon CAP_NET_BIND_SERVICE"
+    return f"{where}: {exc.strerror or exc}"
+
+
 # A-ASSOCIATE-RJ: rejected-permanent, by the service user, calling AE title not recognized
 _REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+# A-ASSOCIATE-RJ: rejected-transient, by the service provider (presentation), local limit exceeded
+_REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)
 _QUERY_MODELS = {PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind}
 _RETRIEVE_MODELS = {PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelGet,
                     PatientRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelMove}
@@ -211,12 +248,17 @@ def _handle_association_request(event: evt.Event, node: NodeServer) -> None:
     assoc = event.assoc
     calling = str(assoc.requestor.primitive.calling_ae_title).strip()  # ae_title is set only later
     host = assoc.requestor.address
-    allow = node.settings.allow
-    may = {group: _allowed(getattr(allow, group), calling, host) for group in ("store", "query", "retrieve")}
+    may = {group: node.policy.may(group, calling, host) for group in peers.GROUPS}
     if not any(may.values()):
         log.warning("rejected an association from %s@%s: in no allow-list", calling, host)
         assoc.acse.send_reject(*_REJECT_CALLING_AE)
         assoc.kill()  # as pynetdicom's own rejections: waits until the DUL has sent the A-ASSOCIATE-RJ
+        return
+    if not node.admission.claim(assoc):
+        log.warning("rejected an association from %s@%s: all %d associations are in use (max_associations)",
+                    calling, host, node.settings.max_associations)
+        assoc.acse.send_reject(*_REJECT_LOCAL_LIMIT)
+        assoc.kill()
         return
     if all(may.values()):
         return
