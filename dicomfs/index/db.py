@@ -13,11 +13,20 @@ from typing import Any
 
 import apsw
 
+from dicomfs.privacy import FILE_MODE
+
 Row = tuple[Any, ...]
 
 
 class NoSuchRowError(LookupError):
     """A query that must return exactly one row returned none."""
+
+
+def _create_private(path: str) -> None:
+    """Create the index file no wider than 0640 before SQLite does (it would use 0644):
+    SQLite gives its -wal and -shm files the mode of the main file."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE))
 
 
 class Database:
@@ -28,6 +37,8 @@ class Database:
             apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
         )
         self.path = os.fspath(path)
+        if not readonly:
+            _create_private(self.path)
         self.conn = apsw.Connection(self.path, flags=flags)
         # Writers from other processes (an import while the daemon serves) wait, not fail.
         self.conn.set_busy_timeout(30_000)
