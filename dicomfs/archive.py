@@ -121,10 +121,13 @@ def check_writable(data_dir: Path) -> None:
     for path in (data_dir, data_dir / INDEX_NAME, data_dir / "store", data_dir / "store" / ".tmp"):
         if not path.exists():
             continue
-        if not os.access(path, os.W_OK | (os.X_OK if path.is_dir() else 0)):
-            why = "read-only file system" if _read_only_fs(path) else "no write permission for this user"
-            raise NotAnArchiveError(f"the archive {data_dir} cannot be written ({path}: {why}): make it "
-                                    "writable, or run dicomfs as its owner")
+        if os.access(path, os.W_OK | (os.X_OK if path.is_dir() else 0)):
+            continue
+        if _read_only_fs(path):
+            raise NotAnArchiveError(f"the archive {data_dir} is on a read-only file system: remount it "
+                                    "read-write, or give --data-dir a writable archive")
+        raise NotAnArchiveError(f"the archive {data_dir} cannot be written by this user ({path}: permission "
+                                "denied): run dicomfs as the archive's owner, or give --data-dir your own")
 
 
 def _read_only_fs(path: Path) -> bool:

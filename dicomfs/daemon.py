@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from dicomfs.volumes.cache import VolumeCache
 log = logging.getLogger(__name__)
 
 FUSE_DEVICE = "/dev/fuse"
+_FUSE_DEVICE_NUMBER = (10, 229)  # character device major, minor (Linux devices.txt)
 
 
 class MountError(UserError):
@@ -46,10 +48,10 @@ def serve(settings: Settings, *, create: bool = False) -> None:
     """Run until a signal or an external unmount; ``create``: a missing data dir may become an archive."""
     data_dir = settings.data_dir
     group = settings.group or None
-    new = check_data_dir(data_dir, create=create or settings.data_dir_is_default, group=group)
-    check_writable(data_dir)
     if settings.mount.enabled:  # fail early and plainly, before anything runs
         settings.mount.path = _check_mount_point(settings.mount.path, data_dir)
+    new = check_data_dir(data_dir, create=create or settings.data_dir_is_default, group=group)
+    check_writable(data_dir)
     lock = pidfile.acquire(settings.pid_path, str(settings.mount.path) if settings.mount.enabled else "off",
                            settings.dicom_address)
     try:
@@ -174,11 +176,15 @@ def _check_mount_point(path: Path, data_dir: Path) -> Path:
 
 
 def _check_fuse_device() -> None:
+    """libfuse itself only says "fuse_session_mount failed": say what is missing and how to get it."""
+    hint = "install fuse3 and load the fuse module; in a container, pass --device /dev/fuse; or serve with --no-mount"
     try:
+        info = os.stat(FUSE_DEVICE)
+        if not stat.S_ISCHR(info.st_mode) or info.st_rdev != os.makedev(*_FUSE_DEVICE_NUMBER):
+            raise MountError(f"{FUSE_DEVICE} is not the FUSE device: {hint}")
         os.close(os.open(FUSE_DEVICE, os.O_RDWR | os.O_CLOEXEC))
     except OSError as exc:
-        raise MountError(f"cannot open {FUSE_DEVICE} ({exc.strerror}): install fuse3 and load the fuse module; "
-                         "in a container, pass --device /dev/fuse; or serve with --no-mount") from None
+        raise MountError(f"cannot open {FUSE_DEVICE} ({exc.strerror}): {hint}") from None
 
 
 def _prepare_mount_point(path: Path) -> Path:

@@ -133,7 +133,10 @@ class Daemon:
 
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
-    return tmp_path / "data"
+    """An empty archive folder, made as ``dicomfs init`` would (a missing --data-dir is an error)."""
+    path = tmp_path / "data"
+    path.mkdir(mode=0o700)
+    return path
 
 
 @pytest.fixture

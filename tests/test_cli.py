@@ -57,5 +57,6 @@ def test_config_file_sets_the_data_dir(tmp_path: Path) -> None:
     dicomgen.series(tmp_path / "in", 1)
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'data_dir = "{tmp_path / "fromcfg"}"\n')
+    (tmp_path / "fromcfg").mkdir()
     run_cli("--config", cfg, "import", tmp_path / "in")
     assert (tmp_path / "fromcfg" / "index.sqlite").exists()

@@ -31,6 +31,7 @@ def test_daemon_notifies_ready_and_stopping(tmp_path: Path) -> None:
         sock.bind(address)
         sock.settimeout(30)
         mount = tmp_path / "mnt"
+        (tmp_path / "data").mkdir()
         proc = subprocess.Popen(
             [*DICOMFS, "serve", "--data-dir", str(tmp_path / "data"), "--mount", str(mount),
              "--bind", "127.0.0.1", "--port", str(free_port())],
