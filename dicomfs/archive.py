@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,30 +82,50 @@ def _size(n: int) -> str:
     return f"{value:.1f} TiB"
 
 
-def check_data_dir(data_dir: Path, *, create: bool, group: str | None = None) -> bool:
-    """Make sure ``data_dir`` is (or may become) an archive; True when it is new.
+_FIX = "give --data-dir the archive's folder, or a new or empty one"
 
-    Raises ``NotAnArchiveError`` for a missing path (unless ``create``), a file, or a folder
-    that holds files but no index.
+
+def archive_state(data_dir: Path) -> str:
+    """``"archive"``, ``"empty"`` (a folder that may become one) or ``"missing"``.
+
+    Raises ``NotAnArchiveError`` for what can never be opened as an archive: a file, a folder
+    that holds files but no index, a folder this user cannot read.
     """
-    if data_dir.is_dir():
-        if (data_dir / INDEX_NAME).is_file():
-            return False
-        try:
-            # A pid file alone: a daemon stopped before it made its index.
-            empty = all(entry.name == "daemon.pid" for entry in data_dir.iterdir())
-        except OSError as exc:
-            raise NotAnArchiveError(f"cannot read the data directory {data_dir}: {exc.strerror}") from None
-        if not empty:
-            raise NotAnArchiveError(
-                f"{data_dir} is not a dicomfs archive (it holds files but no {INDEX_NAME}): give --data-dir "
-                "the archive's folder, or a new or empty folder")
+    try:
+        info = os.stat(data_dir)
+    except FileNotFoundError:
+        return "missing"
+    except NotADirectoryError:
+        raise NotAnArchiveError(f"{data_dir} is not a dicomfs archive (a part of the path is a file): {_FIX}") from None
+    except PermissionError:
+        raise NotAnArchiveError(f"cannot reach the archive {data_dir} (permission denied on a folder above it): run "
+                                "dicomfs as the archive's owner, or give --data-dir your own") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise NotAnArchiveError(f"{data_dir} is not a dicomfs archive (not a folder): {_FIX}")
+    if not os.access(data_dir, os.R_OK | os.X_OK):
+        raise NotAnArchiveError(f"the archive {data_dir} cannot be read by this user (permission denied): run "
+                                "dicomfs as the archive's owner, or give --data-dir your own")
+    if (data_dir / INDEX_NAME).is_file():
+        return "archive"
+    # A pid file alone: a daemon stopped before it made its index.
+    if all(name == "daemon.pid" for name in os.listdir(data_dir)):
+        return "empty"
+    raise NotAnArchiveError(f"{data_dir} is not a dicomfs archive (it holds files but no {INDEX_NAME}): {_FIX}")
+
+
+def check_data_dir(data_dir: Path, *, create: bool, group: str | None = None) -> bool:
+    """Make sure ``data_dir`` is (or may now become) an archive; True when it is new.
+
+    A missing path is created only when ``create`` is true; see ``archive_state`` for the rest.
+    """
+    state = archive_state(data_dir)
+    if state == "archive":
+        return False
+    if state == "empty":
         log.info("%s is an empty folder: making it a new archive", data_dir)
         if group:
             privacy.give_group(data_dir, group)
         return True
-    if data_dir.exists() or data_dir.is_symlink():
-        raise NotAnArchiveError(f"{data_dir} is not a dicomfs archive (not a folder): give --data-dir a folder")
     if not create:
         raise NotAnArchiveError(f"no archive at {data_dir}: check --data-dir, or create one with "
                                 f"'dicomfs init {data_dir}' (or add --create)")

@@ -9,38 +9,16 @@ from __future__ import annotations
 
 import grp
 import os
-import shutil
 import stat
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import dicomgen
 import pytest
-from conftest import Daemon, dcmtk, run_cli, wait_for
+from conftest import Daemon, dcmtk, reads_as_nobody, run_cli, wait_for
 
 NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
-
-
-@pytest.fixture
-def open_folder() -> Iterator[Path]:
-    """A folder that every user may enter, with a control file that every user may read."""
-    base = Path(tempfile.mkdtemp(prefix="dicomfs-safety-", dir="/tmp"))
-    os.chmod(base, 0o755)
-    control = base / "control.txt"
-    control.write_text("public")
-    os.chmod(control, 0o644)
-    assert reads_as_nobody(control), "the test cannot tell a private file from a public one"
-    try:
-        yield base
-    finally:
-        shutil.rmtree(base)
-
-
-def reads_as_nobody(path: Path, regid: str = "nogroup") -> bool:
-    cmd = ["setpriv", "--reuid=nobody", f"--regid={regid}", "--clear-groups", "cat", str(path)]
-    return subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0
 
 
 def lists_as_nobody(path: Path) -> bool:

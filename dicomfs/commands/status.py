@@ -6,7 +6,7 @@ import json
 import time
 
 from dicomfs import pidfile
-from dicomfs.archive import INDEX_NAME, NotAnArchiveError, holdings
+from dicomfs.archive import NotAnArchiveError, archive_state, holdings
 from dicomfs.config import Settings
 from dicomfs.index.db import Database
 from dicomfs.remote.rows import RemoteRows
@@ -15,17 +15,12 @@ from dicomfs.remote.rows import RemoteRows
 def report(settings: Settings) -> str:
     """The report; ``NotAnArchiveError`` for a path that is not an archive (status creates nothing)."""
     data_dir = settings.data_dir
-    if not data_dir.is_dir():
-        if data_dir.exists():
-            raise NotAnArchiveError(f"{data_dir} is not a dicomfs archive (not a folder): give --data-dir the "
-                                    "archive's folder")
+    state = archive_state(data_dir)
+    if state == "missing":
         raise NotAnArchiveError(f"no archive at {data_dir}: check --data-dir, or create one with "
                                 f"'dicomfs init {data_dir}'")
     lines = [f"archive: {data_dir}"]
-    if not settings.index_path.exists():
-        if any(entry.name != pidfile.NAME for entry in data_dir.iterdir()):
-            raise NotAnArchiveError(f"{data_dir} is not a dicomfs archive (it holds files but no {INDEX_NAME}): "
-                                    "give --data-dir the archive's folder")
+    if state == "empty":
         lines.append("holds: nothing yet (an empty archive)")
         lines.extend(_daemon_lines(settings))
         return "\n".join(lines)

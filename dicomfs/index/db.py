@@ -10,6 +10,7 @@ import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import apsw
 
@@ -39,7 +40,15 @@ class Database:
         self.path = os.fspath(path)
         if not readonly:
             _create_private(self.path)
-        self.conn = apsw.Connection(self.path, flags=flags)
+        try:
+            self.conn = apsw.Connection(self.path, flags=flags)
+            self.conn.execute("PRAGMA schema_version").fetchall()  # SQLite opens the -shm file only now
+        except apsw.CantOpenError:
+            if not readonly or not os.path.isfile(self.path):
+                raise
+            # A WAL index on a read-only file system: no -shm can be made, so read it as it is.
+            self.conn = apsw.Connection(f"file:{quote(os.path.abspath(self.path))}?immutable=1",
+                                        flags=flags | apsw.SQLITE_OPEN_URI)
         # Writers from other processes (an import while the daemon serves) wait, not fail.
         self.conn.set_busy_timeout(30_000)
         if not readonly:  # a reader cannot change the journal mode; writers set WAL
