@@ -156,10 +156,12 @@ def _read_only_fs(path: Path) -> bool:
 
 
 def open_archive(data_dir: Path, rules: Sequence[ProjectRule] = (), *, create: bool = True,
-                 group: str | None = None) -> Archive:
-    """Open (or, when allowed, create) the archive for writing."""
-    check_data_dir(data_dir, create=create, group=group)
-    check_writable(data_dir)
+                 group: str | None = None, checked: bool = False) -> Archive:
+    """Open (or, when allowed, create) the archive for writing; ``checked``: the caller ran
+    ``check_data_dir`` and ``check_writable`` already."""
+    if not checked:
+        check_data_dir(data_dir, create=create, group=group)
+        check_writable(data_dir)
     privacy.warn_if_wide(data_dir, group)
     db = Database(data_dir / INDEX_NAME)
     migrate(db)

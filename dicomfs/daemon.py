@@ -59,7 +59,7 @@ def serve(settings: Settings, *, create: bool = False) -> None:
             log.info("the daemon before (pid %d) did not stop cleanly; recovering", lock.previous.pid)
         if settings.mount.enabled:
             settings.mount.path = _prepare_mount_point(settings.mount.path)
-        archive = open_archive(data_dir, settings.rules, create=False, group=group)
+        archive = open_archive(data_dir, settings.rules, group=group, checked=True)
         try:
             _recover(settings, archive)
             _log_which_archive(settings, archive, new)

@@ -97,6 +97,9 @@ def test_kill_mid_ingest_loses_nothing_a_sender_was_told_succeeded(daemon: Daemo
     assert set(sop_uids[:acknowledged]) <= indexed  # storescu sends in order; every Success is kept
     listed = {p.name for p in (daemon.mount / SERIES).glob("*.dcm")}
     assert len(listed) == len(indexed)
+    for path in (data_dir / "store").rglob("*.dcm"):  # indexed or not, no file in the store is partial
+        ds = pydicom.dcmread(path)
+        assert ds.SOPInstanceUID in sop_uids and len(ds.PixelData) == 64 * 64 * 2, path
     # The sender sends the rest again, as a real modality would: all arrive, none twice.
     again = subprocess.run(["/usr/bin/storescu", "-aec", "DICOMFS", "-aet", "MODALITY", "127.0.0.1",
                             str(daemon.port), *sources], capture_output=True, text=True, timeout=120,
@@ -178,7 +181,7 @@ def test_status_checks_that_the_recorded_pid_is_a_dicomfs_daemon(daemon: Daemon,
 def test_serve_logs_which_archive_it_serves(daemon: Daemon, data_dir: Path, tmp_path: Path) -> None:
     daemon.start("--no-dicom")
     log = daemon.log()
-    assert f"{data_dir} is an empty folder: making it a new archive" in log
+    assert log.count(f"{data_dir} is an empty folder: making it a new archive") == 1
     assert f"archive {data_dir} (new): 0 patients, 0 studies, 0 series, 0 instances (0 bytes)" in log
     assert f"mount point: {daemon.mount}" in log and "DICOM node: off" in log
 

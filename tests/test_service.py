@@ -8,6 +8,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dicomgen
@@ -131,7 +132,7 @@ class Systemd:
 
 def test_systemd_brings_the_mount_back_after_sigkill(tmp_path: Path) -> None:
     data, mount = tmp_path / "data", tmp_path / "mnt"
-    data.mkdir()
+    data.mkdir(mode=0o700)
     run_cli("import", "--data-dir", data, *dicomgen.series(tmp_path / "in", 3))
     config = tmp_path / "config.toml"
     config.write_text(f'data_dir = "{data}"\n[mount]\npath = "{mount}"\n[dicom]\nbind = "127.0.0.1"\n'
@@ -156,6 +157,15 @@ def test_systemd_brings_the_mount_back_after_sigkill(tmp_path: Path) -> None:
         assert int(shown) == 1
         log = (tmp_path / "daemon.log").read_text()
         assert "is a stale mount left by a killed daemon; unmounting it" in log
+        # A mistake in the configuration (exit status 2) is not restarted in a loop.
+        config.write_text('log_level = "VERBOSE"\n' + config.read_text())
+        systemd.run("systemctl", "restart", "dicomfs.service")
+        wait_for(lambda: systemd.run("systemctl", "is-active", "dicomfs.service").stdout.strip() == "failed", 20,
+                 "the service to fail")
+        assert "log_level 'VERBOSE' is not one of DEBUG, INFO, WARNING, ERROR" in (tmp_path / "daemon.log").read_text()
+        time.sleep(3)  # a restart that must NOT happen: wait longer than RestartSec=2, then look
+        assert systemd.run("systemctl", "is-active", "dicomfs.service").stdout.strip() == "failed"
+        assert int(systemd.run("systemctl", "show", "-p", "NRestarts", "--value", "dicomfs.service").stdout) == 0
     finally:
         systemd.stop()
     assert "Traceback" not in (tmp_path / "daemon.log").read_text()
