@@ -60,7 +60,7 @@ class Holdings:
     def __str__(self) -> str:
         remote = f", {self.listed} more listed on remotes" if self.listed else ""
         return (f"{self.patients} patients, {self.studies} studies, {self.series} series, "
-                f"{self.instances} instances ({_size(self.bytes)}){remote}")
+                f"{self.instances} local instances ({_size(self.bytes)}){remote}")
 
 
 def holdings(db: Database) -> Holdings:

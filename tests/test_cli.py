@@ -128,7 +128,7 @@ def test_init_and_create_make_an_archive(tmp_path: Path) -> None:
                                                                     "nothing to do")
     dicomgen.series(tmp_path / "in", 2)
     run_cli("import", "--create", "--data-dir", tmp_path / "b" / "nested", tmp_path / "in")
-    assert "2 instances" in run_cli("status", "--data-dir", tmp_path / "b" / "nested").stdout
+    assert "2 local instances" in run_cli("status", "--data-dir", tmp_path / "b" / "nested").stdout
 
 
 def test_paths_that_are_not_archives(tmp_path: Path) -> None:
@@ -158,7 +158,7 @@ def test_a_read_only_archive_is_one_failure_up_front(tmp_path: Path) -> None:
     assert_one_line(in_namespace(read_only, "import", "--data-dir", data, tmp_path / "in"), message)
     assert_one_line(in_namespace(read_only, "serve", "--data-dir", data, "--mount", tmp_path / "mnt", "--no-dicom"),
                     message)
-    assert "3 instances" in in_namespace(read_only, "status", "--data-dir", data).stdout  # reading still works
+    assert "3 local instances" in in_namespace(read_only, "status", "--data-dir", data).stdout  # reading still works
 
 
 def test_an_archive_of_another_user_is_one_failure_up_front(tmp_path: Path, open_folder: Path) -> None:

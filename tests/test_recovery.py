@@ -168,7 +168,7 @@ def test_status_checks_that_the_recorded_pid_is_a_dicomfs_daemon(daemon: Daemon,
     assert f"daemon: running, pid {daemon.proc.pid}" in status
     assert f"mount point: {daemon.mount}" in status
     assert f"DICOM node: DICOMFS@127.0.0.1:{daemon.port}" in status
-    assert "holds: 1 patients, 1 studies, 1 series, 3 instances" in status
+    assert "holds: 1 patients, 1 studies, 1 series, 3 local instances" in status
     daemon.stop()
     # A pid file left by a crash whose pid now belongs to another program, lock not held.
     (data_dir / "daemon.pid").write_text(f"{os.getpid()}\nmount={daemon.mount}\ndicom=off\n")
@@ -182,7 +182,7 @@ def test_serve_logs_which_archive_it_serves(daemon: Daemon, data_dir: Path, tmp_
     daemon.start("--no-dicom")
     log = daemon.log()
     assert log.count(f"{data_dir} is an empty folder: making it a new archive") == 1
-    assert f"archive {data_dir} (new): 0 patients, 0 studies, 0 series, 0 instances (0 bytes)" in log
+    assert f"archive {data_dir} (new): 0 patients, 0 studies, 0 series, 0 local instances (0 bytes)" in log
     assert f"mount point: {daemon.mount}" in log and "DICOM node: off" in log
 
 
