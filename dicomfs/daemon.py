@@ -183,6 +183,10 @@ def _check_fuse_device() -> None:
         if not stat.S_ISCHR(info.st_mode) or info.st_rdev != os.makedev(*_FUSE_DEVICE_NUMBER):
             raise MountError(f"{FUSE_DEVICE} is not the FUSE device: {hint}")
         os.close(os.open(FUSE_DEVICE, os.O_RDWR | os.O_CLOEXEC))
+    except PermissionError as exc:
+        raise MountError(f"cannot open {FUSE_DEVICE} ({exc.strerror}): this user may not use FUSE; make the device "
+                         f"usable by all (chmod 0666 {FUSE_DEVICE}, as fuse3 installs it), or serve with --no-mount"
+                         ) from None
     except OSError as exc:
         raise MountError(f"cannot open {FUSE_DEVICE} ({exc.strerror}): {hint}") from None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import shlex
 import stat
 import subprocess
@@ -197,6 +198,20 @@ def test_no_usable_fuse_device(tmp_path: Path) -> None:
                            "--mount", tmp_path / "mnt", "--no-dicom")
     assert_one_line(missing, f"cannot open /dev/fuse (No such file or directory): {hint}")
     assert not os.path.ismount(tmp_path / "mnt")
+
+
+def test_a_user_without_access_to_the_fuse_device(open_folder: Path) -> None:
+    if os.stat("/dev/fuse").st_mode & 0o006 == 0o006:
+        pytest.fail("/dev/fuse is open to every user here: this test needs it restricted (as Debian's 0600 is)")
+    data, mount = open_folder / "data", open_folder / "mnt"
+    for folder in (data, mount):
+        folder.mkdir()
+        os.chown(folder, pwd.getpwnam("nobody").pw_uid, -1)
+    result = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *DICOMFS, "serve",
+                             "--data-dir", str(data), "--mount", str(mount), "--no-dicom"],
+                            capture_output=True, text=True, timeout=60, env={**cli_env(), "HOME": "/nonexistent"})
+    assert_one_line(result, "cannot open /dev/fuse (Permission denied): this user may not use FUSE; make the device "
+                            "usable by all (chmod 0666 /dev/fuse, as fuse3 installs it), or serve with --no-mount")
 
 
 def test_mount_point_and_data_dir_must_not_nest(tmp_path: Path) -> None:
