@@ -254,9 +254,7 @@ def _import(settings: config.Settings, args: argparse.Namespace) -> int:
         )
     finally:
         archive.close()
-    for path, reason in report.rejected:
-        print(f"rejected {path}: {reason}", file=sys.stderr)
-    print(report.summary())
+    print(report.summary())  # each rejection was logged once as it happened
     return 0 if report.ok else 1
 
 
@@ -319,6 +317,7 @@ def _remote(settings: config.Settings, args: argparse.Namespace) -> int:
 
 
 def _organise(settings: config.Settings, args: argparse.Namespace) -> int:
+    from dicomfs.commands.output import counted
     from dicomfs.index import organise as org
 
     archive = _open_archive(settings)
@@ -333,25 +332,26 @@ def _organise(settings: config.Settings, args: argparse.Namespace) -> int:
                 print(f"deleted project {args.name} (no images were removed)")
             elif args.action == "list":
                 for project in org.list_projects(db):
-                    members = ", ".join(f"{n} {level}" for level, n in sorted(project.members.items())) or "empty"
+                    members = ", ".join(counted(n, level) for level, n in sorted(project.members.items())) or "empty"
                     print(f"{project.name}\t{members}\t{project.description}".rstrip())
             else:
                 ids = org.select(db, args.level, args.selectors)
                 if args.action == "add":
                     n = org.add_members(db, args.name, args.level, ids)
-                    print(f"{args.name}: {n} {args.level} added ({len(ids) - n} were members already)")
+                    already = f", {counted(len(ids) - n, args.level)} already in it" if len(ids) > n else ""
+                    print(f"{args.name}: {counted(n, args.level)} added{already}")
                 else:
                     n = org.remove_members(db, args.name, args.level, ids)
-                    print(f"{args.name}: {n} {args.level} removed")
+                    print(f"{args.name}: {counted(n, args.level)} removed")
             return 0
         ids = org.select(db, args.level, [args.selector])
         if args.action == "set":
             key, value = org.parse_tag(args.tag)
             org.set_tag(db, args.level, ids, key, value)
-            print(f"{key}={value} set on {len(ids)} {args.level}")
+            print(f"{key}={value} set on {counted(len(ids), args.level)}")
         elif args.action == "unset":
             key, _ = org.parse_tag(args.tag, with_value=False)
-            print(f"{key} removed from {org.unset_tag(db, args.level, ids, key)} {args.level}")
+            print(f"{key} removed from {counted(org.unset_tag(db, args.level, ids, key), args.level)}")
         else:
             for entity_id in ids:
                 tags = org.tags_of(db, args.level, entity_id)
@@ -385,6 +385,7 @@ def _find(settings: config.Settings, args: argparse.Namespace) -> int:
 
 
 def _derive(settings: config.Settings, args: argparse.Namespace) -> int:
+    from dicomfs.commands.output import counted
     from dicomfs.derived import DerivedError, DerivedStore
     from dicomfs.index import organise as org
 
@@ -405,7 +406,7 @@ def _derive(settings: config.Settings, args: argparse.Namespace) -> int:
                     print("\t".join(map(str, item)))
             return 0
         if len(ids) != 1:
-            print(f"dicomfs: the selector names {len(ids)} {args.level} entities; derived data needs exactly one",
+            print(f"dicomfs: the selector names {counted(len(ids), args.level)}; derived data needs exactly one",
                   file=sys.stderr)
             return 2
         for path in args.files:

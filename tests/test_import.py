@@ -117,6 +117,20 @@ def test_cli_import_summary_and_exit_status(data_dir: Path, tmp_path: Path) -> N
     assert missing.returncode == 2 and "no such file" in missing.stderr
 
 
+def test_each_rejection_is_one_line_above_the_progress_bar(data_dir: Path, tmp_path: Path) -> None:
+    dicomgen.series(tmp_path / "in", 3)
+    for name in ("a.dcm", "b.dcm"):
+        dicomgen.write(tmp_path / "in" / name, dicomgen.make_dataset(SeriesInstanceUID=dicomgen.REMOVE))
+    result = run_cli("import", "--progress", "--data-dir", data_dir, tmp_path / "in", check=False)
+    assert result.returncode == 1 and "imported 3" in result.stdout and "rejected 2" in result.stdout
+    lines = result.stderr.replace("\r", "\n").splitlines()
+    for name in ("a.dcm", "b.dcm"):
+        mentions = [line for line in lines if name in line]
+        assert len(mentions) == 1, result.stderr  # once, not once in the log and again at the end
+        assert "SeriesInstanceUID" in mentions[0] and "file" not in mentions[0].split(name)[-1], mentions[0]
+    assert any("100%" in line and "5/5" in line for line in lines), result.stderr  # the bar itself is there
+
+
 def test_failed_batch_leaves_the_archive_as_it_was(archive: Archive, tmp_path: Path, monkeypatch) -> None:
     dicomgen.series(tmp_path / "old", 2)
     run_import(archive, [tmp_path / "old"], workers=1)

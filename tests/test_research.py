@@ -43,8 +43,14 @@ def test_projects_show_their_members_in_the_mount(daemon: Daemon, archive: dict[
     cli(daemon, "project", "create", "TRIAL1", "--description", "amyloid PET")
     assert "exists already" in cli(daemon, "project", "create", "TRIAL1", check=False)
     assert "use letters" in cli(daemon, "project", "create", "../x", check=False)
-    cli(daemon, "project", "add", "TRIAL1", uid(archive["p1"][0], "StudyInstanceUID"))
+    added = cli(daemon, "project", "add", "TRIAL1", uid(archive["p1"][0], "StudyInstanceUID"))
+    assert added.strip() == "TRIAL1: 1 study added"
     cli(daemon, "project", "add", "TRIAL1", "--level", "series", uid(archive["p2_pt"][0], "SeriesInstanceUID"))
+    both = [uid(archive["p1"][0], "StudyInstanceUID"), uid(archive["p2_pt"][0], "StudyInstanceUID")]
+    cli(daemon, "project", "create", "TRIAL2")
+    assert cli(daemon, "project", "add", "TRIAL2", *both).strip() == "TRIAL2: 2 studies added"
+    assert cli(daemon, "project", "add", "TRIAL2", *both).strip() == "TRIAL2: 0 studies added, 2 studies already in it"
+    cli(daemon, "project", "delete", "TRIAL2")
     project = daemon.mount / "projects" / "TRIAL1"
     wait_for(lambda: project.exists() and len(os.listdir(project)) == 2, 2.0, "two patients in the project")
     one = project / "ONE^PAT [P1]"

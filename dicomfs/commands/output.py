@@ -13,3 +13,12 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], out: Tex
     out.write("  ".join(c.ljust(widths[c]) for c in columns).rstrip() + "\n")
     for r in text:
         out.write("  ".join(r[c].ljust(widths[c]) for c in columns).rstrip() + "\n")
+
+
+_PLURALS = {"patient": "patients", "study": "studies", "series": "series", "instance": "instances",
+            "image": "images"}
+
+
+def counted(n: int, level: str) -> str:
+    """``counted(12, "study")`` is "12 studies", ``counted(1, "study")`` "1 study"."""
+    return f"{n} {level if n == 1 else _PLURALS.get(level, level + 's')}"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pydicom
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from dicomfs.archive import Archive
 from dicomfs.ingest.prepare import Batch, Prepared, prepare
@@ -151,7 +152,8 @@ def run_import(archive: Archive, paths: list[Path], *, workers: int = 0, batch: 
             pending.clear()
 
     try:
-        with _executor(workers, len(files)) as pool:
+        # Log lines (rejections, conflicts) go above the bar instead of through it.
+        with logging_redirect_tqdm(), _executor(workers, len(files)) as pool:
             for read in pool.map(_read, files, [str(archive.store.root)] * len(files), chunksize=8):
                 bar.update(1)
                 if read.skipped:
