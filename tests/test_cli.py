@@ -225,3 +225,12 @@ def test_mount_point_and_data_dir_must_not_nest(tmp_path: Path) -> None:
                     f"the data directory {tmp_path / 'mnt' / 'data'} is inside the mount point {tmp_path / 'mnt'}: "
                     "the mount would hide it; give --mount a folder outside it")
     assert not (tmp_path / "mnt").exists()
+
+
+def test_another_file_system_mounted_at_the_mount_point_is_left_alone(tmp_path: Path) -> None:
+    run_cli("init", tmp_path / "data")
+    (tmp_path / "mnt").mkdir()
+    result = in_namespace(f"mount -t tmpfs none {tmp_path / 'mnt'}", "serve", "--data-dir", tmp_path / "data",
+                          "--mount", tmp_path / "mnt", "--no-dicom")
+    assert_one_line(result, f"{tmp_path / 'mnt'} is already a mount point (tmpfs): unmount it, or give --mount "
+                            "another folder")
