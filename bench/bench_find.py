@@ -96,8 +96,8 @@ def main() -> int:
         print(f"  filled an index of {count} instances, {studies} studies in {time.perf_counter() - start:.0f} s",
               file=sys.stderr)
         port = free_port()
-        daemon = subprocess.Popen([sys.executable, "-m", "dicomfs", "serve", "--data-dir", str(data), "--no-mount",
-                                   "--bind", "127.0.0.1", "--port", str(port), "--log-level", "WARNING"])
+        daemon = subprocess.Popen([sys.executable, "-m", "dicomfs", "serve", "--data-dir", str(data), "--create",
+                                   "--no-mount", "--bind", "127.0.0.1", "--port", str(port), "--log-level", "WARNING"])
         try:
             wait_port(port)
             keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", "PatientName=DOE^PATIENT16*", "-k", "StudyInstanceUID",

@@ -101,7 +101,7 @@ def _profile_import(src: Path, data: Path, out_dir: Path) -> None:
     started = time.perf_counter()
     common.run(["py-spy", "record", "--format", "raw", "--rate", "250", "--output", str(output),
                 "--", *common.DICOMFS, "--log-level", "WARNING", "import", str(src), "--data-dir",
-                str(data), "--no-progress", "--workers", "1"])
+                str(data), "--create", "--no-progress", "--workers", "1"])
     info(f"profiled import in {time.perf_counter() - started:.1f} s → {output}\n"
          f"{common.summarize_profile(output)}")
 

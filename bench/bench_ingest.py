@@ -54,8 +54,8 @@ def run_receiver(start: Callable[[Path, int], subprocess.Popen[bytes]], scratch:
 
 
 def dicomfs(work: Path, port: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "dicomfs", "serve", "--data-dir", str(work / "data"), "--no-mount",
-                             "--bind", "127.0.0.1", "--port", str(port), "--log-level", "WARNING"])
+    return subprocess.Popen([sys.executable, "-m", "dicomfs", "serve", "--data-dir", str(work / "data"), "--create",
+                             "--no-mount", "--bind", "127.0.0.1", "--port", str(port), "--log-level", "WARNING"])
 
 
 def storescp(work: Path, port: int) -> subprocess.Popen[bytes]:

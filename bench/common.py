@@ -245,7 +245,7 @@ def _isolated_env() -> dict[str, str]:
 def import_archive(paths: Sequence[Path], data_dir: Path, *, workers: int | None = None) -> float:
     """``dicomfs import`` of ``paths`` into ``data_dir``; returns the wall time in seconds."""
     cmd = [*DICOMFS, "--log-level", "WARNING", "import", *map(str, paths),
-           "--data-dir", str(data_dir), "--no-progress"]
+           "--data-dir", str(data_dir), "--create", "--no-progress"]
     if workers is not None:
         cmd += ["--workers", str(workers)]
     started = time.perf_counter()
@@ -303,7 +303,7 @@ class Daemon:
 def mount(data_dir: Path, mount_point: Path, *, log_level: str = "WARNING",
           extra: Sequence[str] = ()) -> Iterator[Daemon]:
     """Start ``dicomfs serve`` on ``mount_point``, wait until it is mounted, stop it afterwards."""
-    cmd = [*DICOMFS, "--log-level", log_level, "serve", "--data-dir", str(data_dir),
+    cmd = [*DICOMFS, "--log-level", log_level, "serve", "--data-dir", str(data_dir), "--create",
            "--mount", str(mount_point), *extra]
     with _mounted(cmd, mount_point, data_dir.parent / f"serve-{mount_point.name}.log") as daemon:
         yield daemon

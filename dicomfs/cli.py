@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dicomfs import __version__, config
+from dicomfs import __version__, config, privacy
 from dicomfs.errors import user_errors
 
 log = logging.getLogger("dicomfs")
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--workers", type=int, metavar="N", help="parser processes (default: one per CPU)")
     imp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="show a progress bar (default: when stderr is a terminal)")
+    imp.add_argument("--create", action="store_true", help="create the archive if --data-dir does not exist")
 
     srv = sub.add_parser("serve", parents=[common], help="run the daemon: mount the archive",
                          description="Run in the foreground until Ctrl-C or SIGTERM, which unmount cleanly.")
@@ -61,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="address the DICOM node listens on (default: 127.0.0.1, local tools only; "
                           "any other address needs peers declared in [dicom.allow], see docs/dicom.md)")
     srv.add_argument("--no-dicom", action="store_true", help="do not run the DICOM node")
+    srv.add_argument("--create", action="store_true", help="create the archive if --data-dir does not exist")
+
+    init = sub.add_parser("init", parents=[common], help="create a new, empty archive",
+                          description="Create an archive at DIR (or --data-dir, or the default) with private "
+                                      "modes (see 'group' in docs/configuration.md). DIR must not exist or be "
+                                      "an empty folder.")
+    init.add_argument("dir", nargs="?", type=Path, metavar="DIR")
 
     _remote_parser(sub, common)
     _organise_parser(sub, common)
@@ -175,8 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         settings.data_dir = args.data_dir
     if args.log_level:
         settings.log_level = args.log_level
+    privacy.restrict(settings.group or None)  # before any file is made: everything it creates is private
     _setup_logging(settings.log_level, quiet_dicom=args.command in ("import", "serve", "remote"))
     try:
+        if args.command == "init":
+            return _init(settings, args)
         if args.command == "import":
             return _import(settings, args)
         if args.command == "remote":
@@ -230,7 +241,6 @@ def _setup_logging(level: str, quiet_dicom: bool) -> None:
 
 
 def _import(settings: config.Settings, args: argparse.Namespace) -> int:
-    from dicomfs.archive import open_archive
     from dicomfs.ingest.files import run_import
 
     missing = [p for p in args.paths if not p.exists()]
@@ -238,7 +248,7 @@ def _import(settings: config.Settings, args: argparse.Namespace) -> int:
         print(f"dicomfs: {path}: no such file or directory", file=sys.stderr)
     if missing:
         return 2
-    archive = open_archive(settings.data_dir, settings.rules)
+    archive = _open_archive(settings, create=args.create)
     try:
         report = run_import(
             archive, args.paths, workers=args.workers or settings.import_.workers,
@@ -251,7 +261,6 @@ def _import(settings: config.Settings, args: argparse.Namespace) -> int:
 
 
 def _remote(settings: config.Settings, args: argparse.Namespace) -> int:
-    from dicomfs.archive import open_archive
     from dicomfs.commands import remote as remote_commands
     from dicomfs.net import scu
     from dicomfs.remote.catalog import FilterError
@@ -289,7 +298,7 @@ def _remote(settings: config.Settings, args: argparse.Namespace) -> int:
             if not args.json:
                 print(f"{count} {args.level} answers from {remote.name}", file=sys.stderr)
             return 0
-        archive = open_archive(settings.data_dir, settings.rules)
+        archive = _open_archive(settings)
         try:
             if args.action == "refresh":
                 new = remote_commands.refresh(archive, remote, calling)
@@ -310,11 +319,10 @@ def _remote(settings: config.Settings, args: argparse.Namespace) -> int:
 
 
 def _organise(settings: config.Settings, args: argparse.Namespace) -> int:
-    from dicomfs.archive import open_archive
     from dicomfs.commands.output import counted
     from dicomfs.index import organise as org
 
-    archive = open_archive(settings.data_dir)
+    archive = _open_archive(settings)
     db = archive.db
     try:
         if args.command == "project":
@@ -379,12 +387,11 @@ def _find(settings: config.Settings, args: argparse.Namespace) -> int:
 
 
 def _derive(settings: config.Settings, args: argparse.Namespace) -> int:
-    from dicomfs.archive import open_archive
     from dicomfs.commands.output import counted
     from dicomfs.derived import DerivedError, DerivedStore
     from dicomfs.index import organise as org
 
-    archive = open_archive(settings.data_dir)
+    archive = _open_archive(settings)
     store = DerivedStore(settings.derived_path, archive.db)
     try:
         if args.action == "list" and args.orphaned:
@@ -435,10 +442,9 @@ def _list_orphans(db: Any, origin_uid: str | None) -> int:
 
 def _delete(settings: config.Settings, args: argparse.Namespace) -> int:
     from dicomfs import deletion
-    from dicomfs.archive import open_archive
     from dicomfs.index import organise as org
 
-    archive = open_archive(settings.data_dir)
+    archive = _open_archive(settings)
     try:
         ids = org.select(archive.db, args.level, args.selectors)
         if not args.yes:
@@ -457,6 +463,26 @@ def _delete(settings: config.Settings, args: argparse.Namespace) -> int:
         return 2
     finally:
         archive.close()
+
+
+def _open_archive(settings: config.Settings, *, create: bool = False) -> Any:
+    """The archive for writing; a missing --data-dir is an error unless asked to create it."""
+    from dicomfs.archive import open_archive
+
+    return open_archive(settings.data_dir, settings.rules, create=create or settings.data_dir_is_default,
+                        group=settings.group or None)
+
+
+def _init(settings: config.Settings, args: argparse.Namespace) -> int:
+    from dicomfs.archive import INDEX_NAME, NotAnArchiveError, open_archive
+
+    data_dir = args.dir or settings.data_dir
+    if (data_dir / INDEX_NAME).exists():
+        raise NotAnArchiveError(f"{data_dir} is already a dicomfs archive: nothing to do")
+    open_archive(data_dir, settings.rules, create=True, group=settings.group or None).close()
+    who = f"the owner and group {settings.group}" if settings.group else "the owner only"
+    print(f"created an empty archive at {data_dir} (readable by {who})")
+    return 0
 
 
 def _status(settings: config.Settings) -> int:
@@ -483,5 +509,5 @@ def _serve(settings: config.Settings, args: argparse.Namespace) -> int:
         settings.dicom.bind = args.bind
     if settings.dicom.enabled:
         config.check_dicom(settings.dicom)  # --port and --bind, before anything starts
-    serve(settings)  # a MountError, like every UserError, is one line and exit 2 (in main)
+    serve(settings, create=args.create)  # a MountError, like every UserError, is one line and exit 2 (in main)
     return 0

@@ -120,10 +120,21 @@ class DicomSettings:
         return next((r for r in self.remotes if r.ae_title == ae_title), None)
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def default_data_dir() -> Path:
+    """The embedded default archive, in the user's home: the one path created on first use."""
+    return _xdg("XDG_DATA_HOME", ".local/share") / "dicomfs"
+
+
 @dataclass(slots=True)
 class Settings:
-    data_dir: Path = field(default_factory=lambda: _xdg("XDG_DATA_HOME", ".local/share") / "dicomfs")
-    log_level: str = "INFO"
+    data_dir: Path = field(default_factory=default_data_dir)
+    log_level: str = "INFO"  # one of LOG_LEVELS
+    # Who may read the archive on disk besides its owner: a group name (files 0640, folders
+    # 0750 and setgid); empty: the owner only (0600/0700).
+    group: str = ""
     poll_interval: float = 0.25  # seconds between checks for index changes made by other processes
     mount: MountSettings = field(default_factory=MountSettings)
     import_: ImportSettings = field(default_factory=ImportSettings)
@@ -150,6 +161,21 @@ class Settings:
         """Written by a running daemon: its retrieves in flight (read by ``dicomfs status``)."""
         return self.data_dir / "daemon-status.json"
 
+    @property
+    def pid_path(self) -> Path:
+        """Held locked by a running daemon: its pid, mount point and DICOM address."""
+        return self.data_dir / "daemon.pid"
+
+    @property
+    def dicom_address(self) -> str:
+        """``AE@host:port``, or ``off``: what ``serve`` logs and ``status`` prints."""
+        d = self.dicom
+        return f"{d.ae_title}@{d.bind}:{d.port}" if d.enabled else "off"
+
+    @property
+    def data_dir_is_default(self) -> bool:
+        return self.data_dir == default_data_dir()
+
 
 _SECTIONS = {"mount": "mount", "import": "import_", "dicom": "dicom"}
 
@@ -171,6 +197,9 @@ def load(path: Path | None = None) -> Settings:
     try:
         with open(path, "rb") as f:
             doc = tomllib.load(f)
+    except FileNotFoundError:
+        source = "$DICOMFS_CONFIG" if os.environ.get("DICOMFS_CONFIG") == str(path) else "--config"
+        raise ConfigError(f"configuration file {path} does not exist: check {source}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
@@ -178,6 +207,7 @@ def load(path: Path | None = None) -> Settings:
     _apply(settings, doc, str(path), _SECTIONS)
     check_dicom(settings.dicom, f"{path} [dicom]: ")
     settings.source = path
+    _check_settings(settings, str(path))
     return settings
 
 
@@ -201,6 +231,21 @@ def check_dicom(dicom: DicomSettings, where: str = "") -> None:
             raise ConfigError(f"{where}{key} = {value} must be greater than 0")
     if dicom.max_pdu != 0 and not 4096 <= dicom.max_pdu <= 0xFFFFFFFF:
         raise ConfigError(f"{where}max_pdu = {dicom.max_pdu} must be 0 (no limit) or from 4096 to 4294967295")
+
+
+def _check_settings(settings: Settings, where: str) -> None:
+    """Values that must be one of a few: say which ones."""
+    level = settings.log_level.upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"{where}: log_level {settings.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    settings.log_level = level
+    if settings.group:
+        from dicomfs.privacy import GroupError, group_id
+
+        try:
+            group_id(settings.group)
+        except GroupError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
 
 
 def _apply(target: Any, doc: dict[str, Any], where: str, sections: dict[str, str]) -> None:

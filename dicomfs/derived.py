@@ -19,6 +19,7 @@ from pathlib import Path
 from dicomfs.index.changes import ChangeLog
 from dicomfs.index.db import Database, NoSuchRowError
 from dicomfs.mount import naming
+from dicomfs.privacy import DIR_MODE
 from dicomfs.store import fsync_dir, uid_component
 
 KINDS = ("voi", "stats", "fit", "map", "dicom", "other")
@@ -62,7 +63,7 @@ class DerivedStore:
         self.root = root
         self.instance_root = instance_root  # the store of instances, for derived DICOM objects
         self.tmp_dir = root / ".tmp"
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
         self.db = db
         self.changes = changes or ChangeLog(db)
 
@@ -86,7 +87,7 @@ class DerivedStore:
         check_name(name)
         origin = self.origin_uid(level, entity_id)
         folder = self.root / uid_component(origin)
-        folder.mkdir(exist_ok=True)
+        folder.mkdir(exist_ok=True, mode=DIR_MODE)
         relpath = f"{uid_component(origin)}/{name}"
         fd = os.open(temp, os.O_RDONLY)
         try:

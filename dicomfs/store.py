@@ -3,7 +3,8 @@
 Paths are built only from UIDs that pass ``uid_component`` (digits and dots, at most 64
 characters); anything else is replaced by a hash, so no received value can steer a path.
 A write is temporary file + fsync + rename + fsync of the directory: a crash leaves either
-the complete file or nothing at its final path.
+the complete file or nothing at its final path. Files and folders are created no wider than
+0640/0750; the process umask (``privacy.restrict``) narrows that to the archive's policy.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import itertools
 import os
 import re
 from pathlib import Path
+
+from dicomfs.privacy import DIR_MODE, FILE_MODE
 
 _counter = itertools.count()
 _UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
@@ -32,7 +35,7 @@ class Store:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         self.tmp_dir = self.root / ".tmp"
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
 
     @staticmethod
     def relpath_for(study_uid: str, series_uid: str, sop_uid: str) -> str:
@@ -47,7 +50,7 @@ class Store:
         """Write ``data`` durably to a temporary file in the store; returns its path."""
         # pid + counter: unique without mkstemp's random names; the pid tells a crash apart.
         name = str(self.tmp_dir / f"{os.getpid()}-{next(_counter)}.part")
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         try:
             view = memoryview(data)
             while view:
@@ -69,7 +72,7 @@ class Store:
         final = self.root / relpath
         parent = final.parent
         if not parent.is_dir():
-            parent.mkdir(parents=True, exist_ok=True)
+            parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
             fsync_dir(parent.parent)
             fsync_dir(parent.parent.parent)
         os.replace(temp, final)
@@ -96,7 +99,7 @@ class Store:
         count = 0
         for leftover in self.tmp_dir.glob("*.part"):
             pid = leftover.name.partition("-")[0]
-            if pid.isdigit() and _alive(int(pid)):
+            if pid.isdigit() and pid_alive(int(pid)):
                 continue
             leftover.unlink(missing_ok=True)
             count += 1
@@ -111,7 +114,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

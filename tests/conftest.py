@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -133,7 +134,10 @@ class Daemon:
 
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
-    return tmp_path / "data"
+    """An empty archive folder, made as ``dicomfs init`` would (a missing --data-dir is an error)."""
+    path = tmp_path / "data"
+    path.mkdir(mode=0o700)
+    return path
 
 
 @pytest.fixture
@@ -146,6 +150,31 @@ def daemon(tmp_path: Path, data_dir: Path) -> Iterator[Daemon]:
         status = d.stop()
     assert status in (None, 0), f"daemon exited {status}:\n{d.log()}"
     assert not d.unexpected_errors(), "daemon logged errors:\n" + "\n".join(d.unexpected_errors())
+
+
+@pytest.fixture
+def open_folder() -> Iterator[Path]:
+    """A folder that every user may enter, with a control file that every user may read.
+
+    pytest's own temporary folders are private to root: a test of what another user can
+    read must start from a folder that user can reach, or it passes whatever dicomfs does.
+    """
+    base = Path(tempfile.mkdtemp(prefix="dicomfs-safety-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    control = base / "control.txt"
+    control.write_text("public")
+    os.chmod(control, 0o644)
+    assert reads_as_nobody(control), "the test cannot tell a private file from a public one"
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base)
+
+
+def reads_as_nobody(path: Path, regid: str = "nogroup") -> bool:
+    cmd = ["setpriv", "--reuid=nobody", f"--regid={regid}", "--clear-groups", "cat", str(path)]
+    return subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0
+
 
 
 @pytest.fixture(scope="session")

@@ -38,6 +38,7 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
                 )
                 dicomgen.write(src / f"{study}-{series_uid}-{n}.dcm", ds)
     data = root / "data"
+    data.mkdir()
     run_cli("import", "--data-dir", data, src)
     return {"data": data, "studies": studies}
 

@@ -106,6 +106,7 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
         inputs / "two-orientations" / "sagittal", patient_id="two-orientations", slices=4,
         orientation=volumegen.SAGITTAL, uids=(axial.study_uid, axial.series_uid, generate_uid()))
     copy_testdata(["eCT_Supplemental.dcm"], inputs / "enhanced-ct")
+    (root / "data").mkdir()
     run_cli("import", "--data-dir", root / "data", *sorted(inputs.iterdir()))
     daemon = Daemon(data_dir=root / "data", mount=root / "mnt", log_path=root / "daemon.log").start()
     try:

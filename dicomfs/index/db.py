@@ -10,14 +10,24 @@ import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import apsw
+
+from dicomfs.privacy import FILE_MODE
 
 Row = tuple[Any, ...]
 
 
 class NoSuchRowError(LookupError):
     """A query that must return exactly one row returned none."""
+
+
+def _create_private(path: str) -> None:
+    """Create the index file no wider than 0640 before SQLite does (it would use 0644):
+    SQLite gives its -wal and -shm files the mode of the main file."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE))
 
 
 class Database:
@@ -28,7 +38,17 @@ class Database:
             apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
         )
         self.path = os.fspath(path)
-        self.conn = apsw.Connection(self.path, flags=flags)
+        if not readonly:
+            _create_private(self.path)
+        try:
+            self.conn = apsw.Connection(self.path, flags=flags)
+            self.conn.execute("PRAGMA schema_version").fetchall()  # SQLite opens the -shm file only now
+        except apsw.CantOpenError:
+            if not readonly or not os.path.isfile(self.path):
+                raise
+            # A WAL index on a read-only file system: no -shm can be made, so read it as it is.
+            self.conn = apsw.Connection(f"file:{quote(os.path.abspath(self.path))}?immutable=1",
+                                        flags=flags | apsw.SQLITE_OPEN_URI)
         # Writers from other processes (an import while the daemon serves) wait, not fail.
         self.conn.set_busy_timeout(30_000)
         if not readonly:  # a reader cannot change the journal mode; writers set WAL

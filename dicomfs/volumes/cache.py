@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dicomfs.privacy import DIR_MODE
 from dicomfs.volumes import nifti
 from dicomfs.volumes.plan import VolumePlan
 
@@ -42,7 +43,7 @@ class VolumeCache:
             if path.exists():
                 os.utime(path)  # least recently used goes first
                 return path
-            self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.folder.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
             fd, temp = tempfile.mkstemp(dir=self.folder, suffix=".part")
             try:
                 with os.fdopen(fd, "wb") as out:
