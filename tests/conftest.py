@@ -85,7 +85,11 @@ class Daemon:
                  "--bind", "127.0.0.1", "--port", str(self.port), *extra],
                 stdout=log, stderr=subprocess.STDOUT, env=cli_env(),
             )
-        ready = self._listening if "--no-mount" in extra else self._live
+        start = self.log_path.stat().st_size if self.log_path.exists() else 0
+        # Without a mount, ready is when the daemon says so: its port accepts connections
+        # (into the backlog) a moment before the node is set up and logs who may use it.
+        ready = (lambda: self._listening() and "serving without a mount" in self.log()[start:]) \
+            if "--no-mount" in extra else self._live
         wait_for(lambda: ready() or self.proc.poll() is not None, MOUNT_TIMEOUT, "the daemon")
         if self.proc.poll() is not None:
             raise AssertionError(f"dicomfs serve exited {self.proc.returncode}:\n{self.log()}")
