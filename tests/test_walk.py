@@ -41,7 +41,7 @@ class Peer:
 def text(value: Any) -> str:
     if value is None:
         return ""
-    return "\\".join(map(str, value)) if isinstance(value, list | tuple) or hasattr(value, "_list") else str(value)
+    return "\\".join(map(str, value)) if isinstance(value, MultiValue) else str(value)
 
 
 def matches(record: dict[str, str], keyword: str, value: str) -> bool:
