@@ -54,8 +54,8 @@ from dicomfs.errors import UserError
 from dicomfs.net.status import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, PENDING_CODES, SOP_CLASS_NOT_SUPPORTED, SUCCESS
 from dicomfs.parse import part10_header
 
-__all__ = ["LEVELS", "Finder", "RemoteError", "RemoteRefusedError", "RetrieveResult", "echo", "find", "finder", "get",
-           "move"]
+__all__ = ["LEVELS", "Finder", "RemoteError", "RemoteRefusedError", "RemoteTimeoutError", "RetrieveResult", "echo",
+           "find", "finder", "get", "move"]
 
 log = logging.getLogger(__name__)
 _config.LOG_HANDLER_LEVEL = "none"
@@ -79,6 +79,10 @@ class RemoteError(Exception):
         self.remote = remote.name or remote.ae_title
         self.status = status
         self.result = result  # the sub-operation counts of a failed C-GET/C-MOVE, when the remote sent them
+
+
+class RemoteTimeoutError(RemoteError):
+    """The remote did not answer within the timeout (frozen, overloaded, or a firewall dropping packets)."""
 
 
 class RemoteRefusedError(RemoteError, UserError):
@@ -242,7 +246,7 @@ def _retrieve_result(
         if status and status.Status in PENDING_CODES:
             continue
         if not status or "Status" not in status:
-            raise RemoteError(remote, operation, _silence(assoc))
+            raise _silent(remote, operation, assoc)
         completed, failed = counted() if counted else (0, 0)
         result = RetrieveResult(
             completed=int(status.get("NumberOfCompletedSuboperations", completed) or 0),
@@ -259,7 +263,7 @@ def _check_final(remote: RemoteNode, operation: str, assoc: Association, status:
                  result: RetrieveResult | None = None) -> None:
     """Raise unless ``status`` is a success or warning response."""
     if not status or "Status" not in status:
-        raise RemoteError(remote, operation, _silence(assoc))
+        raise _silent(remote, operation, assoc)
     code = int(status.Status)
     category = code_to_category(code)
     if category in ("Success", "Warning"):
@@ -267,6 +271,13 @@ def _check_final(remote: RemoteNode, operation: str, assoc: Association, status:
     comment = str(status.get("ErrorComment", "")).strip()
     reason = f"{category.lower()} status" + (f" ({comment})" if comment else "")
     raise RemoteError(remote, operation, reason, code, result)
+
+
+def _silent(remote: RemoteNode, operation: str, assoc: Association) -> RemoteError:
+    """The error for an association or a request that got no answer."""
+    reason = _silence(assoc)
+    timed_out = reason.startswith("no answer") or reason.startswith("cannot connect: timed out")
+    return (RemoteTimeoutError if timed_out else RemoteError)(remote, operation, reason)
 
 
 def _silence(assoc: Association) -> str:
@@ -537,7 +548,7 @@ def _refusal(remote: RemoteNode, operation: str, assoc: Association) -> RemoteEr
     if rj is None and isinstance(sock, _Socket):
         rj = sock.rejection
     if rj is None:
-        return RemoteError(remote, operation, _silence(assoc))
+        return _silent(remote, operation, assoc)
     if rj.result_source == 1 and rj.diagnostic == 7:
         return RemoteRefusedError(remote, operation, f"association rejected: called AE title not recognised "
                                   f"(the remote is not {remote.ae_title!r}: correct the ae_title of remote "

@@ -45,6 +45,7 @@ class _Retrieval:
     remote: str
     done: trio.Event = field(default_factory=trio.Event)
     error: str = ""
+    timed_out: bool = False  # the error is the remote's silence
     received: int = 0
     started: float = field(default_factory=time.time)  # wall clock, for `dicomfs status`
     began: float = 0.0  # trio.current_time() at its start
@@ -151,7 +152,8 @@ class Fetcher:
                 return await trio.to_thread.run_sync(functools.partial(fn, remote, *args), abandon_on_cancel=True)
         except scu.RemoteError as exc:
             log.error("remote %s: %s", remote.name, exc)
-            raise FetchError(errno.EIO, str(exc)) from None
+            raise FetchError(errno.ETIMEDOUT if isinstance(exc, scu.RemoteTimeoutError) else errno.EIO,
+                             str(exc)) from None
         except trio.TooSlowError:
             log.error("remote %s: no answer within %.0f s", remote.name, remote.timeout)
             raise FetchError(errno.ETIMEDOUT, f"remote {remote.name} did not answer") from None
@@ -193,7 +195,7 @@ class Fetcher:
             raise FetchError(errno.ETIMEDOUT, f"remote {remote.name}: {sop_uid} did not arrive within "
                                               f"{remote.timeout:.0f} s")
         reason = retrieval.error or f"the retrieve ended without {sop_uid}"
-        raise FetchError(errno.EIO, f"remote {remote.name}: {reason}")
+        raise FetchError(errno.ETIMEDOUT if retrieval.timed_out else errno.EIO, f"remote {remote.name}: {reason}")
 
     def _retrieval(self, remote: RemoteNode, series_id: int, first: str) -> _Retrieval:
         """The retrieve of the series in flight, or a new one that starts with ``first``."""
@@ -250,6 +252,7 @@ class Fetcher:
         except scu.RemoteError as exc:
             log.error("remote %s: retrieve of series %s failed: %s", remote.name, series_uid, exc)
             retrieval.error = str(exc)
+            retrieval.timed_out = isinstance(exc, scu.RemoteTimeoutError)
         except Exception as exc:
             log.exception("remote %s: retrieve of series %s failed", remote.name, series_uid)
             retrieval.error = f"{type(exc).__name__}: {exc}"
