@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -183,6 +184,33 @@ def test_pacs_down_gives_eio_within_the_timeout_and_the_next_open_retries(
     assert not list((daemon.data_dir / "store").rglob("*.dcm"))  # nothing partial became visible
     pacs.start()  # back on the same ports
     assert pydicom.dcmread(folder / "001.dcm").InstanceNumber == 1
+
+
+def test_frozen_pacs_gives_etimedout_and_the_next_open_after_it_thaws_asks_again(
+    daemon: Daemon, pacs: Orthanc, remote_series: list[Path], tmp_path: Path
+) -> None:
+    daemon.expected_errors = ["remote pacs", "open failed", "ACSE timeout reached"]
+    serve_remote(daemon, pacs, remote_series, tmp_path, timeout=3)
+    folder = series_dir(daemon.mount, 3)
+    assert len(list(folder.glob("*.dcm"))) == 6  # listed while the PACS answered
+    assert pacs.proc is not None
+    os.kill(pacs.proc.pid, signal.SIGSTOP)  # the kernel still accepts connections; nobody answers
+    try:
+        for _ in range(2):  # each open waits its own timeout, and then fails with ETIMEDOUT
+            started = time.monotonic()
+            with pytest.raises(OSError) as failure:
+                (folder / "001.dcm").read_bytes()
+            assert failure.value.errno == errno.ETIMEDOUT
+            assert 3 <= time.monotonic() - started < 3 + 2
+            started = time.monotonic()
+            assert os.listdir(daemon.mount / "patients")  # the rest of the mount stays responsive
+            assert time.monotonic() - started < 0.5
+    finally:
+        os.kill(pacs.proc.pid, signal.SIGCONT)
+    started = time.monotonic()  # at once: the stuck retrieve may still be failing
+    assert pydicom.dcmread(folder / "001.dcm").InstanceNumber == 1
+    assert time.monotonic() - started < 3
+    assert daemon.log().count("retrieving series") >= 2  # the second open did not take the first one's failure
 
 
 def test_least_recently_used_fetched_series_is_evicted(
