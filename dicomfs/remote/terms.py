@@ -60,16 +60,19 @@ def parse(terms: str | list[str], level: str = "STUDY") -> RemoteTerms:
     A list is command-line words: joined with spaces for the query language, each one
     ``KEYWORD=VALUE`` in the old form. Raises TermsError or QuerySyntaxError.
     """
-    words = shlex.split(terms) if isinstance(terms, str) else list(terms)
     text = terms if isinstance(terms, str) else " ".join(terms)
     if not text.strip():
         return RemoteTerms({})
     try:
         return RemoteTerms(_translate(ql.parse(text), level))
     except _OldFormOnly:
-        pass
+        words = _words(terms) if isinstance(terms, str) else list(terms)
     except ql.QuerySyntaxError:
-        if not all(_looks_old(word) for word in words):
+        try:
+            words = _words(terms) if isinstance(terms, str) else list(terms)
+        except TermsError:
+            words = []
+        if not words or not all(_looks_old(word) for word in words):
             raise
     keys = _old_form(words)
     rewritten, why_not = _rewrite(keys, level)
@@ -216,6 +219,16 @@ def _quoted(value: str) -> str:
 
 
 # ------------------------------------------------------------------ the old form
+
+
+def _words(text: str) -> list[str]:
+    """Shell-like words; a backslash is a DICOM value separator here, not an escape."""
+    lexer = shlex.shlex(text, posix=True)
+    lexer.whitespace_split, lexer.escape, lexer.commenters = True, "", ""
+    try:
+        return list(lexer)
+    except ValueError as exc:  # an unclosed quote
+        raise TermsError(f"{text!r}: {exc}") from None
 
 
 def _looks_old(word: str) -> bool:
