@@ -267,6 +267,8 @@ def _remote(settings: config.Settings, args: argparse.Namespace) -> int:
     from dicomfs.net import scu
 
     calling = settings.dicom.ae_title
+    if settings.log_level != "DEBUG":  # rejections and timeouts: our one line says it, with the remote's name
+        logging.getLogger("pynetdicom.acse").setLevel(logging.CRITICAL)
     try:
         if args.action == "add":
             path = remote_commands.config_path(settings, args.config)

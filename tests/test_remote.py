@@ -59,13 +59,14 @@ def remote_series(tmp_path: Path) -> list[Path]:
 
 
 def write_config(tmp_path: Path, pacs: Orthanc, *, retrieve: str = "get", timeout: float = 10,
-                 refresh_minutes: float = 0, extra: str = "") -> Path:
+                 refresh_minutes: float = 0, extra: str = "",
+                 listing: str = "PatientID=REM1 and StudyDate>=20240101") -> Path:
     config = tmp_path / "dicomfs.toml"
     config.write_text(
         f'[dicom]\nrefresh_minutes = {refresh_minutes}\n{extra}\n'
         f'[[dicom.remotes]]\nname = "pacs"\nae_title = "{pacs.aet}"\nhost = "127.0.0.1"\n'
         f'port = {pacs.dicom_port}\nretrieve = "{retrieve}"\ntimeout = {timeout}\n'
-        f'listing = ["PatientID=REM1 StudyDate=20240101-"]\n'
+        f'listing = [{json.dumps(listing)}]\n'
     )
     return config
 
@@ -213,6 +214,19 @@ def test_frozen_pacs_gives_etimedout_and_the_next_open_after_it_thaws_asks_again
     assert daemon.log().count("retrieving series") >= 2  # the second open did not take the first one's failure
 
 
+def test_a_saved_query_in_the_old_form_works_with_one_warning(
+    daemon: Daemon, pacs: Orthanc, remote_series: list[Path], tmp_path: Path
+) -> None:
+    serve_remote(daemon, pacs, remote_series, tmp_path, refresh_minutes=0.01,  # every 0.6 s
+                 listing="PatientID=REM1 StudyDate=20240101-")
+    series_dir(daemon.mount, 3)
+    wait_for(lambda: daemon.log().count("saved queries refreshed") >= 3, 10.0, "three refreshes")
+    warnings = [line for line in daemon.log().splitlines() if "old KEYWORD=VALUE form" in line]
+    assert len(warnings) == 1, warnings  # once per saved query, not per refresh
+    assert "WARNING" in warnings[0] and "write it in the query language of dicomfs find, " \
+        "'PatientID=REM1 and StudyDate>=20240101'" in warnings[0]
+
+
 def test_least_recently_used_fetched_series_is_evicted(
     daemon: Daemon, pacs: Orthanc, remote_series: list[Path], tmp_path: Path
 ) -> None:
@@ -252,8 +266,13 @@ def test_remote_commands_edit_the_configuration_and_query_and_pull(
     assert duplicate.returncode == 2 and "exists already" in duplicate.stderr
     assert "C-ECHO succeeded" in run_cli("remote", "echo", "pacs", "--config", config).stdout
 
-    table = run_cli("remote", "query", "pacs", "PatientName=Rö*", "StudyDate=20240101-", "--config", config).stdout
-    assert "Röntgen^Wilhelm" in table and "REM1" in table
+    table = run_cli("remote", "query", "pacs", "PatientName=Rö* and StudyDate>=20240101", "--config", config)
+    assert "Röntgen^Wilhelm" in table.stdout and "REM1" in table.stdout and "warning" not in table.stderr
+    old = run_cli("remote", "query", "pacs", "PatientName=Rö*", "StudyDate=20240101-", "--config", config)
+    assert old.stdout == table.stdout  # the old form still works, and says how to write it now
+    assert "dicomfs: warning: 'PatientName=Rö* StudyDate=20240101-' is in the old KEYWORD=VALUE form, which is " \
+        "deprecated: write it in the query language of dicomfs find, 'PatientName=Rö* and StudyDate>=20240101'" \
+        in old.stderr
     lines = run_cli("remote", "query", "pacs", "PatientID=REM1", "--level", "study", "--json",
                     "--config", config).stdout.splitlines()
     [study] = [json.loads(line) for line in lines]
