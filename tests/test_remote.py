@@ -175,11 +175,12 @@ def test_pacs_down_gives_eio_within_the_timeout_and_the_next_open_retries(
     assert len(list(folder.glob("*.dcm"))) == 6  # listed while the PACS was up
     readable = daemon.mount / "patients"  # the rest of the mount stays usable meanwhile
     pacs.stop()
-    started = time.monotonic()
-    with pytest.raises(OSError) as failure:
-        (folder / "001.dcm").read_bytes()
-    assert failure.value.errno in (errno.EIO, errno.ETIMEDOUT)
-    assert time.monotonic() - started < 3 + 5
+    for _ in range(2):  # at once, each time: a refused connection is no reason to wait
+        started = time.monotonic()
+        with pytest.raises(OSError) as failure:
+            (folder / "001.dcm").read_bytes()
+        assert failure.value.errno == errno.EIO
+        assert time.monotonic() - started < 1.0
     assert os.listdir(readable)
     assert "remote pacs" in daemon.log()
     assert not list((daemon.data_dir / "store").rglob("*.dcm"))  # nothing partial became visible
