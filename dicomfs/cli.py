@@ -130,13 +130,28 @@ _TERMS_HELP = ("what to match, in the query language of 'dicomfs find' as far as
                "on dates and times, 'or' between UIDs (see docs/remote.md)")
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """Query words may come before or after options (``remote query pacs --level series PatientID=1``)."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        if self._intermixing:  # argparse's intermixed parsing calls this twice itself
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
 def _remote_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     rem = sub.add_parser("remote", parents=[common], help="remote PACS: add, list, query, pull",
                          description="Remote DICOM nodes live in the configuration file ([[dicom.remotes]]); "
                                      "these commands edit it and talk to them. Exit status 2 for a mistake "
                                      "(unknown remote, bad terms, AE title refused), 1 when the remote is down, "
                                      "silent or fails.")
-    actions = rem.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions = rem.add_subparsers(dest="action", metavar="ACTION", required=True, parser_class=_IntermixedParser)
     add = actions.add_parser("add", parents=[common], help="add a remote node to the configuration")
     add.add_argument("name")
     add.add_argument("--aet", required=True, metavar="AET", help="its AE title")

@@ -44,6 +44,9 @@ def test_a_remote_that_is_down(tmp_path: Path) -> None:
     assert line == (f"dicomfs: C-FIND on pacs (ORTHANC@127.0.0.1:{port}) failed: cannot connect: Connection refused "
                     f"(is it running, at that host and port?)")
     assert time.monotonic() - started < 5  # the command's start-up included
+    options_first = run_cli("remote", "query", "--config", config, "pacs", "--level", "series", "PatientID=1",
+                            check=False)  # query words after options are words still
+    assert one_line_failure(options_first, 1) == line
 
 
 @pytest.fixture
