@@ -275,6 +275,7 @@ def test_stopped_pacs_refuses_at_once(orthanc: Orthanc) -> None:
             call()
         assert time.monotonic() - started < 1.0
         assert caught.value.remote == "pacs" and caught.value.status is None
+        assert not isinstance(caught.value, scu.RemoteTimeoutError | UserError)  # down: neither silent nor a mistake
 
 
 @pytest.fixture
@@ -297,7 +298,7 @@ def test_silent_peer_times_out(silent_peer: RemoteNode, operation: str) -> None:
                                  calling_ae=CALLING, timeout=2),
     }
     started = time.monotonic()
-    with pytest.raises(scu.RemoteError, match=r"on silent .* no answer within 2 s"):
+    with pytest.raises(scu.RemoteTimeoutError, match=r"on silent .* no answer within 2 s"):
         calls[operation]()
     assert time.monotonic() - started < 5
 
@@ -324,7 +325,7 @@ def stalling_pacs() -> Iterator[RemoteNode]:
 
 def test_pacs_silent_after_association_times_out(stalling_pacs: RemoteNode) -> None:
     started = time.monotonic()
-    with pytest.raises(scu.RemoteError, match=r"C-GET on stall .* no answer within 2 s"):
+    with pytest.raises(scu.RemoteTimeoutError, match=r"C-GET on stall .* no answer within 2 s"):
         scu.get(stalling_pacs, "STUDY", {"StudyInstanceUID": "1.2.3"}, calling_ae=CALLING, timeout=2,
                 sop_classes=[CTImageStorage], on_instance=lambda data: None)
     assert time.monotonic() - started < 5
