@@ -92,7 +92,7 @@ def test_terms_a_remote_cannot_be_sent_and_a_study_it_does_not_have(orthanc: Ort
     assert line == ("dicomfs: 'not tag:excluded' cannot be sent to a remote: C-FIND has no 'not'")
     line = one_line_failure(run_cli("remote", "query", "pacs", "SeriesDescription=Soft", "--config", config,
                                     check=False), 2)
-    assert "SeriesDescription is a series attribute (query at series level)" in line
+    assert "SeriesDescription belongs to the series level (query at series level)" in line
     syntax = run_cli("remote", "query", "pacs", "StudyDate>=", "--config", config, check=False)
     assert syntax.returncode == 2 and "expected a value after '>='" in syntax.stderr  # with a caret, as find
     line = one_line_failure(run_cli("remote", "pull", "pacs", "--study", "1.2.3.4", "--data-dir", data_dir,

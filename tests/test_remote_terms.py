@@ -47,9 +47,9 @@ def test_the_query_language_becomes_cfind_keys(text: str, level: str, keys: dict
         ("SeriesNumber>=3", "SERIES", "'SeriesNumber>=3' cannot be sent to a remote: C-FIND matches ranges of dates"),
         ("StudyDescription~head", "STUDY", "C-FIND has no substring match (write Keyword=*text*"),
         ("PatientID!=A", "STUDY", "'PatientID!=A' cannot be sent to a remote: C-FIND has no 'not equal'"),
-        ("SeriesDescription=Soft", "STUDY", "at study level: SeriesDescription is a series attribute (query at "
+        ("SeriesDescription=Soft", "STUDY", "at study level: SeriesDescription belongs to the series level (query at "
                                             "series level)"),
-        ("InstanceNumber=1", "SERIES", "InstanceNumber is a image attribute"),
+        ("InstanceNumber=1", "SERIES", "InstanceNumber belongs to the image level (query at image level)"),
         ("PatientID=A and PatientID=B", "STUDY", "PatientID has a condition already"),
         ("StudyInstanceUID=1.2* or StudyInstanceUID=1.3", "SERIES", "a list of UIDs has no wildcards"),
     ],
@@ -96,10 +96,16 @@ def test_command_line_words_in_the_old_form() -> None:
 
 
 def test_an_old_form_attribute_the_query_language_lacks_keeps_working() -> None:
-    found = parse("Manufacturer=ACME", "STUDY")
-    assert found.keys == {"Manufacturer": "ACME"} and found.legacy and not found.rewritten
-    assert "no equivalent in the query language yet (Manufacturer is not kept in the index)" in deprecation(
-        "Manufacturer=ACME", found)
+    found = parse("OperatorsName=SMITH*", "STUDY")
+    assert found.keys == {"OperatorsName": "SMITH*"} and found.legacy and not found.rewritten
+    assert "no equivalent in the query language yet (OperatorsName is not kept in the index)" in deprecation(
+        "OperatorsName=SMITH*", found)
+
+
+def test_each_attribute_comes_with_its_study_root_level() -> None:
+    found = parse("Modality=CT and PatientID=A and InstanceNumber=2", "IMAGE")
+    assert found.levels == {"Modality": "SERIES", "PatientID": "STUDY", "InstanceNumber": "IMAGE"}
+    assert parse("Modality=CT", "STUDY").levels == {"ModalitiesInStudy": "STUDY"}
 
 
 @pytest.mark.parametrize(

@@ -19,16 +19,20 @@ from dicomfs.net import walk
 FIND = StudyRootQueryRetrieveInformationModelFind
 ORDER = ("STUDY", "SERIES", "IMAGE")
 LEVEL_OF = {"PatientID": "STUDY", "PatientName": "STUDY", "StudyInstanceUID": "STUDY", "StudyDate": "STUDY",
-            "Modality": "SERIES", "SeriesInstanceUID": "SERIES", "SOPInstanceUID": "IMAGE", "InstanceNumber": "IMAGE"}
+            "Modality": "SERIES", "Manufacturer": "SERIES", "SeriesInstanceUID": "SERIES",
+            "SOPInstanceUID": "IMAGE", "InstanceNumber": "IMAGE"}
 RECORDS = [  # one per instance: study 1 with two series, study 2 with one; names in UTF-8
     {"PatientID": "A", "PatientName": "Åström^Åsa", "StudyInstanceUID": "1.1", "StudyDate": "20240101",
-     "Modality": "CT", "SeriesInstanceUID": "1.1.1", "SOPInstanceUID": f"1.1.1.{n}", "InstanceNumber": str(n)}
+     "Modality": "CT", "Manufacturer": "ACME", "SeriesInstanceUID": "1.1.1", "SOPInstanceUID": f"1.1.1.{n}",
+     "InstanceNumber": str(n)}
     for n in (1, 2)
 ] + [
     {"PatientID": "A", "PatientName": "Åström^Åsa", "StudyInstanceUID": "1.1", "StudyDate": "20240101",
-     "Modality": "MR", "SeriesInstanceUID": "1.1.2", "SOPInstanceUID": "1.1.2.1", "InstanceNumber": "1"},
+     "Modality": "MR", "Manufacturer": "OTHER", "SeriesInstanceUID": "1.1.2", "SOPInstanceUID": "1.1.2.1",
+     "InstanceNumber": "1"},
     {"PatientID": "B", "PatientName": "Berg^Bo", "StudyInstanceUID": "2.1", "StudyDate": "20230101",
-     "Modality": "CT", "SeriesInstanceUID": "2.1.1", "SOPInstanceUID": "2.1.1.1", "InstanceNumber": "1"},
+     "Modality": "CT", "Manufacturer": "OTHER", "SeriesInstanceUID": "2.1.1", "SOPInstanceUID": "2.1.1.1",
+     "InstanceNumber": "1"},
 ]
 
 
@@ -159,3 +163,11 @@ def test_a_list_of_study_uids_is_asked_at_study_level_first(strict_peer: Peer) -
     found = search(strict_peer, "SERIES", {"StudyInstanceUID": "1.1\\2.1", "SeriesInstanceUID": ""})
     assert len(found) == 3
     assert strict_peer.requests[0] == ("STUDY", {"StudyInstanceUID": "1.1\\2.1"})
+
+
+def test_attributes_beyond_the_standard_keys_are_asked_at_the_level_given(strict_peer: Peer) -> None:
+    found = walk.search(strict_peer.remote, "IMAGE", {"Manufacturer": "ACME", "SOPInstanceUID": ""},
+                        calling_ae="DICOMFS", timeout=5, levels={"Manufacturer": "SERIES"})
+    assert sorted(ds.SOPInstanceUID for ds in found) == ["1.1.1.1", "1.1.1.2"]
+    assert [(level, "Manufacturer" in keys) for level, keys in strict_peer.requests] == [
+        ("STUDY", False), ("SERIES", True), ("SERIES", True), ("IMAGE", False)]

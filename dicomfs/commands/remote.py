@@ -30,13 +30,13 @@ class CommandError(UserError):
     """A remote command that cannot be carried out; the message is for the user."""
 
 
-def read_terms(given: str | list[str], level: str, warn: TextIO) -> dict[str, str]:
-    """C-FIND keys of command-line or saved terms; one line on ``warn`` for the old form."""
+def read_terms(given: str | list[str], level: str, warn: TextIO) -> terms.RemoteTerms:
+    """Command-line or saved terms as C-FIND keys; one line on ``warn`` for the old form."""
     found = terms.parse(given, level)
     if found.legacy:
         shown = given if isinstance(given, str) else " ".join(given)
         print(f"dicomfs: warning: {terms.deprecation(shown, found)}", file=warn)
-    return found.keys
+    return found
 
 
 # ------------------------------------------------------------------ the configuration file
@@ -117,8 +117,8 @@ def query(remote: RemoteNode, level: str, given: list[str], calling_ae: str, as_
     """C-FIND at ``level``, walking the hierarchy where the remote needs it; prints the answers."""
     match = read_terms(given, level, warn)
     columns = _COLUMNS[level]
-    keys = {**dict.fromkeys(columns, ""), **match}
-    answers = walk.search(remote, level, keys, calling_ae=calling_ae, timeout=remote.timeout)
+    keys = {**dict.fromkeys(columns, ""), **match.keys}
+    answers = walk.search(remote, level, keys, calling_ae=calling_ae, timeout=remote.timeout, levels=match.levels)
     rows = [{c: _text(ds.get(c)) for c in columns} for ds in answers]
     if as_json:
         for row in rows:
@@ -143,7 +143,7 @@ def refresh(archive: Archive, remote: RemoteNode, calling_ae: str) -> int:
         raise CommandError(f"remote {remote.name!r} has no saved queries (its 'listing' setting is empty)")
     new = 0
     for saved in remote.listing:
-        studies = catalog.find_studies(remote, read_terms(saved, "STUDY", sys.stderr), calling_ae)
+        studies = catalog.find_studies(remote, read_terms(saved, "STUDY", sys.stderr).keys, calling_ae)
         new += archive.remote.add_studies(remote.name, studies)
     return new
 

@@ -12,6 +12,7 @@ answer carries the values its ancestors' answers returned, as a relational answe
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from pydicom.dataset import Dataset
 
@@ -37,26 +38,29 @@ def level_of(keyword: str, query_level: str) -> str:
     return level if _DEPTH[level] < _DEPTH[query_level] else query_level
 
 
-def search(remote: RemoteNode, level: str, keys: dict[str, str], *, calling_ae: str, timeout: float) -> list[Dataset]:
+def search(remote: RemoteNode, level: str, keys: dict[str, str], *, calling_ae: str, timeout: float,
+           levels: Mapping[str, str] | None = None) -> list[Dataset]:
     """The answers to a Study Root C-FIND at ``level`` with ``keys`` on any level up to it.
 
-    ``keys``: keyword → match value, ``""`` to have it returned. With a relational peer one
-    request; otherwise one per study (and series) the upper keys match.
+    ``keys``: keyword → match value, ``""`` to have it returned. ``levels``: the level of
+    attributes the standard's keys do not place (the query language knows more). With a
+    relational peer one request; otherwise one per study (and series) the upper keys match.
     """
     if level not in _DEPTH:
         raise ValueError(f"query level must be one of {', '.join(_DEPTH)}, not {level!r}")
     with scu.finder(remote, calling_ae=calling_ae, timeout=timeout) as finder:
         if level == "STUDY" or finder.relational:
             return finder.find(level, keys)
-        answers = _walk(finder, level, keys)
+        answers = _walk(finder, level, keys, levels or {})
         log.debug("remote %s: %s query walked in %d C-FIND requests", remote.name, level, finder.requests)
         return answers
 
 
-def _walk(finder: scu.Finder, level: str, keys: dict[str, str]) -> list[Dataset]:
+def _walk(finder: scu.Finder, level: str, keys: dict[str, str], levels: Mapping[str, str]) -> list[Dataset]:
     by_level: dict[str, dict[str, str]] = {name: {} for name in _DEPTH}
     for keyword, value in keys.items():
-        by_level[level_of(keyword, level) if keyword != "SpecificCharacterSet" else level][keyword] = value
+        at = levels.get(keyword) or level_of(keyword, level)
+        by_level[at if _DEPTH[at] <= _DEPTH[level] and keyword != "SpecificCharacterSet" else level][keyword] = value
     charset = {"SpecificCharacterSet": keys["SpecificCharacterSet"]} if "SpecificCharacterSet" in keys else {}
     parents = [Dataset()]
     for name in list(_DEPTH)[:_DEPTH[level] + 1]:

@@ -22,18 +22,20 @@ from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from dicomfs.errors import UserError
 from dicomfs.index import query_language as ql
-from dicomfs.index.cfind import KEYS, Key
-from dicomfs.net.walk import level_of
+from dicomfs.index.cfind import KEYS, Key, Level
 
 __all__ = ["RemoteTerms", "TermsError", "deprecation", "parse"]
 
-_KEYWORD = {key: keyword for keyword, key in KEYS.items()}
+# Every attribute the query language knows: the C-FIND keys, and the ones it searches beyond
+# them (``QUERY_KEYS``, where the language has such a table).
+_LANGUAGE_KEYS: dict[str, Key] = {**KEYS, **getattr(ql, "QUERY_KEYS", {})}
+_KEYWORD = {key: keyword for keyword, key in _LANGUAGE_KEYS.items()}
 _RANGED_VRS = frozenset({"DA", "TM", "DT"})
 _DEPTH = {"STUDY": 0, "SERIES": 1, "IMAGE": 2}
 _BELOW_STUDY = {"Modality": "ModalitiesInStudy"}  # at study level, the study's own summary attribute
@@ -49,6 +51,7 @@ class RemoteTerms:
     """C-FIND match keys for one query, and whether they were written in the old form."""
 
     keys: dict[str, str]
+    levels: dict[str, str] = field(default_factory=dict)  # keyword → its Study Root level, from the language
     legacy: bool = False
     rewritten: str = ""  # the old form in the query language ('' if it has no equivalent there)
     why_not: str = ""  # when it has none: the reason
@@ -64,7 +67,8 @@ def parse(terms: str | list[str], level: str = "STUDY") -> RemoteTerms:
     if not text.strip():
         return RemoteTerms({})
     try:
-        return RemoteTerms(_translate(ql.parse(text), level))
+        levels: dict[str, str] = {}
+        return RemoteTerms(_translate(ql.parse(text), level, levels), levels)
     except _OldFormOnly:
         words = _words(terms) if isinstance(terms, str) else list(terms)
     except ql.QuerySyntaxError:
@@ -101,7 +105,9 @@ class _Range:
     high: str = ""
 
 
-def _translate(node: ql.Node | None, level: str) -> dict[str, str]:
+def _translate(node: ql.Node | None, level: str, levels: dict[str, str] | None = None) -> dict[str, str]:
+    """C-FIND keys for ``node`` at ``level``; ``levels`` gets each keyword's Study Root level."""
+    levels = {} if levels is None else levels
     keys: dict[str, str] = {}
     ranges: dict[str, _Range] = {}
     for term in _conjuncts(node):
@@ -109,6 +115,7 @@ def _translate(node: ql.Node | None, level: str) -> dict[str, str]:
             keyword, value = _uid_list(term, level)
             _once(keys, ranges, keyword, term)
             keys[keyword] = value
+            levels[keyword] = "STUDY" if keyword in _BELOW_STUDY.values() else _level(term.terms[0].key)
             continue
         if isinstance(term, ql.Bool):
             raise TermsError(f"{_shown(term)!r} cannot be sent to a remote: C-FIND has no 'not'")
@@ -116,6 +123,7 @@ def _translate(node: ql.Node | None, level: str) -> dict[str, str]:
             raise TermsError(f"{_shown(term)!r} cannot be sent to a remote: tags, projects and has:derived "
                              f"belong to this archive")
         keyword = _keyword_at(term, level)
+        levels[keyword] = "STUDY" if keyword in _BELOW_STUDY.values() else _level(term.key)
         value = _value(term)
         if term.op == "=":
             if (term.key.vr in _RANGED_VRS and "-" in value) or "\\" in value:
@@ -160,13 +168,13 @@ def _why_not(term: ql.Attr) -> str:
 def _keyword_at(term: ql.Attr, level: str) -> str:
     """The attribute to send for ``term`` at ``level``; one below it has no meaning there."""
     keyword = _keyword(term.key)
-    if _DEPTH[level_of(keyword, "IMAGE")] <= _DEPTH[level]:
+    if _DEPTH[_level(term.key)] <= _DEPTH[level]:
         return keyword
     if level == "STUDY" and keyword in _BELOW_STUDY:
         return _BELOW_STUDY[keyword]
-    below = level_of(keyword, "IMAGE").lower()
-    raise TermsError(f"{_shown(term)!r} cannot be sent to a remote at {level.lower()} level: {keyword} is a {below} "
-                     f"attribute (query at {below} level)")
+    below = _level(term.key).lower()
+    raise TermsError(f"{_shown(term)!r} cannot be sent to a remote at {level.lower()} level: {keyword} belongs to "
+                     f"the {below} level (query at {below} level)")
 
 
 def _uid_list(term: ql.Bool, level: str) -> tuple[str, str]:
@@ -190,6 +198,11 @@ def _once(keys: dict[str, str], ranges: dict[str, _Range], keyword: str, term: q
 
 def _keyword(key: Key) -> str:
     return _KEYWORD[key]
+
+
+def _level(key: Key) -> str:
+    """Study Root has no patient level: patient attributes are asked with the study."""
+    return "STUDY" if key.level in (Level.PATIENT, Level.STUDY) else key.level.value
 
 
 def _value(term: ql.Attr) -> str:
@@ -258,7 +271,7 @@ def _rewrite(keys: dict[str, str], level: str) -> tuple[str, str]:
     parts = []
     for keyword, value in keys.items():
         keyword = _OLD_FORM_ONLY.get(keyword, keyword)
-        key = KEYS.get(keyword)
+        key = _LANGUAGE_KEYS.get(keyword)
         if key is None or key.computed:
             return "", f"{keyword} is not kept in the index"
         if key.vr in _RANGED_VRS and "-" in value:
