@@ -51,7 +51,7 @@ from dicomfs.index.cfind import KEYS, Key, Level
 if TYPE_CHECKING:
     from dicomfs.index.db import Database
 
-__all__ = ["LEVELS", "Attr", "Bool", "Compiled", "Link", "Node", "QuerySyntaxError", "compile_query", "parse", "run"]
+__all__ = ["LEVELS", "Compiled", "QuerySyntaxError", "compile_query", "run"]
 
 LEVELS = ("patient", "study", "series", "instance")
 _TABLES = ("patients p", "studies st", "series se", "instances i")
@@ -153,6 +153,7 @@ _Node = _Attr | _Link | _Bool
 
 # The syntax tree, read-only, for translators to other query forms (remote C-FIND: remote/terms.py).
 Attr, Link, Bool, Node = _Attr, _Link, _Bool, _Node
+__all__ += ["Attr", "Bool", "Link", "Node", "parse"]
 
 
 def parse(text: str) -> Node | None:
