@@ -87,7 +87,7 @@ def test_remote_query_at_every_level(peer: Peer, tmp_path: Path) -> None:
     originals = [pydicom.dcmread(p) for p in peer.files]
     study_uid = originals[0].StudyInstanceUID
 
-    [study] = query(config, "PatientName=Curie* and StudyDate>=20240101")  # each answer list is checked whole
+    [study] = query(config, "PatientName=Curie* and StudyDate>=20240101")
     assert study["StudyInstanceUID"] == study_uid and study["NumberOfStudyRelatedInstances"] == "9"
     assert len(query(config, "StudyDate>=20230101 and StudyDate<=20241231")) == 2
     [mr] = query(config, "Modality=MR")  # at study level: Modalities in Study
