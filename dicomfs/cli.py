@@ -135,11 +135,33 @@ def _organise_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         cmd.add_argument("--level", choices=["patient", "study", "series", "instance"], default="study")
 
 
+_TERMS_HELP = ("what to match, in the query language of 'dicomfs find' as far as C-FIND can express it, e.g. "
+               "'Modality=CT and StudyDate>=20240101 and PatientName=DOE*': = with * and ? wildcards, >= and <= "
+               "on dates and times, 'or' between UIDs (see docs/remote.md)")
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """Query words may come before or after options (``remote query pacs --level series PatientID=1``)."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        if self._intermixing:  # argparse's intermixed parsing calls this twice itself
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
 def _remote_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     rem = sub.add_parser("remote", parents=[common], help="remote PACS: add, list, query, pull",
                          description="Remote DICOM nodes live in the configuration file ([[dicom.remotes]]); "
-                                     "these commands edit it and talk to them.")
-    actions = rem.add_subparsers(dest="action", metavar="ACTION", required=True)
+                                     "these commands edit it and talk to them. Exit status 2 for a mistake "
+                                     "(unknown remote, bad terms, AE title refused), 1 when the remote is down, "
+                                     "silent or fails.")
+    actions = rem.add_subparsers(dest="action", metavar="ACTION", required=True, parser_class=_IntermixedParser)
     add = actions.add_parser("add", parents=[common], help="add a remote node to the configuration")
     add.add_argument("name")
     add.add_argument("--aet", required=True, metavar="AET", help="its AE title")
@@ -147,8 +169,9 @@ def _remote_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     add.add_argument("--port", type=int, default=104)
     add.add_argument("--retrieve", choices=["get", "move"], default="get",
                      help="C-GET on our association (default), or C-MOVE to our own AE title")
-    add.add_argument("--listing", action="append", default=[], metavar="FILTER",
-                     help="a saved query naming the studies to show in the tree, e.g. 'StudyDate=20240101-' "
+    add.add_argument("--listing", action="append", default=[], metavar="QUERY",
+                     help="a saved query naming the studies to show in the tree, in the query language "
+                          "(see 'dicomfs remote query --help'), e.g. 'Modality=PT and StudyDate>=20240101' "
                           "(repeatable)")
     add.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
     rm = actions.add_parser("remove", parents=[common], help="remove a remote node from the configuration")
@@ -157,10 +180,12 @@ def _remote_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     echo = actions.add_parser("echo", parents=[common], help="C-ECHO a remote node")
     echo.add_argument("name")
     q = actions.add_parser("query", parents=[common], help="C-FIND on a remote node",
-                           description="Match keys as KEYWORD=VALUE (DICOM matching: * and ? wildcards, "
-                                       "date ranges like 20240101-20240131).")
+                           description="QUERY: " + _TERMS_HELP + ". Series and image queries walk the "
+                                       "remote's studies and series where it answers hierarchical queries only. "
+                                       "The old form, KEYWORD=VALUE words with DICOM values "
+                                       "(StudyDate=20240101-), still works, with a warning.")
     q.add_argument("name")
-    q.add_argument("terms", nargs="*", metavar="KEYWORD=VALUE")
+    q.add_argument("terms", nargs="*", metavar="QUERY")
     q.add_argument("--level", choices=["study", "series", "image"], default="study")
     q.add_argument("--json", action="store_true", help="one JSON object per line")
     ref = actions.add_parser("refresh", parents=[common], help="run a remote's saved queries now")
@@ -262,10 +287,12 @@ def _import(settings: config.Settings, args: argparse.Namespace) -> int:
 
 def _remote(settings: config.Settings, args: argparse.Namespace) -> int:
     from dicomfs.commands import remote as remote_commands
+    from dicomfs.index.query_language import QuerySyntaxError
     from dicomfs.net import scu
-    from dicomfs.remote.catalog import FilterError
 
     calling = settings.dicom.ae_title
+    if settings.log_level != "DEBUG":  # rejections and timeouts: our one line says it, with the remote's name
+        logging.getLogger("pynetdicom.acse").setLevel(logging.CRITICAL)
     try:
         if args.action == "add":
             path = remote_commands.config_path(settings, args.config)
@@ -287,14 +314,15 @@ def _remote(settings: config.Settings, args: argparse.Namespace) -> int:
         remote = settings.dicom.remote(args.name)
         if remote is None:
             known = ", ".join(r.name for r in settings.dicom.remotes) or "none configured"
-            print(f"dicomfs: no remote named {args.name!r} (known: {known})", file=sys.stderr)
-            return 2
+            raise remote_commands.CommandError(f"no remote named {args.name!r} (known: {known}; add one with "
+                                               f"'dicomfs remote add')")
         if args.action == "echo":
             scu.echo(remote, calling_ae=calling, timeout=remote.timeout)
             print(f"{remote.name}: C-ECHO succeeded")
             return 0
         if args.action == "query":
-            count = remote_commands.query(remote, args.level.upper(), args.terms, calling, args.json, sys.stdout)
+            count = remote_commands.query(remote, args.level.upper(), args.terms, calling, args.json, sys.stdout,
+                                          sys.stderr)
             if not args.json:
                 print(f"{count} {args.level} answers from {remote.name}", file=sys.stderr)
             return 0
@@ -310,10 +338,13 @@ def _remote(settings: config.Settings, args: argparse.Namespace) -> int:
         print(f"{remote.name}: {result.completed} instances retrieved, {result.failed} failed, "
               f"{result.warning} with warnings")
         return 0 if result.failed == 0 else 1
-    except (remote_commands.CommandError, FilterError) as exc:
+    except QuerySyntaxError as exc:  # its text ends with the query and a caret under the error, as for find
         print(f"dicomfs: {exc}", file=sys.stderr)
         return 2
-    except scu.RemoteError as exc:
+    except scu.RemoteRefusedError as exc:  # an AE title to correct: a mistake (UserError)
+        print(f"dicomfs: {exc}", file=sys.stderr)
+        return 2
+    except scu.RemoteError as exc:  # down, silent, or a failure status: the remote's side
         print(f"dicomfs: {exc}", file=sys.stderr)
         return 1
 

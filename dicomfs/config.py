@@ -49,8 +49,8 @@ class RemoteNode:
     host: str = ""
     port: int = 104
     retrieve: str = "get"  # "get": C-GET on our association; "move": C-MOVE to our own AE title
-    # Saved queries: each names remote studies to show in the tree, as KEY=VALUE terms
-    # (C-FIND matching, e.g. "StudyDate=20240101- ModalitiesInStudy=CT"). Empty: none shown.
+    # Saved queries: each names remote studies to show in the tree, in the query language as
+    # far as C-FIND carries it (remote/terms.py, e.g. "StudyDate>=20240101 and Modality=CT"). Empty: none shown.
     listing: list[str] = field(default_factory=list)
     timeout: float = 30.0  # seconds for any one request to this node, and for an open() to fetch
 

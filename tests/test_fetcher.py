@@ -247,3 +247,80 @@ def test_the_least_recently_used_fetched_series_is_evicted_never_the_one_just_fe
     assert archive.db.get_int("SELECT complete FROM remote_series WHERE series_id = ?", (series[id2],)) == 1
     assert archive.db.get_int("SELECT complete FROM remote_series WHERE series_id = ?", (series[id1],)) == 0
     assert [level for level, _ in pacs.calls] == ["SERIES"] * 4
+
+
+class StuckOnce(FakePacs):
+    """The first retrieve hangs until ``gate`` opens, then fails as a remote that timed out would."""
+
+    def get(self, remote: RemoteNode, level: str, keys: dict[str, str], **kwargs: object) -> scu.RetrieveResult:
+        if not self.calls:
+            self.calls.append((level, keys["SeriesInstanceUID"]))
+            self.gate.wait()
+            raise scu.RemoteError(remote, "C-GET", f"no answer within {remote.timeout:g} s")
+        return super().get(remote, level, keys, **kwargs)  # type: ignore[arg-type]
+
+
+def test_an_open_after_a_timeout_asks_the_remote_again(
+        archive: Archive, settings: DicomSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frozen remote: each open waits its own timeout; once the remote is back, the next open
+    gets the file from a new retrieve, even while the stuck one is still failing."""
+    settings.remotes[0].timeout = 0.5
+    ds = dicomgen.make_dataset()
+    instance_id = list_on_remote(archive.remote, "pacs", [ds])[ds.SOPInstanceUID]
+    pacs = StuckOnce([ds])
+    pacs.gate.clear()
+    waited: list[float] = []
+
+    async def timed_out_open(fetcher: Fetcher) -> None:
+        started = time.monotonic()
+        with pytest.raises(FetchError) as failed:
+            await fetcher.make_local(instance_id)
+        assert failed.value.errno == errno.ETIMEDOUT
+        waited.append(time.monotonic() - started)
+
+    async def body(fetcher: Fetcher) -> None:
+        await timed_out_open(fetcher)
+        await timed_out_open(fetcher)  # the first retrieve is still stuck: a full timeout again, not an early EIO
+        assert len(pacs.calls) == 1
+        async with trio.open_nursery() as opens:
+            opens.start_soon(fetcher.make_local, instance_id)  # joins the stuck retrieve
+            await trio.sleep(0.05)
+            pacs.gate.set()  # which now fails: the open asks again, and gets the file
+        assert local(archive, instance_id)
+
+    serve(archive, settings, pacs, monkeypatch, body)
+    assert all(0.5 <= w < 1.5 for w in waited), waited
+    assert [level for level, _ in pacs.calls] == ["SERIES", "SERIES"]
+
+
+def test_opens_that_joined_a_failing_retrieve_share_one_new_retrieve(
+        archive: Archive, settings: DicomSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    datasets = [dicomgen.make_dataset(StudyInstanceUID="1.2.3", SeriesInstanceUID="1.2.3.4", InstanceNumber=n)
+                for n in (1, 2)]
+    ids = list_on_remote(archive.remote, "pacs", datasets)
+    pacs = StuckOnce(datasets)
+    pacs.gate.clear()
+
+    first = next(iter(ids.values()))
+
+    async def first_open() -> None:  # answered by the retrieve it started
+        with pytest.raises(FetchError) as failed:
+            await fetcher_of[0].make_local(first)
+        assert failed.value.errno == errno.EIO and "no answer within" in str(failed.value)
+
+    fetcher_of: list[Fetcher] = []
+
+    async def body(fetcher: Fetcher) -> None:
+        fetcher_of.append(fetcher)
+        async with trio.open_nursery() as opens:
+            opens.start_soon(first_open)
+            await trio.sleep(0.05)
+            for instance_id in [*ids.values()] * 3:  # later opens join the stuck retrieve
+                opens.start_soon(fetcher.make_local, instance_id)
+            await trio.sleep(0.05)
+            pacs.gate.set()
+        await retrieves_done(fetcher)
+
+    serve(archive, settings, pacs, monkeypatch, body)
+    assert all(local(archive, instance_id) for instance_id in ids.values())
+    assert [level for level, _ in pacs.calls] == ["IMAGE", "IMAGE", "SERIES"]  # stuck, then one new retrieve

@@ -21,6 +21,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
 from dicomfs.config import RemoteNode
+from dicomfs.errors import UserError
 from dicomfs.net import scu
 
 CALLING = "DICOMFS"
@@ -242,13 +243,25 @@ def test_move_to_an_unknown_destination(orthanc: Orthanc, archive: dict[str, lis
     assert f"0x{caught.value.status:04X}" in str(caught.value)
 
 
-def test_rejected_association(orthanc: Orthanc) -> None:
+def test_rejected_association_names_the_called_ae_title_to_correct(orthanc: Orthanc) -> None:
     orthanc.options = {"DicomCheckCalledAet": True}
     orthanc.start()
     wrong = RemoteNode(name="pacs", ae_title="NOT_ORTHANC", host="127.0.0.1", port=orthanc.dicom_port)
-    with pytest.raises(scu.RemoteError, match=r"C-ECHO on pacs .* association rejected") as caught:
+    with pytest.raises(scu.RemoteRefusedError, match=r"C-ECHO on pacs .* association rejected") as caught:
         scu.echo(wrong, calling_ae=CALLING, timeout=TIMEOUT)
-    assert "Called AE title not recognised" in str(caught.value)
+    assert "called AE title not recognised (the remote is not 'NOT_ORTHANC': correct the ae_title of remote pacs)" \
+        in str(caught.value)
+    assert isinstance(caught.value, UserError) and "\n" not in str(caught.value)
+
+
+def test_rejected_association_names_our_calling_ae_title(orthanc: Orthanc) -> None:
+    """Orthanc that answers declared modalities only: our AE title is unknown to it."""
+    orthanc.options = {f"DicomAlwaysAllow{service}": False for service in ("Echo", "Store", "Find", "Get", "Move")}
+    orthanc.modalities = {"other": ("OTHER", "127.0.0.1", free_port())}
+    orthanc.start()
+    with pytest.raises(scu.RemoteRefusedError) as caught:
+        scu.find(remote_of(orthanc), "STUDY", {"PatientID": ""}, calling_ae=CALLING, timeout=TIMEOUT)
+    assert "calling AE title not recognised (declare our AE title 'DICOMFS' on the remote" in str(caught.value)
 
 
 def test_stopped_pacs_refuses_at_once(orthanc: Orthanc) -> None:
@@ -262,6 +275,7 @@ def test_stopped_pacs_refuses_at_once(orthanc: Orthanc) -> None:
             call()
         assert time.monotonic() - started < 1.0
         assert caught.value.remote == "pacs" and caught.value.status is None
+        assert not isinstance(caught.value, scu.RemoteTimeoutError | UserError)  # down: neither silent nor a mistake
 
 
 @pytest.fixture
@@ -284,7 +298,7 @@ def test_silent_peer_times_out(silent_peer: RemoteNode, operation: str) -> None:
                                  calling_ae=CALLING, timeout=2),
     }
     started = time.monotonic()
-    with pytest.raises(scu.RemoteError, match=r"on silent .* no answer within 2 s"):
+    with pytest.raises(scu.RemoteTimeoutError, match=r"on silent .* no answer within 2 s"):
         calls[operation]()
     assert time.monotonic() - started < 5
 
@@ -311,7 +325,7 @@ def stalling_pacs() -> Iterator[RemoteNode]:
 
 def test_pacs_silent_after_association_times_out(stalling_pacs: RemoteNode) -> None:
     started = time.monotonic()
-    with pytest.raises(scu.RemoteError, match=r"C-GET on stall .* no answer within 2 s"):
+    with pytest.raises(scu.RemoteTimeoutError, match=r"C-GET on stall .* no answer within 2 s"):
         scu.get(stalling_pacs, "STUDY", {"StudyInstanceUID": "1.2.3"}, calling_ae=CALLING, timeout=2,
                 sop_classes=[CTImageStorage], on_instance=lambda data: None)
     assert time.monotonic() - started < 5

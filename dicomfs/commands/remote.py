@@ -20,13 +20,23 @@ from dicomfs import config
 from dicomfs.archive import Archive
 from dicomfs.commands.output import print_table
 from dicomfs.config import RemoteNode, Settings
+from dicomfs.errors import UserError
 from dicomfs.ingest.pipeline import StorePipeline
-from dicomfs.net import scu
-from dicomfs.remote import catalog
+from dicomfs.net import scu, walk
+from dicomfs.remote import catalog, terms
 
 
-class CommandError(RuntimeError):
+class CommandError(UserError):
     """A remote command that cannot be carried out; the message is for the user."""
+
+
+def read_terms(given: str | list[str], level: str, warn: TextIO) -> terms.RemoteTerms:
+    """Command-line or saved terms as C-FIND keys; one line on ``warn`` for the old form."""
+    found = terms.parse(given, level)
+    if found.legacy:
+        shown = given if isinstance(given, str) else " ".join(given)
+        print(f"dicomfs: warning: {terms.deprecation(shown, found)}", file=warn)
+    return found
 
 
 # ------------------------------------------------------------------ the configuration file
@@ -45,7 +55,7 @@ def add(path: Path, remote: RemoteNode, settings: Settings) -> None:
     if settings.dicom.remote(remote.name):
         raise CommandError(f"a remote named {remote.name!r} exists already (remove it first)")
     for saved in remote.listing:
-        catalog.parse_filter(saved)  # refuse a bad saved query now, not at the daemon's next start
+        read_terms(saved, "STUDY", sys.stderr)  # refuse a bad saved query now, not at the daemon's next start
     doc = _load(path)
     dicom = doc.setdefault("dicom", tomlkit.table())
     remotes = dicom.setdefault("remotes", tomlkit.aot())
@@ -97,16 +107,18 @@ _COLUMNS = {
     "STUDY": ("PatientName", "PatientID", "StudyDate", "ModalitiesInStudy", "StudyDescription",
               "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances", "StudyInstanceUID"),
     "SERIES": ("SeriesNumber", "Modality", "SeriesDescription", "NumberOfSeriesRelatedInstances",
-               "SeriesInstanceUID"),
-    "IMAGE": ("InstanceNumber", "SOPClassUID", "SOPInstanceUID"),
+               "SeriesInstanceUID", "StudyInstanceUID"),
+    "IMAGE": ("InstanceNumber", "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"),
 }
 
 
-def query(remote: RemoteNode, level: str, terms: list[str], calling_ae: str, as_json: bool, out: TextIO) -> int:
-    match = catalog.parse_filter(terms)
+def query(remote: RemoteNode, level: str, given: list[str], calling_ae: str, as_json: bool, out: TextIO,
+          warn: TextIO) -> int:
+    """C-FIND at ``level``, walking the hierarchy where the remote needs it; prints the answers."""
+    match = read_terms(given, level, warn)
     columns = _COLUMNS[level]
-    keys = {**dict.fromkeys(columns, ""), **match}
-    answers = scu.find(remote, level, keys, calling_ae=calling_ae, timeout=remote.timeout)
+    keys = {**dict.fromkeys(columns, ""), **match.keys}
+    answers = walk.search(remote, level, keys, calling_ae=calling_ae, timeout=remote.timeout, levels=match.levels)
     rows = [{c: _text(ds.get(c)) for c in columns} for ds in answers]
     if as_json:
         for row in rows:
@@ -131,7 +143,7 @@ def refresh(archive: Archive, remote: RemoteNode, calling_ae: str) -> int:
         raise CommandError(f"remote {remote.name!r} has no saved queries (its 'listing' setting is empty)")
     new = 0
     for saved in remote.listing:
-        studies = catalog.find_studies(remote, catalog.parse_filter(saved), calling_ae)
+        studies = catalog.find_studies(remote, read_terms(saved, "STUDY", sys.stderr).keys, calling_ae)
         new += archive.remote.add_studies(remote.name, studies)
     return new
 
@@ -148,8 +160,8 @@ def pull(archive: Archive, remote: RemoteNode, study_uid: str, series_uid: str |
     if not studies:
         raise CommandError(f"remote {remote.name} has no study {study_uid}")
     archive.remote.add_studies(remote.name, studies)
-    found = scu.find(remote, "IMAGE", {**keys, "SOPClassUID": "", "SOPInstanceUID": ""},
-                     calling_ae=calling_ae, timeout=remote.timeout)
+    found = walk.search(remote, "IMAGE", {**keys, "SOPClassUID": "", "SOPInstanceUID": ""},
+                        calling_ae=calling_ae, timeout=remote.timeout)
     if not found:
         raise CommandError(f"remote {remote.name} lists no instances for {series_uid or study_uid}")
     bar = tqdm(total=len(found), unit="instance", disable=not (sys.stderr.isatty() if progress is None else progress))

@@ -151,6 +151,15 @@ class _Bool:
 
 _Node = _Attr | _Link | _Bool
 
+# The syntax tree, read-only, for translators to other query forms (remote C-FIND: remote/terms.py).
+Attr, Link, Bool, Node = _Attr, _Link, _Bool, _Node
+__all__ += ["Attr", "Bool", "Link", "Node", "parse"]
+
+
+def parse(text: str) -> Node | None:
+    """The syntax tree of ``text`` (None when empty); raises QuerySyntaxError."""
+    return _Parser(text).parse()
+
 
 def _tokenize(text: str) -> list[_Token]:
     tokens, i = [], 0

@@ -38,7 +38,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, build_context, build_
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu import A_ASSOCIATE_RJ
-from pynetdicom.pdu_primitives import A_ASSOCIATE, P_DATA
+from pynetdicom.pdu_primitives import A_ASSOCIATE, P_DATA, SOPClassExtendedNegotiation
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
@@ -50,10 +50,12 @@ from pynetdicom.status import code_to_category
 from pynetdicom.transport import AddressInformation, AssociationSocket
 
 from dicomfs.config import RemoteNode
+from dicomfs.errors import UserError
 from dicomfs.net.status import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, PENDING_CODES, SOP_CLASS_NOT_SUPPORTED, SUCCESS
 from dicomfs.parse import part10_header
 
-__all__ = ["LEVELS", "RemoteError", "RetrieveResult", "echo", "find", "get", "move"]
+__all__ = ["LEVELS", "Finder", "RemoteError", "RemoteRefusedError", "RemoteTimeoutError", "RetrieveResult", "echo",
+           "find", "finder", "get", "move"]
 
 log = logging.getLogger(__name__)
 _config.LOG_HANDLER_LEVEL = "none"
@@ -63,6 +65,7 @@ MAX_CONTEXTS = 128  # presentation context ids are the odd numbers 1..255 (PS3.8
 _A_ASSOCIATE_RJ = 0x03  # PDU types (PS3.8 9.3.4, 9.3.8)
 _A_ABORT = 0x07
 _DUL_EXIT_TIMEOUT = 2.0  # seconds; it ends within a poll interval of being told to
+_RELATIONAL = b"\x01"  # C-FIND extended negotiation, byte 1: relational queries (PS3.4 C.5.1.1.1)
 
 
 class RemoteError(Exception):
@@ -76,6 +79,14 @@ class RemoteError(Exception):
         self.remote = remote.name or remote.ae_title
         self.status = status
         self.result = result  # the sub-operation counts of a failed C-GET/C-MOVE, when the remote sent them
+
+
+class RemoteTimeoutError(RemoteError):
+    """The remote did not answer within the timeout (frozen, overloaded, or a firewall dropping packets)."""
+
+
+class RemoteRefusedError(RemoteError, UserError):
+    """The remote rejected the association over an AE title: a setting to fix, here or on the remote."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,25 +112,54 @@ def echo(remote: RemoteNode, *, calling_ae: str, timeout: float) -> None:
 
 
 def find(remote: RemoteNode, level: str, keys: dict[str, str], *, calling_ae: str, timeout: float) -> list[Dataset]:
-    """Study Root C-FIND at ``level``: the identifiers of all matches.
+    """Study Root C-FIND at ``level``: the identifiers of all matches (one request, as given).
 
     ``keys`` maps DICOM keywords to match values; ``""`` asks for the attribute to be returned.
     Answers are decoded per their own Specific Character Set. A query with non-ASCII values
-    is sent as UTF-8 (ISO_IR 192) unless ``keys`` names a character set.
+    is sent as UTF-8 (ISO_IR 192) unless ``keys`` names a character set. ``net.walk`` asks at
+    any level of a peer that answers hierarchical queries only.
     """
-    model = StudyRootQueryRetrieveInformationModelFind
-    identifier = _identifier(level, keys)
-    matches: list[Dataset] = []
-    with _association(remote, "C-FIND", [build_context(model)], calling_ae, timeout) as assoc:
-        for status, answer in assoc.send_c_find(identifier, model):
+    _identifier(level, keys)  # a bad request is refused before connecting
+    with finder(remote, calling_ae=calling_ae, timeout=timeout) as session:
+        return session.find(level, keys)
+
+
+class Finder:
+    """C-FIND requests on one established association; ``relational`` if the peer agreed to them."""
+
+    def __init__(self, remote: RemoteNode, assoc: Association) -> None:
+        self.remote = remote
+        self.assoc = assoc
+        accepted = assoc.acceptor.sop_class_extended.get(StudyRootQueryRetrieveInformationModelFind, b"")
+        self.relational = accepted[:1] == _RELATIONAL
+        self.requests = 0  # C-FIND requests sent
+
+    def find(self, level: str, keys: dict[str, str]) -> list[Dataset]:
+        """One Study Root C-FIND: the identifiers of all matches."""
+        identifier = _identifier(level, keys)
+        self.requests += 1
+        matches: list[Dataset] = []
+        model = StudyRootQueryRetrieveInformationModelFind
+        for status, answer in self.assoc.send_c_find(identifier, model):
             if status and status.Status in PENDING_CODES:
                 if answer is None:
-                    log.warning("%s: a C-FIND answer could not be decoded; skipped", remote.name)
+                    log.warning("%s: a C-FIND answer could not be decoded; skipped", self.remote.name)
                 else:
                     matches.append(answer)
                 continue
-            _check_final(remote, "C-FIND", assoc, status)
-    return matches
+            _check_final(self.remote, "C-FIND", self.assoc, status)
+        return matches
+
+
+@contextlib.contextmanager
+def finder(remote: RemoteNode, *, calling_ae: str, timeout: float) -> Iterator[Finder]:
+    """An association for C-FIND that proposes relational queries (the peer may decline)."""
+    proposal = SOPClassExtendedNegotiation()
+    proposal.sop_class_uid = StudyRootQueryRetrieveInformationModelFind
+    proposal.service_class_application_information = _RELATIONAL
+    contexts = [build_context(StudyRootQueryRetrieveInformationModelFind)]
+    with _association(remote, "C-FIND", contexts, calling_ae, timeout, [proposal]) as assoc:
+        yield Finder(remote, assoc)
 
 
 def get(
@@ -206,7 +246,7 @@ def _retrieve_result(
         if status and status.Status in PENDING_CODES:
             continue
         if not status or "Status" not in status:
-            raise RemoteError(remote, operation, _silence(assoc))
+            raise _silent(remote, operation, assoc)
         completed, failed = counted() if counted else (0, 0)
         result = RetrieveResult(
             completed=int(status.get("NumberOfCompletedSuboperations", completed) or 0),
@@ -223,7 +263,7 @@ def _check_final(remote: RemoteNode, operation: str, assoc: Association, status:
                  result: RetrieveResult | None = None) -> None:
     """Raise unless ``status`` is a success or warning response."""
     if not status or "Status" not in status:
-        raise RemoteError(remote, operation, _silence(assoc))
+        raise _silent(remote, operation, assoc)
     code = int(status.Status)
     category = code_to_category(code)
     if category in ("Success", "Warning"):
@@ -233,13 +273,20 @@ def _check_final(remote: RemoteNode, operation: str, assoc: Association, status:
     raise RemoteError(remote, operation, reason, code, result)
 
 
+def _silent(remote: RemoteNode, operation: str, assoc: Association) -> RemoteError:
+    """The error for an association or a request that got no answer."""
+    reason = _silence(assoc)
+    timed_out = reason.startswith("no answer") or reason.startswith("cannot connect: timed out")
+    return (RemoteTimeoutError if timed_out else RemoteError)(remote, operation, reason)
+
+
 def _silence(assoc: Association) -> str:
     """Why an association or a request got no answer."""
     sock = assoc.dul.socket
     if isinstance(sock, _Socket):
         if sock.tcp.connect_error is not None:
             error = sock.tcp.connect_error
-            return f"cannot connect: {error.strerror or error or 'timed out'}"
+            return f"cannot connect: {error.strerror or error or 'timed out'} (is it running, at that host and port?)"
         if sock.peer_aborted:
             return "the remote aborted the association"
         if sock.peer_closed:
@@ -464,7 +511,7 @@ def _association(
     )
     try:
         if not assoc.is_established:
-            raise RemoteError(remote, operation, _refusal(assoc))
+            raise _refusal(remote, operation, assoc)
         try:
             yield assoc
         except BaseException:
@@ -488,17 +535,27 @@ def _dispose(assoc: Association) -> None:
         log.warning("association with %s: its DUL thread did not end; sockets left open", assoc.acceptor.ae_title)
 
 
-def _refusal(assoc: Association) -> str:
-    """Why an association was not established.
+def _refusal(remote: RemoteNode, operation: str, assoc: Association) -> RemoteError:
+    """Why an association was not established, as the error to raise.
 
     A remote that rejects and at once closes can beat pynetdicom's association thread to its
     check of the transport: it then aborts without looking at the rejection, which the
-    socket has kept.
+    socket has kept. A rejection over an AE title (PS3.8 9.3.4: source service user,
+    reasons 3 and 7) is a setting to fix: ``RemoteRefusedError``.
     """
     rj = assoc.acceptor.primitive if assoc.is_rejected else None
     sock = assoc.dul.socket
     if rj is None and isinstance(sock, _Socket):
         rj = sock.rejection
-    if rj is not None:
-        return f"association rejected ({rj.result_str}, {rj.source_str}: {rj.reason_str})"
-    return _silence(assoc)
+    if rj is None:
+        return _silent(remote, operation, assoc)
+    if rj.result_source == 1 and rj.diagnostic == 7:
+        return RemoteRefusedError(remote, operation, f"association rejected: called AE title not recognised "
+                                  f"(the remote is not {remote.ae_title!r}: correct the ae_title of remote "
+                                  f"{remote.name or remote.ae_title})")
+    if rj.result_source == 1 and rj.diagnostic == 3:
+        calling = str(assoc.requestor.ae_title).strip()
+        return RemoteRefusedError(remote, operation, f"association rejected: calling AE title not recognised "
+                                  f"(declare our AE title {calling!r} on the remote, or set [dicom] ae_title to "
+                                  f"one it knows)")
+    return RemoteError(remote, operation, f"association rejected ({rj.result_str}, {rj.source_str}: {rj.reason_str})")

@@ -1,17 +1,16 @@
 """What a remote PACS has, as index values: saved queries → studies, then series and instances.
 
-Network only (C-FIND through ``net.scu``), no database: callers hand the results to
-``RemoteRows`` (``remote.rows``), on whichever thread writes the index. Each level is asked for only when a user
-gets there, so an ``ls`` never walks a whole PACS.
+Network only (C-FIND through ``net.scu``; saved queries are read by ``remote.terms``), no
+database: callers hand the results to ``RemoteRows`` (``remote.rows``), on whichever thread
+writes the index. Each level is asked for only when a user gets there, so an ``ls`` never
+walks a whole PACS.
 """
 
 from __future__ import annotations
 
 import logging
-import shlex
 from typing import Any
 
-from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 
 from dicomfs.config import RemoteNode
@@ -33,29 +32,8 @@ SERIES_KEYS = (
 IMAGE_KEYS = ("SOPInstanceUID", "SOPClassUID", "InstanceNumber")
 
 
-class FilterError(ValueError):
-    """A saved query or command-line filter that is not KEY=VALUE with a DICOM keyword."""
-
-
-def parse_filter(terms: str | list[str]) -> dict[str, str]:
-    """``"PatientName=DOE* StudyDate=20240101-"`` (shell quoting allowed) → C-FIND match keys."""
-    words = shlex.split(terms) if isinstance(terms, str) else terms
-    keys: dict[str, str] = {}
-    for word in words:
-        keyword, sep, value = word.partition("=")
-        keyword = keyword.strip()
-        if not sep or not keyword:
-            raise FilterError(f"{word!r}: expected KEYWORD=VALUE, e.g. PatientName=DOE*")
-        tag = tag_for_keyword(keyword)
-        if tag is None:
-            raise FilterError(f"{keyword!r} is not a DICOM keyword (e.g. PatientID, StudyDate, ModalitiesInStudy)")
-        if dictionary_VR(tag) == "SQ":
-            raise FilterError(f"{keyword} is a sequence; only plain attributes can be matched")
-        keys[keyword] = value
-    return keys
-
-
 def find_studies(remote: RemoteNode, match: dict[str, str], calling_ae: str) -> list[RemoteStudy]:
+    """The studies ``match`` (C-FIND keys, e.g. ``terms.parse(saved).keys``) finds."""
     answers = scu.find(remote, "STUDY", _keys(STUDY_KEYS, match), calling_ae=calling_ae, timeout=remote.timeout)
     studies = []
     for ds in answers:

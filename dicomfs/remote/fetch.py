@@ -24,11 +24,12 @@ import trio
 
 from dicomfs.config import DicomSettings, RemoteNode
 from dicomfs.index.db import NoSuchRowError
+from dicomfs.index.query_language import QuerySyntaxError
 from dicomfs.ingest.gateway import IndexGateway
 from dicomfs.ingest.pipeline import StorePipeline
 from dicomfs.ingest.writer import Ingested
 from dicomfs.net import scu
-from dicomfs.remote import catalog
+from dicomfs.remote import catalog, terms
 from dicomfs.remote.rows import RemoteRows
 from dicomfs.store import Store
 
@@ -44,8 +45,10 @@ class _Retrieval:
     remote: str
     done: trio.Event = field(default_factory=trio.Event)
     error: str = ""
+    timed_out: bool = False  # the error is the remote's silence
     received: int = 0
-    started: float = field(default_factory=time.time)
+    started: float = field(default_factory=time.time)  # wall clock, for `dicomfs status`
+    began: float = 0.0  # trio.current_time() at its start
 
 
 class Fetcher:
@@ -69,6 +72,7 @@ class Fetcher:
         self.on_filled: Callable[[list[Ingested]], None] | None = None
         self._used: dict[int, float] = {}  # series id → last open of one of its fetched files
         self._listing_locks: dict[tuple[str, int], trio.Lock] = {}
+        self._deprecations_logged: set[tuple[str, str]] = set()  # (remote, saved query) in the old form
         self._nursery: trio.Nursery | None = None
         gateway.listen(self.arrived)
 
@@ -94,16 +98,25 @@ class Fetcher:
         new = 0
         for saved in remote.listing:
             try:
-                match = catalog.parse_filter(saved)
+                match = self._saved_terms(remote, saved)
                 studies = await trio.to_thread.run_sync(
                     catalog.find_studies, remote, match, self.settings.ae_title, abandon_on_cancel=True)
-            except (catalog.FilterError, scu.RemoteError) as exc:
+            except (terms.TermsError, QuerySyntaxError, scu.RemoteError) as exc:
                 # Background work that runs again at the next refresh: a warning, not an error.
-                log.warning("remote %s: saved query %r failed: %s", remote.name, saved, exc)
+                reason = exc.message if isinstance(exc, QuerySyntaxError) else str(exc)  # one line
+                log.warning("remote %s: saved query %r failed: %s", remote.name, saved, reason)
                 continue
             new += self.rows.add_studies(remote.name, studies)
         log.info("remote %s: saved queries refreshed, %d new studies", remote.name, new)
         return new
+
+    def _saved_terms(self, remote: RemoteNode, saved: str) -> dict[str, str]:
+        """C-FIND keys of a saved query; one warning per process for one in the old form."""
+        found = terms.parse(saved, "STUDY")
+        if found.legacy and (remote.name, saved) not in self._deprecations_logged:
+            self._deprecations_logged.add((remote.name, saved))
+            log.warning("remote %s: saved query %s", remote.name, terms.deprecation(saved, found))
+        return found.keys
 
     async def prepare_study(self, study_id: int) -> None:
         """List a remote study's series the first time its folder is entered."""
@@ -139,7 +152,8 @@ class Fetcher:
                 return await trio.to_thread.run_sync(functools.partial(fn, remote, *args), abandon_on_cancel=True)
         except scu.RemoteError as exc:
             log.error("remote %s: %s", remote.name, exc)
-            raise FetchError(errno.EIO, str(exc)) from None
+            raise FetchError(errno.ETIMEDOUT if isinstance(exc, scu.RemoteTimeoutError) else errno.EIO,
+                             str(exc)) from None
         except trio.TooSlowError:
             log.error("remote %s: no answer within %.0f s", remote.name, remote.timeout)
             raise FetchError(errno.ETIMEDOUT, f"remote {remote.name} did not answer") from None
@@ -165,22 +179,33 @@ class Fetcher:
             raise FetchError(errno.EIO, f"instance {sop_uid} is neither local nor on a known remote")
         remote = self._remote(instance.remote)
         arrived = self._arrivals.setdefault(sop_uid, trio.Event())
-        retrieval = self.retrievals.get(series_id)
-        if retrieval is None:
-            retrieval = self.retrievals[series_id] = _Retrieval(remote.name)
-            assert self._nursery is not None, "Fetcher.run is not running"
-            self._nursery.start_soon(self._retrieve, remote, series_id, retrieval, sop_uid)
-            self.publish_status(force=True)
+        opened = trio.current_time()
         self.rows.mark_used(series_id, time.time())
-        with trio.move_on_after(remote.timeout) as scope:
-            await _first_of(arrived.wait, retrieval.done.wait)
-        if arrived.is_set():
-            return
+        with trio.move_on_at(opened + remote.timeout) as scope:
+            while True:
+                retrieval = self._retrieval(remote, series_id, sop_uid)
+                await _first_of(arrived.wait, retrieval.done.wait)
+                if arrived.is_set():
+                    return
+                if retrieval.began >= opened:
+                    break
+                # It began before this open, and ended without our instance: the remote may be back
+                # since (a retrieve that failed is never remembered); ask it again, once.
         if scope.cancelled_caught:
             raise FetchError(errno.ETIMEDOUT, f"remote {remote.name}: {sop_uid} did not arrive within "
                                               f"{remote.timeout:.0f} s")
         reason = retrieval.error or f"the retrieve ended without {sop_uid}"
-        raise FetchError(errno.EIO, f"remote {remote.name}: {reason}")
+        raise FetchError(errno.ETIMEDOUT if retrieval.timed_out else errno.EIO, f"remote {remote.name}: {reason}")
+
+    def _retrieval(self, remote: RemoteNode, series_id: int, first: str) -> _Retrieval:
+        """The retrieve of the series in flight, or a new one that starts with ``first``."""
+        retrieval = self.retrievals.get(series_id)
+        if retrieval is None:
+            retrieval = self.retrievals[series_id] = _Retrieval(remote.name, began=trio.current_time())
+            assert self._nursery is not None, "Fetcher.run is not running"
+            self._nursery.start_soon(self._retrieve, remote, series_id, retrieval, first)
+            self.publish_status(force=True)
+        return retrieval
 
     def arrived(self, results: list[Ingested]) -> None:
         """The gateway's listener: on the trio loop after each indexed batch, whatever its source."""
@@ -227,6 +252,7 @@ class Fetcher:
         except scu.RemoteError as exc:
             log.error("remote %s: retrieve of series %s failed: %s", remote.name, series_uid, exc)
             retrieval.error = str(exc)
+            retrieval.timed_out = isinstance(exc, scu.RemoteTimeoutError)
         except Exception as exc:
             log.exception("remote %s: retrieve of series %s failed", remote.name, series_uid)
             retrieval.error = f"{type(exc).__name__}: {exc}"
