@@ -44,8 +44,9 @@ class Rows:
                "physicians_reading": "", "admitting_diagnoses": "", "patient_age": "", "patient_size": "",
                "patient_weight": "", "institution_name": "", "created_at": 0, "updated_at": 0}
         row |= cols
-        return self._insert("studies", row | {"referring_physician_name_folded": fold_name(row["referring_physician_name"]),
-                                              "physicians_reading_folded": fold_name(row["physicians_reading"])})
+        folded = {"referring_physician_name_folded": fold_name(row["referring_physician_name"]),
+                  "physicians_reading_folded": fold_name(row["physicians_reading"])}
+        return self._insert("studies", row | folded)
 
     def series(self, study: int, **cols: Any) -> int:
         row = {"study_id": study, "series_uid": f"1.2.2.{next(self._n)}", "modality": "CT", "series_number": None,

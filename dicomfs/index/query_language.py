@@ -382,7 +382,8 @@ def _like(value: str) -> str:
 
 # INTEGER and REAL columns of the schema (NULL when absent or not a number).
 _NUMBER_COLUMNS = frozenset({"se.series_number", "i.instance_number", "i.rows", "i.columns", "i.number_of_frames",
-                             *(k.sql for k in _SEARCHABLE.values() if k.vr in _NUMERIC_VRS and k.sql != "i.pixel_spacing")})
+                             *(k.sql for k in _SEARCHABLE.values()
+                               if k.vr in _NUMERIC_VRS and k.sql != "i.pixel_spacing")})
 _MULTI_COLUMNS = frozenset(QUERY_KEYS[k].sql for k in MULTI_VALUED)
 
 

@@ -314,14 +314,14 @@ ALTER TABLE studies ADD COLUMN physicians_reading_folded TEXT NOT NULL DEFAULT '
 ALTER TABLE series ADD COLUMN manufacturer_model_name TEXT NOT NULL DEFAULT '';  -- (0008,1090)
 ALTER TABLE series ADD COLUMN patient_position TEXT NOT NULL DEFAULT '';         -- (0018,5100)
 ALTER TABLE series ADD COLUMN pps_description TEXT NOT NULL DEFAULT '';          -- (0040,0254); new arrivals only
-ALTER TABLE series ADD COLUMN radiopharmaceutical TEXT NOT NULL DEFAULT '';      -- (0018,0031) of the first item of (0054,0016)
+ALTER TABLE series ADD COLUMN radiopharmaceutical TEXT NOT NULL DEFAULT '';      -- (0018,0031) in (0054,0016) item 1
 ALTER TABLE series ADD COLUMN units TEXT NOT NULL DEFAULT '';                    -- (0054,1001) PET
 ALTER TABLE series ADD COLUMN decay_correction TEXT NOT NULL DEFAULT '';         -- (0054,1102) PET
 ALTER TABLE series ADD COLUMN reconstruction_method TEXT NOT NULL DEFAULT '';    -- (0054,1103) PET
 
 ALTER TABLE instances ADD COLUMN slice_thickness REAL;         -- (0018,0050) mm
 ALTER TABLE instances ADD COLUMN spacing_between_slices REAL;  -- (0018,0088) mm
-ALTER TABLE instances ADD COLUMN pixel_spacing TEXT NOT NULL DEFAULT '';  -- (0028,0030) 'row\\column' mm, from the first frame
+ALTER TABLE instances ADD COLUMN pixel_spacing TEXT NOT NULL DEFAULT '';  -- (0028,0030) 'row\\column' mm, frame 1
 ALTER TABLE instances ADD COLUMN echo_time REAL;               -- (0018,0081) ms (Enhanced MR: effective echo time)
 ALTER TABLE instances ADD COLUMN repetition_time REAL;         -- (0018,0080) ms
 ALTER TABLE instances ADD COLUMN inversion_time REAL;          -- (0018,0082) ms
@@ -360,8 +360,9 @@ def _backfill_v7(db: Database) -> None:
     from dicomfs.index.cfind import fold_name
     from dicomfs.parse import searchable_series_values, searchable_values
 
+    names = db.query("SELECT id, patient_name FROM patients")
     db.conn.executemany("UPDATE patients SET patient_name_folded = ? WHERE id = ?",
-                        [(fold_name(name), row_id) for row_id, name in db.query("SELECT id, patient_name FROM patients")])
+                        [(fold_name(name), row_id) for row_id, name in names])
     db.conn.executemany(
         "UPDATE studies SET referring_physician_name_folded = ?, physicians_reading_folded = ? WHERE id = ?",
         [(fold_name(a), fold_name(b), row_id)
