@@ -30,6 +30,20 @@ def _series(src: Path, name: str, count: int, **attrs: Any) -> str:
     return series_uid
 
 
+def _echoes(src: Path, study: str) -> str:
+    """A multi-echo series: two slices at each of three echo times."""
+    series_uid = generate_uid()
+    for n, echo in enumerate((5.0, 5.0, 10.0, 10.0, 15.0, 15.0), 1):
+        ds = dicomgen.make_dataset(StudyInstanceUID=study, SeriesInstanceUID=series_uid, InstanceNumber=n,
+                                   ImagePositionPatient=[0, 0, float(n % 2)], PatientName="Ödegård^Åsa",
+                                   PatientID="P2", Modality="MR", SOPClassUID=MRImageStorage, SeriesNumber=3,
+                                   SeriesDescription="me_gre", EchoTime=echo, EchoNumbers=(n + 1) // 2,
+                                   PixelSpacing=[0.9, 0.9], SliceThickness=2.0, RepetitionTime=40,
+                                   MagneticFieldStrength=3, ImageOrientationPatient=[0, 1, 0, 0, 0, -1])
+        dicomgen.write(src / f"{series_uid}-{n}.dcm", ds)
+    return series_uid
+
+
 def _pet_information() -> list[Dataset]:
     item = Dataset()
     item.Radiopharmaceutical = "Fluorodeoxyglucose"
@@ -59,6 +73,7 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                       ScanningSequence=["GR", "IR"], SequenceVariant=["SK", "SP", "MP"], MRAcquisitionType="3D",
                       Manufacturer="SIEMENS", ManufacturerModelName="Prisma", ProtocolName="t1_mprage_sag",
                       BodyPartExamined="BRAIN"),
+        "echoes": _echoes(src, mr),
         "t2": _series(src, "mr", 1, StudyInstanceUID=mr, PatientName="Ödegård^Åsa", PatientID="P2", Modality="MR",
                       SOPClassUID=MRImageStorage, SeriesNumber=2, SeriesDescription="t2_tse_tra",
                       SliceThickness=4.0, PixelSpacing=[0.4, 0.45], EchoTime=96, RepetitionTime=5000,
@@ -96,14 +111,16 @@ def studies(db, archive: dict[str, Any], text: str) -> list[str]:  # type: ignor
 
 @pytest.mark.parametrize(("query", "expected"), [
     ("SliceThickness<=1.5", ["ct_thin", "t1"]),
-    ("SliceThickness>1.5 and Modality=MR", ["t2"]),
+    ("SliceThickness>1.5 and Modality=MR", ["echoes", "t2"]),
     ("SliceThickness=5", ["ct_thick"]),
     ("EchoTime>=80", ["t2"]),
     ("EchoTime<10 and RepetitionTime>2000", ["t1"]),
+    ("EchoTime=10", ["echoes"]),  # any of its images
+    ("EchoTime>12 and EchoTime<6", ["echoes"]),  # each comparison on its own image
     ("InversionTime>0", ["t1"]),
-    ("not InversionTime>0", ["ct_thick", "ct_thin", "pet", "t2"]),  # absent never matches; not complements
+    ("not InversionTime>0", ["ct_thick", "ct_thin", "echoes", "pet", "t2"]),  # absent never matches; not complements
     ("FlipAngle<=10", ["t1"]),
-    ("MagneticFieldStrength=3", ["t1", "t2"]),
+    ("MagneticFieldStrength=3", ["echoes", "t1", "t2"]),
     ("KVP=120", ["ct_thin"]),
     ("KVP>=100", ["ct_thick", "ct_thin"]),
     ("SequenceName=*tse*", ["t2"]),
@@ -126,6 +143,7 @@ def studies(db, archive: dict[str, Any], text: str) -> list[str]:  # type: ignor
     ("PixelSpacing=0.4\\0.45", ["t2"]),
     ("PixelSpacing=0.45\\0.4", []),
     ("PixelSpacing<0.8", ["ct_thick", "ct_thin", "t2"]),
+    ("PixelSpacing<1", ["ct_thick", "ct_thin", "echoes", "t2"]),
     ("PixelSpacing>4", ["pet"]),
     ("Manufacturer=SIEMENS", ["t1", "t2"]),
     ('ManufacturerModelName="Aquilion ONE"', ["ct_thick", "ct_thin"]),
@@ -152,9 +170,9 @@ def test_study_level_matches_when_any_series_does(db, archive: dict[str, Any]) -
 
 
 def test_instance_level_compares_each_instance(db, archive: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
-    found = run(db, "EchoTime<10 and InstanceNumber=2", "instance")
-    assert len(found) == 1
+    assert len(run(db, "EchoTime<10 and InstanceNumber=2", "instance")) == 2  # of the T1 and of the echoes
     assert len(run(db, "SliceThickness<=1.5", "instance")) == 4
+    assert len(run(db, "EchoTime>=10 and Modality=MR", "instance")) == 5  # 4 echoes, the T2
 
 
 def test_numbers_are_searched_from_their_index(db) -> None:  # type: ignore[no-untyped-def]
@@ -257,3 +275,39 @@ def test_an_index_of_schema_v6_is_upgraded_and_backfilled(archive: dict[str, Any
     assert db.query("SELECT DISTINCT contrast_bolus_agent FROM instances") == [("",)]  # not kept by v6
     assert len(run(db, "SliceThickness<=1.5 and PatientName=ÖDEGÅRD*", "series")) == 1
     opened.close()
+
+
+def test_series_json_carries_geometry_and_acquisition_from_the_index(db, archive: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
+    from dicomfs.mount import summaries
+    from dicomfs.mount.kinds import Kind
+    from dicomfs.mount.model import Model
+
+    model = Model(db)
+
+    def summary(name: str) -> dict[str, Any]:
+        series_id = db.get_int("SELECT id FROM series WHERE series_uid = ?", (archive["uids"][name],))
+        return json.loads(summaries.make(model, Kind.SERIES_JSON, series_id))
+
+    t1 = summary("t1")
+    assert {k: t1[k] for k in ("Rows", "Columns", "PixelSpacing", "SliceThickness", "EchoTime", "RepetitionTime",
+                               "InversionTime", "FlipAngle", "MagneticFieldStrength", "SequenceName",
+                               "ScanningSequence", "SequenceVariant", "MRAcquisitionType", "Manufacturer",
+                               "ManufacturerModelName", "ProtocolName", "ImageOrientationPatient",
+                               "NumberOfFrames", "NumberOfSlices")} == {
+        "Rows": 16, "Columns": 16, "PixelSpacing": [1.0, 1.0], "SliceThickness": 1.0, "EchoTime": 2.98,
+        "RepetitionTime": 2300.0, "InversionTime": 900.0, "FlipAngle": 9.0, "MagneticFieldStrength": 3.0,
+        "SequenceName": "*tfl3d1_16ns", "ScanningSequence": ["GR", "IR"], "SequenceVariant": ["SK", "SP", "MP"],
+        "MRAcquisitionType": "3D", "Manufacturer": "SIEMENS", "ManufacturerModelName": "Prisma",
+        "ProtocolName": "t1_mprage_sag", "ImageOrientationPatient": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+        "NumberOfFrames": 2, "NumberOfSlices": 2}
+    assert "ValuesThatVary" not in t1 and "KVP" not in t1 and "Radiopharmaceutical" not in t1
+    echoes = summary("echoes")
+    assert echoes["EchoTime"] == 5.0 and echoes["ValuesThatVary"] == {"EchoTime": [5.0, 10.0, 15.0]}
+    assert echoes["ImageOrientationPatient"] == [0.0, 1.0, 0.0, 0.0, 0.0, -1.0]
+    assert echoes["NumberOfFrames"] == 6
+    ct = summary("ct_thin")
+    assert (ct["KVP"], ct["ConvolutionKernel"], ct["ImageType"], ct["ContrastBolusAgent"]) == (
+        120.0, ["FC07", "AIDR"], ["ORIGINAL", "PRIMARY", "AXIAL"], "Omnipaque")
+    pet = summary("pet")
+    assert (pet["Radiopharmaceutical"], pet["Units"], pet["DecayCorrection"], pet["ReconstructionMethod"]) == (
+        "Fluorodeoxyglucose", "BQML", "START", "OSEM3D 4i8s")
