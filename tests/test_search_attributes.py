@@ -316,3 +316,21 @@ def test_series_json_carries_geometry_and_acquisition_from_the_index(db, archive
     pet = summary("pet")
     assert (pet["Radiopharmaceutical"], pet["Units"], pet["DecayCorrection"], pet["ReconstructionMethod"]) == (
         "Fluorodeoxyglucose", "BQML", "START", "OSEM3D 4i8s")
+
+
+def test_a_rule_routes_studies_by_an_acquisition_attribute(tmp_path: Path) -> None:
+    from dicomfs.config import ProjectRule
+    from dicomfs.index import organise
+    from dicomfs.ingest.files import run_import
+
+    thin, thick = generate_uid(), generate_uid()
+    _series(tmp_path / "src", "thin", 2, StudyInstanceUID=thin, SliceThickness=0.6, PatientID="A")
+    _series(tmp_path / "src", "thick", 2, StudyInstanceUID=thick, SliceThickness=5.0, PatientID="B")
+    opened = open_archive(tmp_path / "data", rules=[ProjectRule(project="THIN", match="SliceThickness<=1")])
+    try:
+        run_import(opened, [tmp_path / "src"], workers=1, progress=False)
+        member = opened.db.get_int("SELECT id FROM studies WHERE study_uid = ?", (thin,))
+        assert run(opened.db, "project:THIN") == [member]
+        assert organise.projects_of(opened.db, "study", member) == ["THIN"]
+    finally:
+        opened.close()
