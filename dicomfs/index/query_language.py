@@ -149,6 +149,12 @@ class QuerySyntaxError(ValueError):
         shown = re.sub(r"\s", " ", self.query)  # keeps the caret aligned under tabs and newlines
         return f"{self.message}\n{shown}\n{' ' * self.position}^" + (f"\n{self.notes}" if self.notes else "")
 
+    def one_line(self) -> str:
+        """The message and the notes on one line, for a log."""
+        notes = re.sub(r":\n\s*", ": ", self.notes.strip())
+        notes = re.sub(r"\n\s*", "; ", notes)
+        return f"{self.message}; {notes}" if notes else self.message
+
 
 @dataclass(frozen=True)
 class Compiled:

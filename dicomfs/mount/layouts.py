@@ -361,7 +361,8 @@ class Queries(ScopeFolders):
         if len(self._refused) >= _REFUSED_KEPT:
             self._refused.clear()
         self._refused.add(text)
-        reason = getattr(exc, "message", None) or str(exc).splitlines()[0]
+        one_line = getattr(exc, "one_line", None)
+        reason = one_line() if callable(one_line) else str(exc).splitlines()[0]
         if text.startswith("."):
             log.debug("/query/%s is not a query: %s", text, reason)
         else:
