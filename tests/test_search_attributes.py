@@ -256,10 +256,19 @@ def test_an_index_of_schema_v6_is_upgraded_and_backfilled(archive: dict[str, Any
         "series": db.query("SELECT series_uid, manufacturer_model_name, radiopharmaceutical, units FROM series "
                            "ORDER BY id"),
         "names": db.query("SELECT patient_name_folded FROM patients ORDER BY id"),
+        "series_values": [row for row in db.query("SELECT * FROM series_values ORDER BY 1, 2, 3")
+                          if row[0] not in ("AcquisitionDate", "ContrastBolusAgent")] + [
+            (keyword, "", series_id) for keyword in ("AcquisitionDate", "ContrastBolusAgent")
+            for (series_id,) in db.query("SELECT id FROM series ORDER BY id")],
     }
+    expected["series_values"].sort()
     with db.transaction():  # back to schema v6
+        for trigger in re.findall(r"CREATE TRIGGER (\w+)", SCHEMA_V7):
+            db.execute(f"DROP TRIGGER {trigger}")
         for index in re.findall(r"CREATE INDEX (\w+)", SCHEMA_V7):
             db.execute(f"DROP INDEX {index}")
+        for table in re.findall(r"CREATE TABLE (\w+)", SCHEMA_V7):
+            db.execute(f"DROP TABLE {table}")
         for table, column in re.findall(r"ALTER TABLE (\w+) ADD COLUMN (\w+)", SCHEMA_V7):
             db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
         db.execute("PRAGMA user_version = 6")
@@ -277,6 +286,7 @@ def test_an_index_of_schema_v6_is_upgraded_and_backfilled(archive: dict[str, Any
     assert db.query("SELECT series_uid, manufacturer_model_name, radiopharmaceutical, units FROM series "
                     "ORDER BY id") == expected["series"]
     assert db.query("SELECT patient_name_folded FROM patients ORDER BY id") == expected["names"]
+    assert db.query("SELECT * FROM series_values ORDER BY 1, 2, 3") == expected["series_values"]
     assert db.query("SELECT DISTINCT contrast_bolus_agent FROM instances") == [("",)]  # not kept by v6
     assert len(run(db, "SliceThickness<=1.5 and PatientName=ÖDEGÅRD*", "series")) == 1
     opened.close()
@@ -334,3 +344,15 @@ def test_a_rule_routes_studies_by_an_acquisition_attribute(tmp_path: Path) -> No
         assert organise.projects_of(opened.db, "study", member) == ["THIN"]
     finally:
         opened.close()
+
+
+def test_series_values_hold_exactly_the_distinct_values_of_each_series(db) -> None:  # type: ignore[no-untyped-def]
+    from dicomfs.index.schema import SERIES_VALUE_COLUMNS
+
+    for keyword, column in SERIES_VALUE_COLUMNS.items():
+        assert db.query("SELECT value, series_id FROM series_values WHERE keyword = ? ORDER BY 1, 2", (keyword,)) == \
+            db.query(f"SELECT DISTINCT {column}, series_id FROM instances ORDER BY 1, 2"), keyword
+    c = compile_query("ImageType=DERIVED or SequenceName=*tse*", "study")
+    plan = " ".join(str(r[3]) for r in db.query(f"EXPLAIN QUERY PLAN SELECT {c.id_column} FROM {c.from_sql} "
+                                                f"WHERE {c.where}", c.args))
+    assert "SEARCH sv USING PRIMARY KEY (keyword=?)" in plan and "instances" not in plan, plan

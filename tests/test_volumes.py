@@ -378,8 +378,12 @@ def undo_schema_v7(db) -> None:  # type: ignore[no-untyped-def]
 
     from dicomfs.index.schema import SCHEMA_V7
 
+    for trigger in re.findall(r"CREATE TRIGGER (\w+)", SCHEMA_V7):
+        db.execute(f"DROP TRIGGER {trigger}")
     for index in re.findall(r"CREATE INDEX (\w+)", SCHEMA_V7):
         db.execute(f"DROP INDEX {index}")
+    for table in re.findall(r"CREATE TABLE (\w+)", SCHEMA_V7):
+        db.execute(f"DROP TABLE {table}")
     for table, column in re.findall(r"ALTER TABLE (\w+) ADD COLUMN (\w+)", SCHEMA_V7):
         db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
 

@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dicomfs.index.cfind import FOLDED_COLUMNS, KEYS, Key, Level, fold_name
+from dicomfs.index.schema import SERIES_VALUE_COLUMNS
 
 if TYPE_CHECKING:
     from dicomfs.index.db import Database
@@ -391,6 +392,9 @@ _NUMBER_COLUMNS = frozenset({"se.series_number", "i.instance_number", "i.rows", 
                              *(k.sql for k in _SEARCHABLE.values()
                                if k.vr in _NUMERIC_VRS and k.sql != "i.pixel_spacing")})
 _MULTI_COLUMNS = frozenset(QUERY_KEYS[k].sql for k in MULTI_VALUED)
+# Instance text whose distinct values per series are kept in series_values (schema v7): from
+# study and series level a condition on them reads those, not every instance.
+_DISTINCT_COLUMNS = {f"i.{column}": keyword for keyword, column in SERIES_VALUE_COLUMNS.items()}
 
 
 def _compare(col: str, vr: str, op: str, value: str | float) -> tuple[str, list[object]]:
@@ -480,6 +484,12 @@ class _Compiler:
                 return f"NOT ({self.sql(term)})"
             case _Bool(op, terms):
                 return "(" + f" {op.upper()} ".join(self.sql(t) for t in terms) + ")"
+            case _Attr(key, op, value) if key.sql in _DISTINCT_COLUMNS and self.level < _DEPTH[Level.IMAGE]:
+                compare = _compare_items if key.sql in _MULTI_COLUMNS else _compare_text
+                cond, args = compare("sv.value", key.vr, op, value)
+                self.args.extend([_DISTINCT_COLUMNS[key.sql], *args])
+                return self._at(_DEPTH[Level.SERIES], "se.id IN (SELECT sv.series_id FROM series_values sv "
+                                                      f"WHERE sv.keyword = ? AND {cond})")
             case _Attr(key, op, value):
                 cond, args = _compare(key.sql, key.vr, op, value)
                 self.args.extend(args)

@@ -298,6 +298,19 @@ CREATE TABLE volume_plans (
 );
 """
 
+# Instance columns whose distinct values per series are kept in series_values (schema v7),
+# by DICOM keyword; index/query_language.py reads them from study and series level.
+SERIES_VALUE_COLUMNS = {
+    "ImageType": "image_type", "PhotometricInterpretation": "photometric", "AcquisitionDate": "acquisition_date",
+    "SequenceName": "sequence_name", "ScanningSequence": "scanning_sequence", "SequenceVariant": "sequence_variant",
+    "ScanOptions": "scan_options", "MRAcquisitionType": "mr_acquisition_type",
+    "ConvolutionKernel": "convolution_kernel", "ContrastBolusAgent": "contrast_bolus_agent",
+}
+_SERIES_VALUES_COLUMNS = ", ".join(SERIES_VALUE_COLUMNS.values())
+_SERIES_VALUES_INSERT = ("INSERT OR IGNORE INTO series_values (keyword, value, series_id) "
+                         + " UNION ALL ".join(f"SELECT '{k}', NEW.{c}, NEW.series_id"
+                                              for k, c in SERIES_VALUE_COLUMNS.items()) + ";")
+
 # What users search for (index/query_language.py): case-folded person names, so that
 # ``ödegård*`` finds "Ödegård^Åsa" from an index, and the acquisition and geometry attributes
 # of series and instances. Numbers are REAL (the first value; NULL when absent or not a
@@ -305,7 +318,7 @@ CREATE TABLE volume_plans (
 # backslash-separated. Rows that predate this version are filled by ``_backfill_v7`` from
 # what the index already kept (volume facts and sidecar values); attributes those never held
 # (marked "new arrivals only") stay empty for them until the instance is imported again.
-SCHEMA_V7 = """
+SCHEMA_V7 = f"""
 ALTER TABLE patients ADD COLUMN patient_name_folded TEXT NOT NULL DEFAULT '';  -- cfind.fold_name(patient_name)
 CREATE INDEX patients_name_folded ON patients(patient_name_folded);
 ALTER TABLE studies ADD COLUMN referring_physician_name_folded TEXT NOT NULL DEFAULT '';  -- folded, as above
@@ -352,6 +365,26 @@ CREATE INDEX instances_field_strength ON instances(magnetic_field_strength, seri
     WHERE magnetic_field_strength IS NOT NULL;
 CREATE INDEX instances_b_value ON instances(diffusion_b_value, series_id) WHERE diffusion_b_value IS NOT NULL;
 CREATE INDEX instances_kvp ON instances(kvp, series_id) WHERE kvp IS NOT NULL;
+
+-- Text searched from study and series level: the distinct values of a series' instances,
+-- kept by the triggers below, so that ImageType=DERIVED or SequenceName=*tse* reads a few
+-- rows per series instead of every instance (query_language._DISTINCT_COLUMNS).
+CREATE TABLE series_values (
+    keyword             TEXT NOT NULL,         -- the DICOM keyword of an instance attribute
+    value               TEXT NOT NULL,         -- one of its distinct values ('' too), whole, as in instances
+    series_id           INTEGER NOT NULL,      -- series.id of instances that have it
+    PRIMARY KEY (keyword, value, series_id)
+) WITHOUT ROWID;
+CREATE INDEX series_values_series ON series_values(series_id);
+CREATE TRIGGER series_values_after_insert AFTER INSERT ON instances BEGIN
+    {_SERIES_VALUES_INSERT}
+END;
+CREATE TRIGGER series_values_after_update AFTER UPDATE OF {_SERIES_VALUES_COLUMNS} ON instances BEGIN
+    {_SERIES_VALUES_INSERT}  -- a remote placeholder filled, an upgrade's backfill
+END;
+CREATE TRIGGER series_values_after_delete AFTER DELETE ON series BEGIN  -- instances go only with their series
+    DELETE FROM series_values WHERE series_id = OLD.id;
+END;
 """
 
 
@@ -397,6 +430,9 @@ def _first_frame(facts: str) -> dict[str, object]:
 def _upgrade_to_v7(db: Database) -> None:
     db.conn.execute(SCHEMA_V7)
     _backfill_v7(db)
+    for keyword, column in SERIES_VALUE_COLUMNS.items():  # what the backfill's triggers did not see
+        db.execute(f"INSERT OR IGNORE INTO series_values (keyword, value, series_id) "
+                   f"SELECT DISTINCT '{keyword}', {column}, series_id FROM instances")
 
 
 # Each entry upgrades the schema from version i to i + 1.
