@@ -22,6 +22,7 @@ from pathlib import Path
 
 from bench.common import free_port, wait_port
 from dicomfs.archive import open_archive
+from dicomfs.index.cfind import fold_name
 
 
 def fill(data_dir: Path, instances: int) -> tuple[int, int]:
@@ -37,8 +38,9 @@ def fill(data_dir: Path, instances: int) -> tuple[int, int]:
             db.execute(
                 "INSERT INTO patients (patient_key, patient_id, issuer_of_patient_id, patient_name, patient_birth_date,"
                 " patient_birth_time, patient_sex, other_patient_ids, ethnic_group, patient_comments, created_at,"
-                " updated_at) VALUES (?, ?, '', ?, '19700101', '', 'O', '', '', '', ?, ?)",
-                (f"\x1fP{p}", f"P{p}", f"{surnames[p % len(surnames)]}^PATIENT{p}", now, now),
+                " updated_at, patient_name_folded) VALUES (?, ?, '', ?, '19700101', '', 'O', '', '', '', ?, ?, ?)",
+                (f"\x1fP{p}", f"P{p}", f"{surnames[p % len(surnames)]}^PATIENT{p}", now, now,
+                 fold_name(f"{surnames[p % len(surnames)]}^PATIENT{p}")),
             )
             pid = db.last_rowid()
             for s in range(2):

@@ -41,6 +41,7 @@ from bench.bench_find import fill
 from bench.common import Timing, info, report
 from dicomfs.archive import open_archive
 from dicomfs.index import query_language
+from dicomfs.index.cfind import fold_name
 from dicomfs.index.db import Database
 
 TARGET_MS = 200.0
@@ -83,6 +84,13 @@ CASES = [
          "SELECT st.id FROM studies st WHERE st.study_date >= '20230101'"
          " AND NOT EXISTS (SELECT 1 FROM series se WHERE se.study_id = st.id AND se.modality = 'CT')"
          " ORDER BY st.id"),
+    Case("slice_thickness", "SliceThickness<=1.5",
+         "SELECT DISTINCT se.study_id FROM series se JOIN instances i ON i.series_id = se.id"
+         " WHERE i.slice_thickness <= 1.5 ORDER BY 1"),
+    Case("echo_time_and_modality", "EchoTime>=80 and Modality=MR",
+         "SELECT DISTINCT se.study_id FROM series se WHERE se.modality = 'MR' AND se.study_id IN"
+         " (SELECT se2.study_id FROM series se2 JOIN instances i ON i.series_id = se2.id WHERE i.echo_time >= 80)"
+         " ORDER BY 1"),
     Case("or_groups", "(Modality=PT or Modality=MR) and (tag:diagnosis=AD or tag:diagnosis=MCI)",
          "SELECT DISTINCT st.id FROM studies st JOIN series se ON se.study_id = st.id"
          " JOIN tags t ON t.level = 'study' AND t.entity_id = st.id"
@@ -114,8 +122,9 @@ def spread(db: Database, seed: int) -> None:
     """Rewrite the uniform rows of ``fill`` into a realistic mix of names, dates, modalities, descriptions."""
     rng = random.Random(seed)
     patients = [r[0] for r in db.query("SELECT id FROM patients ORDER BY id")]
-    db.conn.executemany("UPDATE patients SET patient_name = ?, patient_sex = ? WHERE id = ?",
-                        [(f"{rng.choice(SURNAMES)}^{rng.choice(GIVEN)}", rng.choice("FM"), p) for p in patients])
+    names = [(f"{rng.choice(SURNAMES)}^{rng.choice(GIVEN)}", rng.choice("FM"), p) for p in patients]
+    db.conn.executemany("UPDATE patients SET patient_name = ?, patient_name_folded = ?, patient_sex = ? WHERE id = ?",
+                        [(name, fold_name(name), sex, p) for name, sex, p in names])
     series: dict[int, list[int]] = {}
     for series_id, study_id in db.query("SELECT id, study_id FROM series ORDER BY study_id, id"):
         series.setdefault(study_id, []).append(series_id)
@@ -132,6 +141,11 @@ def spread(db: Database, seed: int) -> None:
     db.conn.executemany("UPDATE studies SET study_date = ?, study_description = ? WHERE id = ?", studies)
     db.conn.executemany("UPDATE series SET modality = ?, series_description = ?, series_date = ?,"
                         " series_number = ? WHERE id = ?", rows)
+    # Acquisition values as the modalities have them: every image a slice thickness, MR echo times.
+    db.execute("UPDATE instances SET slice_thickness = CASE (series_id % 5) WHEN 0 THEN 0.6 WHEN 1 THEN 1.0"
+               " WHEN 2 THEN 3.0 ELSE 5.0 END")
+    db.execute("UPDATE instances SET echo_time = CASE (series_id % 3) WHEN 0 THEN 2.3 WHEN 1 THEN 96.0 ELSE 12.0 END"
+               " WHERE series_id IN (SELECT id FROM series WHERE modality = 'MR')")
 
 
 def organise(db: Database, seed: int) -> dict[str, int]:

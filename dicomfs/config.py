@@ -106,7 +106,7 @@ class DicomSettings:
     max_pdu: int = 1_048_576
     max_object_mb: float = 1024.0  # largest DIMSE message (one object) an association may send us
     network_timeout: float = 60.0
-    fold_names: bool = True  # C-FIND person names match without regard to (ASCII) case
+    fold_names: bool = True  # C-FIND person names match without regard to case (Unicode case folding)
     allow: AllowSettings = field(default_factory=AllowSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
     remotes: list[RemoteNode] = field(default_factory=list)

@@ -6,7 +6,9 @@ Runs in import worker processes and in the SCP thread: pure, no database, no I/O
 from __future__ import annotations
 
 import io
+import json
 import logging
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,8 +94,13 @@ def parse_instance(raw: bytes, *, source: str = "", received: bool = False) -> P
         ds = pydicom.dcmread(io.BytesIO(data))
         _check_complete(ds, data)
         values = _extract(ds)
-        volume_facts = facts.extract(ds).to_json()  # first: it needs the pixel data still unread (offsets)
-        volume_sidecar = facts.sidecar_json(ds)
+        instance_facts = facts.extract(ds)  # first: it needs the pixel data still unread (offsets)
+        volume_facts = instance_facts.to_json()
+        sidecar = facts.sidecar_values(ds)
+        volume_sidecar = json.dumps(sidecar, separators=(",", ":"), ensure_ascii=False)
+        searchable = searchable_values(sidecar, _frame_values(instance_facts))
+        searchable["contrast_bolus_agent"] = _text(ds, "ContrastBolusAgent")
+        searchable["acquisition_date"] = _text(ds, "AcquisitionDate")
         json_size = len(dataset_json(ds))
         has_image = renders_image(ds)
         references = derived_references(ds)
@@ -114,8 +121,76 @@ def parse_instance(raw: bytes, *, source: str = "", received: bool = False) -> P
         volume_facts=volume_facts,
         volume_sidecar=volume_sidecar,
         facts_version=facts.FACTS_VERSION,
+        **searchable,
     )
     return parsed
+
+
+# Instance columns of schema v7 (what the query language searches), from the volume's sidecar
+# values and the first frame's facts: the same source at ingest and in the upgrade of older
+# rows, and the one that reads Enhanced objects' functional groups.
+_SIDECAR_NUMBERS = {
+    "spacing_between_slices": "SpacingBetweenSlices", "repetition_time": "RepetitionTime",
+    "inversion_time": "InversionTime", "flip_angle": "FlipAngle", "magnetic_field_strength": "MagneticFieldStrength",
+    "kvp": "KVP", "xray_tube_current": "XRayTubeCurrent",
+}
+_SIDECAR_TEXTS = {
+    "sequence_name": "SequenceName", "scanning_sequence": "ScanningSequence", "sequence_variant": "SequenceVariant",
+    "scan_options": "ScanOptions", "mr_acquisition_type": "MRAcquisitionType",
+    "convolution_kernel": "ConvolutionKernel", "acquisition_time": "AcquisitionTime",
+}
+
+
+def searchable_values(sidecar: dict[str, Any], frame: dict[str, Any]) -> dict[str, Any]:
+    """Searchable instance columns from ``sidecar`` (``facts.sidecar_values``) and the first
+    frame's facts (``FrameFacts`` fields as a dict); numbers are floats or None, text ''."""
+    spacing = frame.get("spacing")
+    values: dict[str, Any] = {
+        "slice_thickness": _number(sidecar.get("SliceThickness")) if "SliceThickness" in sidecar
+        else _number(frame.get("thickness")),
+        "pixel_spacing": "\\".join(str(float(v)) for v in spacing) if spacing else "",
+        "echo_time": _number(sidecar.get("EchoTime", frame.get("echo_time"))),
+        "diffusion_b_value": _number(frame.get("b_value")),
+    }
+    values.update({column: _number(sidecar.get(keyword)) for column, keyword in _SIDECAR_NUMBERS.items()})
+    values.update({column: _joined(sidecar.get(keyword)) for column, keyword in _SIDECAR_TEXTS.items()})
+    return values
+
+
+def searchable_series_values(sidecar: dict[str, Any]) -> dict[str, Any]:
+    """Series columns of schema v7 that an instance's sidecar values hold (the upgrade's source)."""
+    items = sidecar.get("RadiopharmaceuticalInformationSequence")
+    first = items[0] if isinstance(items, list) and items and isinstance(items[0], dict) else {}
+    return {"manufacturer_model_name": _joined(sidecar.get("ManufacturerModelName")),
+            "patient_position": _joined(sidecar.get("PatientPosition")),
+            "radiopharmaceutical": _joined(first.get("Radiopharmaceutical")),
+            "units": _joined(sidecar.get("Units")),
+            "decay_correction": _joined(sidecar.get("DecayCorrection")),
+            "reconstruction_method": _joined(sidecar.get("ReconstructionMethod"))}
+
+
+def _frame_values(instance_facts: facts.InstanceFacts) -> dict[str, Any]:
+    if not instance_facts.frames:
+        return {}
+    f = instance_facts.frames[0]
+    return {"spacing": f.spacing, "thickness": f.thickness, "echo_time": f.echo_time, "b_value": f.b_value}
+
+
+def _number(value: Any) -> float | None:
+    """The first value as a finite float, None when absent or not a number."""
+    if isinstance(value, list | tuple):
+        value = value[0] if value else None
+    try:
+        number = float(value) if value is not None and value != "" else None
+    except (TypeError, ValueError):
+        return None
+    return number if number is not None and math.isfinite(number) else None
+
+
+def _joined(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return "\\".join(str(v).strip() for v in value)
+    return "" if value is None else str(value).strip()
 
 
 # SOP classes that are made from other images: their references link them to their sources.
@@ -379,7 +454,28 @@ def series_values(ds: Dataset) -> dict[str, Any]:
         "frame_of_reference_uid": _uid(ds, "FrameOfReferenceUID", required=False),
         "pps_start_date": _text(ds, "PerformedProcedureStepStartDate"),
         "pps_start_time": _text(ds, "PerformedProcedureStepStartTime"),
+        "manufacturer_model_name": _text(ds, "ManufacturerModelName"),
+        "patient_position": _text(ds, "PatientPosition"),
+        "pps_description": _text(ds, "PerformedProcedureStepDescription"),
+        "radiopharmaceutical": _radiopharmaceutical(ds),
+        "units": _text(ds, "Units"),
+        "decay_correction": _text(ds, "DecayCorrection"),
+        "reconstruction_method": _text(ds, "ReconstructionMethod"),
     }
+
+
+_RADIOPHARMACEUTICAL_INFORMATION = 0x00540016
+
+
+def _radiopharmaceutical(ds: Dataset) -> str:
+    """Radiopharmaceutical (0018,0031) of the first item of its information sequence (PET)."""
+    if _RADIOPHARMACEUTICAL_INFORMATION not in ds:
+        return ""
+    try:
+        items = ds[_RADIOPHARMACEUTICAL_INFORMATION].value
+        return _text(items[0], "Radiopharmaceutical") if items else ""
+    except Exception:
+        return ""
 
 
 def instance_values(ds: Dataset) -> dict[str, Any]:

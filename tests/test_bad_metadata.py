@@ -87,7 +87,7 @@ def test_every_name_is_safe_and_every_file_readable(mounted: Daemon) -> None:
 
 def test_expected_names(mounted: Daemon) -> None:
     patients = set(os.listdir(mounted.mount / "patients"))
-    assert {"(no name) [P-NONAME]", "(no name) [P-EMPTY]", ".._.._etc_passwd [.._..]", "A_B_C [CTRL]",
+    assert {"(no name) [P-NONAME]", "(no name) [P-EMPTY]", "___.._etc_passwd [.._..]", "A_B_C [CTRL]",
             "_CON", "Müller [CS]"} <= patients
     # '..' and '.' as names, without IDs: both fall back, and the second gets a suffix.
     assert {"(no name)", "(no name) (2)"} <= patients

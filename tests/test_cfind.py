@@ -91,6 +91,9 @@ def test_study_level_returns_one_answer_per_study_with_counts(node: Daemon, tmp_
         ("ModalitiesInStudy=PT", ["PET FDG"]),  # matches any of the study's modalities
         ("ModalitiesInStudy=MR\\PT", ["MR Brain", "PET FDG"]),
         ("PatientName=Müller*", ["MR Brain"]),  # character sets
+        ("PatientName=müller*", ["MR Brain"]),  # names fold case beyond ASCII
+        ("PatientName=MÜLLER^JÜRGEN", ["MR Brain"]),
+        ("PatientName=mueller*", []),  # folding is not transliteration
     ],
 )
 def test_matching_types(node: Daemon, tmp_path: Path, key: str, expected: list[str]) -> None:
@@ -137,3 +140,33 @@ def test_unknown_return_keys_are_answered_empty(node: Daemon, tmp_path: Path) ->
     assert "Occupation" in answers[0] and not answers[0].Occupation
     assert 0x00110010 in answers[0]
     assert answers[0].RetrieveAETitle == "DICOMFS"
+
+
+def test_folded_names_match_in_process_and_from_the_index(archive: dict[str, object]) -> None:
+    """fold_names uses the folded column and its index, not a function per row."""
+    from dicomfs.archive import open_archive
+    from dicomfs.index import cfind
+
+    opened = open_archive(archive["data"])  # type: ignore[arg-type]
+    try:
+        q = cfind.build(cfind.Level.STUDY, {"PatientName": "MÜLLER*", "StudyDescription": ""}, patient_root=False,
+                        fold_names=True)
+        assert [a["StudyDescription"] for a in cfind.run(opened.db, q)] == ["MR Brain"]
+        sql = " AND ".join(q.conditions)
+        assert "patient_name_folded GLOB" in sql and "upper(" not in sql
+        plan = " ".join(str(r[3]) for r in opened.db.query(
+            f"EXPLAIN QUERY PLAN SELECT 1 FROM patients p WHERE {q.conditions[-1]}", q.args[-2:]))
+        assert "patients_name_folded" in plan, plan
+        strict = cfind.build(cfind.Level.STUDY, {"PatientName": "müller*"}, patient_root=False, fold_names=False)
+        assert list(cfind.run(opened.db, strict)) == []  # without folding, case counts
+    finally:
+        opened.close()
+
+
+def test_fold_name_folds_every_script() -> None:
+    from dicomfs.index.cfind import fold_name
+
+    assert fold_name("Ödegård^Åsa") == fold_name("ÖDEGÅRD^åsa") == "ödegård^åsa"
+    assert fold_name("STRASSE") == fold_name("Straße")
+    assert fold_name("O\u0308degard") == fold_name("Ödegard")  # decomposed and composed alike
+    assert fold_name("ΣΊΣΥΦΟΣ") == fold_name("σίσυφος")

@@ -48,7 +48,7 @@ def test_level_names() -> None:
     assert naming.patient_name("", "") == "(no name)"
     assert naming.patient_name("Yamada^Tarou=山田^太郎=やまだ^たろう", "1") == "Yamada^Tarou [1]"
     assert naming.patient_name("=山田^太郎", "1") == "山田^太郎 [1]"
-    assert naming.patient_name("../../etc", "x/y") == ".._.._etc [x_y]"
+    assert naming.patient_name("../../etc", "x/y") == "___.._etc [x_y]"  # never hidden, never a path
     assert naming.study_name("20240301", "CT Thorax", "ACC123") == "2024-03-01 CT Thorax [ACC123]"
     assert naming.study_name("", "", "", "CT\\PT") == "(no date) CT_PT"
     assert naming.study_name("2024", "", "") == "(no date) (no description)"
@@ -60,6 +60,24 @@ def test_level_names() -> None:
     assert naming.instance_stem(-3) == "-003"
     assert naming.instance_stem(None) == "nonum"
     assert naming.dated_study_name("081500", "DOE^JOHN", "CT", "A1") == "0815 DOE^JOHN CT [A1]"
+
+
+def test_names_that_begin_with_a_dot_are_shown_not_hidden() -> None:
+    from dicomfs.mount.rows import PatientRow
+
+    assert naming.patient_name(".hidden^anna", "P1") == "_hidden^anna [P1]"
+    assert naming.patient_name("...^x", "") == "___^x"
+    assert naming.patient_name(".", "") == "(no name)"
+    assert naming.series_name(None, "", ".Localizer") == "_Localizer"
+    assert naming.series_name(None, ".", "x") == "_ x"
+    assert naming.dated_study_name("", ".DOE", "", "") == "_DOE"
+    assert naming.uid_name(".1.2") == "_1.2"
+    rows = [PatientRow(1, "_hidden", "", 0.0), PatientRow(2, ".hidden", "", 0.0), PatientRow(3, ".hidden", "", 0.0)]
+    named = [n for n, _ in naming.named_patients(rows)]
+    assert named == ["_hidden", "_hidden (2)", "_hidden (3)"]  # unique, by arrival order
+    assert [n for n, _ in naming.named_patients(rows[:2])] == named[:2]  # stable as newcomers arrive
+    assert not any(n.startswith(".") for n in named)
+    assert naming.safe_component(".voi", fallback="x") == ".voi"  # a user's own derived file keeps its name
 
 
 def test_unique_names_first_come_keeps_the_plain_name() -> None:

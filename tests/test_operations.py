@@ -273,6 +273,44 @@ def test_query_folders_are_saved_by_use_and_removed_by_rmdir(mount: Mount) -> No
     assert mount.names("query") == []
 
 
+def test_an_invalid_query_folder_is_logged_once_with_its_reason_and_keeps_its_errno(
+        mount: Mount, caplog: pytest.LogCaptureFixture) -> None:
+    query = mount.inode("query")
+    caplog.set_level("DEBUG", logger="dicomfs.mount.layouts")
+    for _ in range(3):
+        assert mount.errno_of(mount.ops.lookup, query, b"SliceThikness<1", None) == errno.ENOENT
+        assert mount.errno_of(mount.ops.mkdir, query, b"SliceThikness<1", 0o755, None) == errno.EINVAL
+    assert mount.errno_of(mount.ops.lookup, query, b"Modality=(", None) == errno.ENOENT
+    assert mount.errno_of(mount.ops.lookup, query, b".hidden", None) == errno.ENOENT  # a file manager's probe
+    warnings = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelname != "DEBUG"]
+    assert [level for level, _ in warnings] == ["WARNING", "WARNING"]
+    unknown, syntax = (message for _, message in warnings)
+    assert unknown.startswith("/query/SliceThikness<1 is not a query: unknown keyword 'SliceThikness' "
+                              "(did you mean SliceThickness?) at position 0; known attributes")
+    assert "; instance: " in unknown and "SliceThickness" in unknown and "\n" not in unknown
+    assert syntax == "/query/Modality=( is not a query: expected a value after '=', found '(' at position 9"
+    assert mount.names("query") == []  # nothing invalid is saved
+
+
+def test_patients_studies_and_series_named_with_a_leading_dot_are_visible(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    dicomgen.series(src / "a", 1, PatientName=".Hidden^Anna", PatientID="", StudyDescription=".secret",
+                    SeriesNumber=None, Modality="", SeriesDescription=".localizer")
+    dicomgen.series(src / "b", 1, PatientName="_Hidden^Anna", PatientID="")
+    archive = open_archive(tmp_path / "data")
+    try:
+        assert run_import(archive, [src], workers=1, progress=False).counts["stored"] == 2
+        m = Mount(archive, tmp_path / "derived")
+        patients = m.names("patients")
+        assert sorted(patients) == ["_Hidden^Anna", "_Hidden^Anna (2)"]  # unique, neither hidden
+        studies = [(p, st) for p in patients for st in m.names("patients", p) if st != "patient.json"]
+        series = [n for p, st in studies for n in m.names("patients", p, st)]
+        assert "_localizer" in series
+        assert not any(n.startswith(".") for n in [*patients, *(st for _, st in studies), *series])
+    finally:
+        archive.close()
+
+
 def test_new_instances_and_deletions_reach_listings_through_the_change_log(mount: Mount, tmp_path: Path) -> None:
     series = mount.inode(*SERIES)
     study = mount.inode(*SERIES[:3])

@@ -13,6 +13,7 @@ import pytest
 
 from dicomfs.archive import open_archive
 from dicomfs.index import query_language
+from dicomfs.index.cfind import fold_name
 from dicomfs.index.db import Database
 from dicomfs.index.query_language import LEVELS, QuerySyntaxError, compile_query, run
 
@@ -34,14 +35,18 @@ class Rows:
         row = {"patient_key": f"key{n}", "patient_id": f"P{n}", "issuer_of_patient_id": "",
                "patient_name": f"PATIENT^{n}", "patient_birth_date": "", "patient_birth_time": "", "patient_sex": "",
                "other_patient_ids": "", "ethnic_group": "", "patient_comments": "", "created_at": 0, "updated_at": 0}
-        return self._insert("patients", row | cols)
+        row |= cols
+        return self._insert("patients", row | {"patient_name_folded": fold_name(row["patient_name"])})
 
     def study(self, patient: int, **cols: Any) -> int:
         row = {"patient_id": patient, "study_uid": f"1.2.1.{next(self._n)}", "study_date": "", "study_time": "",
                "accession_number": "", "study_id": "", "study_description": "", "referring_physician_name": "",
                "physicians_reading": "", "admitting_diagnoses": "", "patient_age": "", "patient_size": "",
                "patient_weight": "", "institution_name": "", "created_at": 0, "updated_at": 0}
-        return self._insert("studies", row | cols)
+        row |= cols
+        folded = {"referring_physician_name_folded": fold_name(row["referring_physician_name"]),
+                  "physicians_reading_folded": fold_name(row["physicians_reading"])}
+        return self._insert("studies", row | folded)
 
     def series(self, study: int, **cols: Any) -> int:
         row = {"study_id": study, "series_uid": f"1.2.2.{next(self._n)}", "modality": "CT", "series_number": None,
@@ -418,7 +423,8 @@ def test_the_module_examples_run() -> None:
     ("Modalty=PT", 0, "unknown keyword 'Modalty' (did you mean Modality?)"),
     ("Modality=PT and StudyDat>=2024", 16, "unknown keyword 'StudyDat' (did you mean StudyDate?)"),
     ("Xyzzy=1", 0, "unknown keyword 'Xyzzy'"),
-    ("SliceThickness=1", 0, "SliceThickness is not kept in the index"),
+    ("SliceThikness=1", 0, "unknown keyword 'SliceThikness' (did you mean SliceThickness?)"),
+    ("PatientState=1", 0, "PatientState is not kept in the index"),
     ("ModalitiesInStudy=PT", 0, "ModalitiesInStudy is computed from other rows and cannot be queried (use Modality"),
     # sequences
     ("ReferencedSeriesSequence=1", 0, "ReferencedSeriesSequence is a sequence (VR SQ)"),

@@ -176,3 +176,30 @@ def test_rules_route_arriving_studies_into_projects(daemon: Daemon, tmp_path: Pa
     bad.write_text('[[rules]]\nproject = "X"\nmatch = "Modalty=PT"\n')
     result = run_cli("find", "--config", bad, "--data-dir", daemon.data_dir, check=False)
     assert result.returncode == 2 and "did you mean" in result.stderr.lower()
+
+
+def test_the_mount_finds_by_acquisition_values_and_folded_names_and_says_why_a_query_is_refused(
+    daemon: Daemon, data_dir: Path, tmp_path: Path
+) -> None:
+    dicomgen.series(tmp_path / "mr", 2, PatientID="N1", PatientName="Ödegård^Åsa", Modality="MR",
+                    SeriesDescription="t2_tse", SliceThickness=0.9, EchoTime=96.0)
+    dicomgen.series(tmp_path / "dot", 1, PatientID="", PatientName=".Hidden^Anna", SliceThickness=5.0)
+    run_cli("import", "--data-dir", data_dir, tmp_path / "mr", tmp_path / "dot")
+    daemon.start()
+    assert sorted(os.listdir(daemon.mount / "patients")) == ["_Hidden^Anna", "Ödegård^Åsa [N1]"]
+    query = daemon.mount / "query"
+    [study] = os.listdir(query / "PatientName=ödegård* and SliceThickness<=1 and EchoTime>=80")
+    assert study.startswith("Ödegård^Åsa ")
+    series = json.loads((query / "SliceThickness>1" / os.listdir(query / "SliceThickness>1")[0]
+                         / "003 CT Lung 1.0" / "series.json").read_text())
+    assert (series["SliceThickness"], series["PixelSpacing"], series["Rows"]) == (5.0, [0.7, 0.7], 16)
+    for _ in range(2):
+        assert not (query / "SliceThikness<1").exists()  # ENOENT, and the reason in the log once
+        with pytest.raises(OSError) as err:
+            os.mkdir(query / "SliceThikness<1")
+        assert err.value.errno == errno.EINVAL
+    wait_for(lambda: "is not a query" in daemon.log(), 5, "the warning")
+    refused = [line for line in daemon.log().splitlines() if "is not a query" in line]
+    assert len(refused) == 1 and "WARNING" in refused[0]
+    assert "/query/SliceThikness<1 is not a query: unknown keyword 'SliceThikness' (did you mean SliceThickness?) " \
+           "at position 0; known attributes" in refused[0]

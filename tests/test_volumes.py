@@ -373,6 +373,21 @@ def _image(volume, paths: list[Path]) -> nib.Nifti1Image:  # type: ignore[no-unt
         source.close()
 
 
+def undo_schema_v7(db) -> None:  # type: ignore[no-untyped-def]
+    import re
+
+    from dicomfs.index.schema import SCHEMA_V7
+
+    for trigger in re.findall(r"CREATE TRIGGER (\w+)", SCHEMA_V7):
+        db.execute(f"DROP TRIGGER {trigger}")
+    for index in re.findall(r"CREATE INDEX (\w+)", SCHEMA_V7):
+        db.execute(f"DROP INDEX {index}")
+    for table in re.findall(r"CREATE TABLE (\w+)", SCHEMA_V7):
+        db.execute(f"DROP TABLE {table}")
+    for table, column in re.findall(r"ALTER TABLE (\w+) ADD COLUMN (\w+)", SCHEMA_V7):
+        db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+
+
 class _BytesIO:
     def __new__(cls, data: bytes):  # type: ignore[no-untyped-def]
         import io
@@ -389,12 +404,13 @@ def test_an_index_of_schema_v5_is_upgraded_and_backfilled(tmp_path: Path) -> Non
     run_import(archive, [tmp_path / "src"], workers=1, progress=False)
     db = archive.db
     with db.transaction():  # back to what schema v5 had
+        undo_schema_v7(db)
         db.execute("DROP TABLE volume_plans")
         for column in ("volume_facts", "volume_sidecar", "facts_version"):
             db.execute(f"ALTER TABLE instances DROP COLUMN {column}")
         db.execute("PRAGMA user_version = 5")
     migrate(db)
-    assert db.get_int("PRAGMA user_version") == SCHEMA_VERSION == 6
+    assert db.get_int("PRAGMA user_version") == SCHEMA_VERSION == 7
     assert db.query("SELECT DISTINCT volume_facts, facts_version FROM instances") == [("", 0)]
     assert series_volumes(db, 1).plan.volumes == []  # nothing recorded yet: no volume, and no failure
     assert archive.writer.refresh_volume_facts() == 3

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import TextIO
 
 from dicomfs.commands.output import print_table
+from dicomfs.errors import UserError
 from dicomfs.index import organise, query_language
 from dicomfs.index.db import Database
+from dicomfs.index.schema import SCHEMA_VERSION
 
 _PARENT = {
     "study": ("SELECT patient_id FROM studies WHERE id = ?", "patient"),
@@ -70,6 +72,8 @@ class MountPaths:
 
 def find(db: Database, text: str, level: str, output: str, mount: Path, out: TextIO, limit: int | None) -> int:
     """Print the matches of ``text`` at ``level``; returns how many matched."""
+    query_language.compile_query(text, level)  # a bad query is the first thing to say
+    _check_schema(db)
     ids = query_language.run(db, text, level, limit=limit)
     if output == "count":
         out.write(f"{len(ids)}\n")
@@ -95,3 +99,11 @@ def find(db: Database, text: str, level: str, output: str, mount: Path, out: Tex
     if output == "table":
         print_table(rows, columns, out)
     return len(ids)
+
+
+def _check_schema(db: Database) -> None:
+    """``find`` reads the index without writing: an index of an older dicomfs is not upgraded here."""
+    version = db.get_int("PRAGMA user_version")
+    if version < SCHEMA_VERSION:
+        raise UserError(f"the index {db.path} is of an older dicomfs (schema {version}, this one reads "
+                        f"{SCHEMA_VERSION}): start 'dicomfs serve' once, which upgrades it")

@@ -9,6 +9,7 @@ mistake of LIKE-based matchers) and only '[' needs escaping.
 from __future__ import annotations
 
 import enum
+import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -100,6 +101,18 @@ KEYS: dict[str, Key] = {
     "Columns": Key(_I, "i.columns", "US"),
     "NumberOfFrames": Key(_I, "i.number_of_frames", "IS"),
 }
+
+# Person names case-folded at ingest (``fold_name``), each with the index that matching uses.
+FOLDED_COLUMNS = {"p.patient_name": "p.patient_name_folded",
+                  "st.referring_physician_name": "st.referring_physician_name_folded",
+                  "st.physicians_reading": "st.physicians_reading_folded"}
+
+
+def fold_name(text: str) -> str:
+    """``text`` for case-insensitive matching in any script: 'Ödegård^Åsa' → 'ödegård^åsa',
+    'STRASSE' and 'Straße' alike (Unicode full case folding of the NFC form)."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", text).casefold())
+
 
 _ORDER = [Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE]
 _UNIQUE = {Level.PATIENT: "PatientID", Level.STUDY: "StudyInstanceUID", Level.SERIES: "SeriesInstanceUID",
@@ -203,8 +216,8 @@ def _single_value(col: str, vr: str, value: str, fold: bool) -> tuple[str, list[
             raise QueryError(f"{value!r} is not an integer") from exc
     if vr == "PN":  # a name also matches the first group of 'Yamada^Tarou=山田^太郎=...'
         return _wildcard(col, value.replace("*", "").replace("?", ""), fold, person_name=True)
-    if fold:
-        return f"upper({col}) = upper(?)", [value]
+    if fold and col in FOLDED_COLUMNS:
+        return f"{FOLDED_COLUMNS[col]} = ?", [fold_name(value)]
     return f"{col} = ?", [value]
 
 
@@ -213,12 +226,12 @@ def _wildcard(col: str, value: str, fold: bool, *, person_name: bool = False) ->
 
     For person names the pattern may also match the first component group alone.
     """
-    pattern = value.replace("[", "[[]")
-    target = f"upper({col})" if fold else col
-    glob = "upper(?)" if fold else "?"
+    fold = fold and col in FOLDED_COLUMNS  # the stored folded name and its index, not a function per row
+    target = FOLDED_COLUMNS[col] if fold else col
+    pattern = (fold_name(value) if fold else value).replace("[", "[[]")
     if person_name and "=" not in pattern:
-        return f"({target} GLOB {glob} OR {target} GLOB {glob})", [pattern, pattern + "=*"]
-    return f"{target} GLOB {glob}", [pattern]
+        return f"({target} GLOB ? OR {target} GLOB ?)", [pattern, pattern + "=*"]
+    return f"{target} GLOB ?", [pattern]
 
 
 def _range(col: str, value: str) -> tuple[str, list[Any]]:

@@ -15,9 +15,15 @@ Terms are joined with ``and``, ``or``, ``not`` and parentheses; ``not`` binds ti
     has:derived
     (Modality=PT or Modality=NM) and not tag:excluded
 
-Person names (VR PN) compare case-insensitively for = and != (ASCII letters: SQLite's LIKE
-folds no others), and a name also matches the first component group of ``Yamada^Tarou=山田^太郎``.
-Other text compares case-sensitively, except with ``~``.
+Person names (VR PN) compare case-insensitively in any script (``PatientName=ödegård*`` finds
+``Ödegård^Åsa``: the index keeps each name Unicode case-folded, ``cfind.fold_name``), and a name
+also matches the first component group of ``Yamada^Tarou=山田^太郎``. Other text compares
+case-sensitively, except with ``~`` (ASCII letters only, as SQLite's LIKE folds them).
+
+Numbers (IS, DS, FD, US) compare as numbers. A multi-valued attribute (``MULTI_VALUED``:
+ImageType, PixelSpacing, ScanningSequence, ...) matches a single value when any of its values
+does (``ImageType=DERIVED``, ``PixelSpacing<0.8``), and a value with backslashes against the
+whole list (``ImageType=ORIGINAL\\PRIMARY\\AXIAL``, ``PixelSpacing=0.5\\0.5``).
 
 Semantics at a result level (patient, study, series or instance): an attribute of that level or
 one above compares that entity's own value or its ancestor's; an attribute of a level below
@@ -46,12 +52,14 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dicomfs.index.cfind import KEYS, Key, Level
+from dicomfs.index.cfind import FOLDED_COLUMNS, KEYS, Key, Level, fold_name
+from dicomfs.index.schema import SERIES_VALUE_COLUMNS
 
 if TYPE_CHECKING:
     from dicomfs.index.db import Database
 
-__all__ = ["LEVELS", "Compiled", "QuerySyntaxError", "compile_query", "run"]
+__all__ = ["LEVELS", "MULTI_VALUED", "QUERY_KEYS", "Compiled", "QuerySyntaxError", "compile_query", "known_keywords",
+           "run"]
 
 LEVELS = ("patient", "study", "series", "instance")
 _TABLES = ("patients p", "studies st", "series se", "instances i")
@@ -66,20 +74,87 @@ _NUMERIC_VRS = frozenset({"IS", "DS", "US", "UL", "SS", "SL", "FL", "FD", "SV", 
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _PLAIN_COLUMN = re.compile(r"(p|st|se|i)\.\w+")
 _INSTEAD = {"ModalitiesInStudy": "Modality", "SOPClassesInStudy": "SOPClassUID"}
-_LOWER_KEYS = {k.lower(): k for k in KEYS}
+
+_SE, _I = Level.SERIES, Level.IMAGE
+# Searchable beyond the C-FIND keys: what research users filter series and images on (the
+# equipment, acquisition and geometry attributes PACS and research archives index).
+_SEARCHABLE: dict[str, Key] = {
+    "StationName": Key(_SE, "se.station_name", "SH"),
+    "Manufacturer": Key(_SE, "se.manufacturer", "LO"),
+    "ManufacturerModelName": Key(_SE, "se.manufacturer_model_name", "LO"),
+    "FrameOfReferenceUID": Key(_SE, "se.frame_of_reference_uid", "UI"),
+    "PatientPosition": Key(_SE, "se.patient_position", "CS"),
+    "PerformedProcedureStepDescription": Key(_SE, "se.pps_description", "LO"),
+    "Radiopharmaceutical": Key(_SE, "se.radiopharmaceutical", "LO"),
+    "Units": Key(_SE, "se.units", "CS"),
+    "DecayCorrection": Key(_SE, "se.decay_correction", "CS"),
+    "ReconstructionMethod": Key(_SE, "se.reconstruction_method", "LO"),
+    "ImageType": Key(_I, "i.image_type", "CS"),
+    "PhotometricInterpretation": Key(_I, "i.photometric", "CS"),
+    "AcquisitionDate": Key(_I, "i.acquisition_date", "DA"),
+    "AcquisitionTime": Key(_I, "i.acquisition_time", "TM"),
+    "SliceThickness": Key(_I, "i.slice_thickness", "DS"),
+    "SpacingBetweenSlices": Key(_I, "i.spacing_between_slices", "DS"),
+    "PixelSpacing": Key(_I, "i.pixel_spacing", "DS"),
+    "EchoTime": Key(_I, "i.echo_time", "DS"),
+    "RepetitionTime": Key(_I, "i.repetition_time", "DS"),
+    "InversionTime": Key(_I, "i.inversion_time", "DS"),
+    "FlipAngle": Key(_I, "i.flip_angle", "DS"),
+    "MagneticFieldStrength": Key(_I, "i.magnetic_field_strength", "DS"),
+    "DiffusionBValue": Key(_I, "i.diffusion_b_value", "FD"),
+    "SequenceName": Key(_I, "i.sequence_name", "SH"),
+    "ScanningSequence": Key(_I, "i.scanning_sequence", "CS"),
+    "SequenceVariant": Key(_I, "i.sequence_variant", "CS"),
+    "ScanOptions": Key(_I, "i.scan_options", "CS"),
+    "MRAcquisitionType": Key(_I, "i.mr_acquisition_type", "CS"),
+    "KVP": Key(_I, "i.kvp", "DS"),
+    "XRayTubeCurrent": Key(_I, "i.xray_tube_current", "IS"),
+    "ConvolutionKernel": Key(_I, "i.convolution_kernel", "SH"),
+    "ContrastBolusAgent": Key(_I, "i.contrast_bolus_agent", "LO"),
+}
+# Every attribute the language knows: the C-FIND keys (index/cfind.py) and the ones above.
+QUERY_KEYS: dict[str, Key] = {**KEYS, **_SEARCHABLE}
+# Attributes with several values (stored backslash-separated): one value matches any of them,
+# a value with backslashes the whole list.
+MULTI_VALUED = frozenset({"OtherPatientIDs", "ImageType", "PixelSpacing", "ScanningSequence", "SequenceVariant",
+                          "ScanOptions", "ConvolutionKernel"})
+_LOWER_KEYS = {k.lower(): k for k in QUERY_KEYS}
+_LEVEL_NAMES = {Level.PATIENT: "patient", Level.STUDY: "study", Level.SERIES: "series", Level.IMAGE: "instance"}
+
+
+def known_keywords() -> dict[str, list[str]]:
+    """The attributes a query may compare, by level (patient, study, series, instance)."""
+    known: dict[str, list[str]] = {name: [] for name in _LEVEL_NAMES.values()}
+    for keyword, key in QUERY_KEYS.items():
+        if _PLAIN_COLUMN.fullmatch(key.sql):
+            known[_LEVEL_NAMES[key.level]].append(keyword)
+    return known
+
+
+def _known_text() -> str:
+    lines = [f"  {level}: {', '.join(sorted(keywords))}" for level, keywords in known_keywords().items()]
+    return "known attributes (any level may be used at any other):\n" + "\n".join(lines) + \
+        "\n  and tag:KEY[=VALUE], project:NAME, has:derived"
 
 
 class QuerySyntaxError(ValueError):
     """A query that cannot be parsed; ``str()`` adds the query and a caret under ``position``."""
 
-    def __init__(self, reason: str, query: str, position: int) -> None:
+    def __init__(self, reason: str, query: str, position: int, notes: str = "") -> None:
         self.reason, self.query, self.position = reason, query, position
-        self.message = f"{reason} at position {position}"
+        self.message = f"{reason} at position {position}"  # one line: what a log says
+        self.notes = notes  # more help, shown after the caret (the known attributes)
         super().__init__(self.message)
 
     def __str__(self) -> str:
         shown = re.sub(r"\s", " ", self.query)  # keeps the caret aligned under tabs and newlines
-        return f"{self.message}\n{shown}\n{' ' * self.position}^"
+        return f"{self.message}\n{shown}\n{' ' * self.position}^" + (f"\n{self.notes}" if self.notes else "")
+
+    def one_line(self) -> str:
+        """The message and the notes on one line, for a log."""
+        notes = re.sub(r":\n\s*", ": ", self.notes.strip())
+        notes = re.sub(r"\n\s*", "; ", notes)
+        return f"{self.message}; {notes}" if notes else self.message
 
 
 @dataclass(frozen=True)
@@ -246,8 +321,8 @@ class _Parser:
         return self._link(tok) if ":" in tok.text else self._attribute(tok, self._key(tok))
 
     def _key(self, tok: _Token) -> Key:
-        keyword = tok.text if tok.text in KEYS else _LOWER_KEYS.get(tok.text.lower(), "")
-        key = KEYS.get(keyword)
+        keyword = tok.text if tok.text in QUERY_KEYS else _LOWER_KEYS.get(tok.text.lower(), "")
+        key = QUERY_KEYS.get(keyword)
         if key is not None and _PLAIN_COLUMN.fullmatch(key.sql):
             return key
         if key is not None:
@@ -260,9 +335,9 @@ class _Parser:
             raise self._error(f"{tok.text} is a sequence (VR SQ): sequences cannot be queried", tok)
         close = difflib.get_close_matches(tok.text.lower(), _LOWER_KEYS, n=1, cutoff=0.6)
         hint = f" (did you mean {_LOWER_KEYS[close[0]]}?)" if close else ""
-        if tok.text in keyword_dict:
-            raise self._error(f"{tok.text} is not kept in the index{hint}", tok)
-        raise self._error(f"unknown keyword '{tok.text}'{hint}", tok)
+        reason = (f"{tok.text} is not kept in the index{hint}" if tok.text in keyword_dict
+                  else f"unknown keyword '{tok.text}'{hint}")
+        raise QuerySyntaxError(reason, self.text, tok.pos, _known_text())
 
     def _attribute(self, tok: _Token, key: Key) -> _Attr:
         op = self._take()
@@ -270,6 +345,11 @@ class _Parser:
             raise self._error(f"expected an operator (=, !=, <, <=, >, >=, ~) after '{tok.text}', "
                               f"found {self._found(op)}", op)
         found, value = self._value(op)
+        if key.sql in _MULTI_COLUMNS and "\\" in value and key.vr in _NUMERIC_VRS:
+            if op.text not in ("=", "!=") or not all(_NUMBER.fullmatch(v) for v in value.split("\\")):
+                raise self._error(f"a list of values ({value}) compares with = or != and holds numbers only, "
+                                  f"for {tok.text} (VR {key.vr})", found)
+            return _Attr(key, op.text, value)
         if key.vr not in _NUMERIC_VRS:
             if key.vr in ("DA", "DT") and re.fullmatch(r"\d{4}-\d\d(-\d\d)?", value):
                 value = value.replace("-", "")
@@ -316,30 +396,81 @@ def _like(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-# INTEGER columns of the schema (NULL when absent or not a number).
-_INTEGER_COLUMNS = frozenset({"se.series_number", "i.instance_number", "i.rows", "i.columns", "i.number_of_frames"})
+# INTEGER and REAL columns of the schema (NULL when absent or not a number).
+_NUMBER_COLUMNS = frozenset({"se.series_number", "i.instance_number", "i.rows", "i.columns", "i.number_of_frames",
+                             *(k.sql for k in _SEARCHABLE.values()
+                               if k.vr in _NUMERIC_VRS and k.sql != "i.pixel_spacing")})
+_MULTI_COLUMNS = frozenset(QUERY_KEYS[k].sql for k in MULTI_VALUED)
+# Instance text whose distinct values per series are kept in series_values (schema v7): from
+# study and series level a condition on them reads those, not every instance.
+_DISTINCT_COLUMNS = {f"i.{column}": keyword for keyword, column in SERIES_VALUE_COLUMNS.items()}
 
 
 def _compare(col: str, vr: str, op: str, value: str | float) -> tuple[str, list[object]]:
     """One comparison of a column; never NULL, so that NOT is the complement."""
-    if col in _INTEGER_COLUMNS:  # a plain comparison: SQLite can search the column's index
+    if col in _NUMBER_COLUMNS:  # a plain comparison: SQLite can search the column's index
         return f"({col} IS NOT NULL AND {col} {op} ?)", [value]
+    if col in _MULTI_COLUMNS:
+        return _compare_items(col, vr, op, value)
     if vr in _NUMERIC_VRS:  # text columns hold numbers as received; '' and NULL are absent
         return f"coalesce(trim({col}) != '' AND CAST({col} AS REAL) {op} ?, 0)", [value]
     assert isinstance(value, str)
+    return _compare_text(col, vr, op, value)
+
+
+def _compare_text(col: str, vr: str, op: str, value: str) -> tuple[str, list[object]]:
+    if vr == "PN" and col in FOLDED_COLUMNS:  # names compare folded: any case, any script
+        return _compare_name(FOLDED_COLUMNS[col], op, fold_name(value))
     if op == "~":
         return f"{col} LIKE ? ESCAPE '\\'", [f"%{_like(value)}%"]
     if op not in ("=", "!="):
         return f"({col} != '' AND {col} {op} ?)", [value]  # an absent date is not before every date
     negate = "NOT " if op == "!=" else ""
-    if vr == "PN":  # LIKE folds case; the second pattern matches the first component group
-        pattern = _like(value).replace("*", "%").replace("?", "_")
-        if "=" in value:
-            return f"{negate}({col} LIKE ? ESCAPE '\\')", [pattern]
-        return f"{negate}({col} LIKE ? ESCAPE '\\' OR {col} LIKE ? ESCAPE '\\')", [pattern, pattern + "=%"]
     if "*" in value or "?" in value:  # GLOB: case-sensitive, and '%' and '_' are plain characters
         return f"{negate}({col} GLOB ?)", [value.replace("[", "[[]")]
     return f"{col} {op} ?", [value]
+
+
+def _compare_name(folded: str, op: str, value: str) -> tuple[str, list[object]]:
+    """A person name against its stored folded form (``fold_name``), from the column's index.
+
+    GLOB, so '%' and '_' are plain characters; the second pattern matches the first
+    component group of 'Yamada^Tarou=山田^太郎'.
+    """
+    if op == "~":
+        return f"instr({folded}, ?) > 0", [value]
+    if op not in ("=", "!="):
+        return f"({folded} != '' AND {folded} {op} ?)", [value]
+    negate = "NOT " if op == "!=" else ""
+    pattern = value.replace("[", "[[]")
+    if "=" in value:
+        return f"{negate}({folded} GLOB ?)", [pattern]
+    return f"{negate}({folded} GLOB ? OR {folded} GLOB ?)", [pattern, pattern + "=*"]
+
+
+def _compare_items(col: str, vr: str, op: str, value: str | float) -> tuple[str, list[object]]:
+    """A multi-valued attribute: one value against each item (any may match), a list with
+    backslashes against the whole value. Numbers are PixelSpacing's two items."""
+    if vr in _NUMERIC_VRS:
+        first = f"CAST({col} AS REAL)"
+        second = f"CAST(substr({col}, instr({col}, '\\') + 1) AS REAL)"
+        two = f"(instr({col}, '\\') > 0)"
+        if isinstance(value, str):  # a list: every item equal, as many items
+            numbers = [float(v) for v in value.split("\\")]
+            if len(numbers) != 2:
+                cond, args = "0", []
+            else:
+                cond = f"({col} != '' AND {two} AND instr(substr({col}, instr({col}, '\\') + 1), '\\') = 0 " \
+                       f"AND {first} = ? AND {second} = ?)"
+                args = numbers
+            return (f"NOT {cond}" if op == "!=" else cond), list(args)
+        return (f"({col} != '' AND ({first} {op} ? OR ({two} AND {second} {op} ?)))", [value, value])
+    assert isinstance(value, str)
+    if "\\" in value or op not in ("=", "!="):  # the whole list, as text
+        return _compare_text(col, vr, op, value)
+    negate = "NOT " if op == "!=" else ""
+    item = value.replace("[", "[[]")
+    return f"{negate}(('\\' || {col} || '\\') GLOB ?)", [f"*\\{item}\\*"]
 
 
 class _Compiler:
@@ -362,6 +493,12 @@ class _Compiler:
                 return f"NOT ({self.sql(term)})"
             case _Bool(op, terms):
                 return "(" + f" {op.upper()} ".join(self.sql(t) for t in terms) + ")"
+            case _Attr(key, op, value) if key.sql in _DISTINCT_COLUMNS and self.level < _DEPTH[Level.IMAGE]:
+                compare = _compare_items if key.sql in _MULTI_COLUMNS else _compare_text
+                cond, args = compare("sv.value", key.vr, op, value)
+                self.args.extend([_DISTINCT_COLUMNS[key.sql], *args])
+                return self._at(_DEPTH[Level.SERIES], "se.id IN (SELECT sv.series_id FROM series_values sv "
+                                                      f"WHERE sv.keyword = ? AND {cond})")
             case _Attr(key, op, value):
                 cond, args = _compare(key.sql, key.vr, op, value)
                 self.args.extend(args)

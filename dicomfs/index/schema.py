@@ -7,6 +7,7 @@ Text columns hold values decoded with the instance's Specific Character Set ('' 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 from dicomfs.index.db import Database
@@ -297,6 +298,143 @@ CREATE TABLE volume_plans (
 );
 """
 
+# Instance columns whose distinct values per series are kept in series_values (schema v7),
+# by DICOM keyword; index/query_language.py reads them from study and series level.
+SERIES_VALUE_COLUMNS = {
+    "ImageType": "image_type", "PhotometricInterpretation": "photometric", "AcquisitionDate": "acquisition_date",
+    "SequenceName": "sequence_name", "ScanningSequence": "scanning_sequence", "SequenceVariant": "sequence_variant",
+    "ScanOptions": "scan_options", "MRAcquisitionType": "mr_acquisition_type",
+    "ConvolutionKernel": "convolution_kernel", "ContrastBolusAgent": "contrast_bolus_agent",
+}
+_SERIES_VALUES_COLUMNS = ", ".join(SERIES_VALUE_COLUMNS.values())
+_SERIES_VALUES_INSERT = ("INSERT OR IGNORE INTO series_values (keyword, value, series_id) "
+                         + " UNION ALL ".join(f"SELECT '{k}', NEW.{c}, NEW.series_id"
+                                              for k, c in SERIES_VALUE_COLUMNS.items()) + ";")
+
+# What users search for (index/query_language.py): case-folded person names, so that
+# ``ödegård*`` finds "Ödegård^Åsa" from an index, and the acquisition and geometry attributes
+# of series and instances. Numbers are REAL (the first value; NULL when absent or not a
+# number) so that they compare as numbers from their index; multi-valued ones are text,
+# backslash-separated. Rows that predate this version are filled by ``_backfill_v7`` from
+# what the index already kept (volume facts and sidecar values); attributes those never held
+# (marked "new arrivals only") stay empty for them until the instance is imported again.
+SCHEMA_V7 = f"""
+ALTER TABLE patients ADD COLUMN patient_name_folded TEXT NOT NULL DEFAULT '';  -- cfind.fold_name(patient_name)
+CREATE INDEX patients_name_folded ON patients(patient_name_folded);
+ALTER TABLE studies ADD COLUMN referring_physician_name_folded TEXT NOT NULL DEFAULT '';  -- folded, as above
+ALTER TABLE studies ADD COLUMN physicians_reading_folded TEXT NOT NULL DEFAULT '';        -- folded, as above
+
+ALTER TABLE series ADD COLUMN manufacturer_model_name TEXT NOT NULL DEFAULT '';  -- (0008,1090)
+ALTER TABLE series ADD COLUMN patient_position TEXT NOT NULL DEFAULT '';         -- (0018,5100)
+ALTER TABLE series ADD COLUMN pps_description TEXT NOT NULL DEFAULT '';          -- (0040,0254); new arrivals only
+ALTER TABLE series ADD COLUMN radiopharmaceutical TEXT NOT NULL DEFAULT '';      -- (0018,0031) in (0054,0016) item 1
+ALTER TABLE series ADD COLUMN units TEXT NOT NULL DEFAULT '';                    -- (0054,1001) PET
+ALTER TABLE series ADD COLUMN decay_correction TEXT NOT NULL DEFAULT '';         -- (0054,1102) PET
+ALTER TABLE series ADD COLUMN reconstruction_method TEXT NOT NULL DEFAULT '';    -- (0054,1103) PET
+
+ALTER TABLE instances ADD COLUMN slice_thickness REAL;         -- (0018,0050) mm
+ALTER TABLE instances ADD COLUMN spacing_between_slices REAL;  -- (0018,0088) mm
+ALTER TABLE instances ADD COLUMN pixel_spacing TEXT NOT NULL DEFAULT '';  -- (0028,0030) 'row\\column' mm, frame 1
+ALTER TABLE instances ADD COLUMN echo_time REAL;               -- (0018,0081) ms (Enhanced MR: effective echo time)
+ALTER TABLE instances ADD COLUMN repetition_time REAL;         -- (0018,0080) ms
+ALTER TABLE instances ADD COLUMN inversion_time REAL;          -- (0018,0082) ms
+ALTER TABLE instances ADD COLUMN flip_angle REAL;              -- (0018,1314) degrees
+ALTER TABLE instances ADD COLUMN magnetic_field_strength REAL; -- (0018,0087) T
+ALTER TABLE instances ADD COLUMN diffusion_b_value REAL;       -- (0018,9087) s/mm2, of the first frame
+ALTER TABLE instances ADD COLUMN kvp REAL;                     -- (0018,0060) kV
+ALTER TABLE instances ADD COLUMN xray_tube_current REAL;       -- (0018,1151) mA
+ALTER TABLE instances ADD COLUMN sequence_name TEXT NOT NULL DEFAULT '';       -- (0018,0024)
+ALTER TABLE instances ADD COLUMN scanning_sequence TEXT NOT NULL DEFAULT '';   -- (0018,0020) backslash-separated
+ALTER TABLE instances ADD COLUMN sequence_variant TEXT NOT NULL DEFAULT '';    -- (0018,0021) backslash-separated
+ALTER TABLE instances ADD COLUMN scan_options TEXT NOT NULL DEFAULT '';        -- (0018,0022) backslash-separated
+ALTER TABLE instances ADD COLUMN mr_acquisition_type TEXT NOT NULL DEFAULT ''; -- (0018,0023) 2D or 3D
+ALTER TABLE instances ADD COLUMN convolution_kernel TEXT NOT NULL DEFAULT '';  -- (0018,1210) backslash-separated
+ALTER TABLE instances ADD COLUMN contrast_bolus_agent TEXT NOT NULL DEFAULT '';  -- (0018,0010); new arrivals only
+ALTER TABLE instances ADD COLUMN acquisition_date TEXT NOT NULL DEFAULT '';    -- (0008,0022); new arrivals only
+ALTER TABLE instances ADD COLUMN acquisition_time TEXT NOT NULL DEFAULT '';    -- (0008,0032)
+
+-- Numbers searched from study and series level: (value, series_id) answers the semi-join of
+-- the query language from the index alone; partial, so an instance without the attribute
+-- (a CT has no echo time) costs no index entry.
+CREATE INDEX instances_slice_thickness ON instances(slice_thickness, series_id) WHERE slice_thickness IS NOT NULL;
+CREATE INDEX instances_echo_time ON instances(echo_time, series_id) WHERE echo_time IS NOT NULL;
+CREATE INDEX instances_repetition_time ON instances(repetition_time, series_id) WHERE repetition_time IS NOT NULL;
+CREATE INDEX instances_inversion_time ON instances(inversion_time, series_id) WHERE inversion_time IS NOT NULL;
+CREATE INDEX instances_flip_angle ON instances(flip_angle, series_id) WHERE flip_angle IS NOT NULL;
+CREATE INDEX instances_field_strength ON instances(magnetic_field_strength, series_id)
+    WHERE magnetic_field_strength IS NOT NULL;
+CREATE INDEX instances_b_value ON instances(diffusion_b_value, series_id) WHERE diffusion_b_value IS NOT NULL;
+CREATE INDEX instances_kvp ON instances(kvp, series_id) WHERE kvp IS NOT NULL;
+
+-- Text searched from study and series level: the distinct values of a series' instances,
+-- kept by the triggers below, so that ImageType=DERIVED or SequenceName=*tse* reads a few
+-- rows per series instead of every instance (query_language._DISTINCT_COLUMNS).
+CREATE TABLE series_values (
+    keyword             TEXT NOT NULL,         -- the DICOM keyword of an instance attribute
+    value               TEXT NOT NULL,         -- one of its distinct values ('' too), whole, as in instances
+    series_id           INTEGER NOT NULL,      -- series.id of instances that have it
+    PRIMARY KEY (keyword, value, series_id)
+) WITHOUT ROWID;
+CREATE INDEX series_values_series ON series_values(series_id);
+CREATE TRIGGER series_values_after_insert AFTER INSERT ON instances BEGIN
+    {_SERIES_VALUES_INSERT}
+END;
+CREATE TRIGGER series_values_after_update AFTER UPDATE OF {_SERIES_VALUES_COLUMNS} ON instances BEGIN
+    {_SERIES_VALUES_INSERT}  -- a remote placeholder filled, an upgrade's backfill
+END;
+CREATE TRIGGER series_values_after_delete AFTER DELETE ON series BEGIN  -- instances go only with their series
+    DELETE FROM series_values WHERE series_id = OLD.id;
+END;
+"""
+
+
+def _backfill_v7(db: Database) -> None:
+    """Fill the v7 columns of existing rows from values the index kept: no file is opened."""
+    from dicomfs.index.cfind import fold_name
+    from dicomfs.parse import searchable_series_values, searchable_values
+
+    names = db.query("SELECT id, patient_name FROM patients")
+    db.conn.executemany("UPDATE patients SET patient_name_folded = ? WHERE id = ?",
+                        [(fold_name(name), row_id) for row_id, name in names])
+    db.conn.executemany(
+        "UPDATE studies SET referring_physician_name_folded = ?, physicians_reading_folded = ? WHERE id = ?",
+        [(fold_name(a), fold_name(b), row_id)
+         for row_id, a, b in db.query("SELECT id, referring_physician_name, physicians_reading FROM studies")])
+    first_sidecar: dict[int, str] = {}
+    updates = []
+    for row_id, series_id, sidecar, facts in db.query(
+            "SELECT id, series_id, volume_sidecar, volume_facts FROM instances ORDER BY id"):
+        if not sidecar and not facts:
+            continue
+        first_sidecar.setdefault(series_id, sidecar)
+        values = searchable_values(json.loads(sidecar or "{}"), _first_frame(facts))
+        updates.append((*values.values(), row_id))
+    if updates:
+        columns = list(searchable_values({}, {}))
+        db.conn.executemany(f"UPDATE instances SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?", updates)
+    series_updates = []
+    for series_id, sidecar in first_sidecar.items():
+        values = {k: v for k, v in searchable_series_values(json.loads(sidecar or "{}")).items() if v}
+        if values:
+            series_updates.append((values, series_id))
+    for values, series_id in series_updates:
+        db.execute(f"UPDATE series SET {', '.join(f'{c} = ?' for c in values)} WHERE id = ?",
+                   (*values.values(), series_id))
+
+
+def _first_frame(facts: str) -> dict[str, object]:
+    frames = json.loads(facts).get("frames") if facts else None
+    return frames[0] if frames else {}
+
+
+def _upgrade_to_v7(db: Database) -> None:
+    db.conn.execute(SCHEMA_V7)
+    _backfill_v7(db)
+    for keyword, column in SERIES_VALUE_COLUMNS.items():  # what the backfill's triggers did not see
+        db.execute(f"INSERT OR IGNORE INTO series_values (keyword, value, series_id) "
+                   f"SELECT DISTINCT '{keyword}', {column}, series_id FROM instances")
+
+
 # Each entry upgrades the schema from version i to i + 1.
 MIGRATIONS: list[Callable[[Database], None]] = [
     lambda db: db.conn.execute(SCHEMA_V1),
@@ -305,6 +443,7 @@ MIGRATIONS: list[Callable[[Database], None]] = [
     lambda db: db.conn.execute(SCHEMA_V4),
     lambda db: db.conn.execute(SCHEMA_V5),
     lambda db: db.conn.execute(SCHEMA_V6),
+    _upgrade_to_v7,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

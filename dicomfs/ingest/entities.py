@@ -8,6 +8,7 @@ Everything here runs inside the caller's transaction.
 
 from __future__ import annotations
 
+from dicomfs.index.cfind import fold_name
 from dicomfs.index.db import Database, NoSuchRowError
 
 
@@ -17,7 +18,7 @@ def upsert(db: Database, table: str, key: str, values: dict[str, object], now: f
         return db.get_int(f"SELECT id FROM {table} WHERE {key} = ?", (values[key],))
     except NoSuchRowError:
         pass
-    row = {**values, "created_at": now, "updated_at": now}
+    row = {**values, **_folded(table, values), "created_at": now, "updated_at": now}
     db.execute(
         f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
         tuple(row.values()),
@@ -26,6 +27,16 @@ def upsert(db: Database, table: str, key: str, values: dict[str, object], now: f
     if table in ("studies", "series"):
         _welcome(db, table, row_id, str(values[key]), now)
     return row_id
+
+
+# Person names kept case-folded beside them, for matching that ignores case in any script.
+_FOLDED = {"patients": {"patient_name": "patient_name_folded"},
+           "studies": {"referring_physician_name": "referring_physician_name_folded",
+                       "physicians_reading": "physicians_reading_folded"}}
+
+
+def _folded(table: str, values: dict[str, object]) -> dict[str, str]:
+    return {folded: fold_name(str(values.get(column) or "")) for column, folded in _FOLDED.get(table, {}).items()}
 
 
 def link_derived(db: Database, derived_sop_uid: str, series_id: int, now: float) -> None:

@@ -7,6 +7,7 @@ from ``naming``. The study and series folders of all layouts share their content
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import ClassVar
 
@@ -41,6 +42,8 @@ from dicomfs.mount.model import (
 )
 from dicomfs.mount.rows import InstanceRow
 from dicomfs.views.jpeg_size import is_color, jpeg_size
+
+log = logging.getLogger(__name__)
 
 
 def folder(name: str, kind: Kind, row_id: int, mtime: float, timeout: float = ENTRY_TIMEOUT) -> Node:
@@ -326,12 +329,20 @@ class Queries(ScopeFolders):
             return study_contents(self.model, inode, entity_id, Kind.QUERY_SERIES, scope=query_id)
         return series_contents(self.model, inode, entity_id)
 
+    def __init__(self, model: Model) -> None:
+        super().__init__(model)
+        self._refused: set[str] = set()  # invalid queries already logged
+
     def save(self, text: str) -> tuple[Node, bool]:
         """The folder of query ``text`` (QuerySyntaxError, a ValueError, if it is not one), and
         whether it was newly saved."""
         from dicomfs.index import query_language
 
-        query_language.compile_query(text, "study")
+        try:
+            query_language.compile_query(text, "study")
+        except ValueError as exc:
+            self._refuse(text, exc)
+            raise
         new = bool(self.db.execute(
             "INSERT INTO queries (text, saved, created_at) VALUES (?, 1, ?) "
             "ON CONFLICT (text) DO UPDATE SET saved = 1 WHERE saved = 0", (text, time.time())))
@@ -341,6 +352,24 @@ class Queries(ScopeFolders):
     def unsave(self, text: str) -> None:
         """rmdir in /query: no longer listed (the folder still answers if used again)."""
         self.db.execute("UPDATE queries SET saved = 0 WHERE text = ?", (text,))
+
+    def _refuse(self, text: str, exc: ValueError) -> None:
+        """One warning per distinct invalid query, naming it and what is wrong (the errno alone
+        says nothing); names beginning with "." are what file managers probe for, not queries."""
+        if text in self._refused:
+            return
+        if len(self._refused) >= _REFUSED_KEPT:
+            self._refused.clear()
+        self._refused.add(text)
+        one_line = getattr(exc, "one_line", None)
+        reason = one_line() if callable(one_line) else str(exc).splitlines()[0]
+        if text.startswith("."):
+            log.debug("/query/%s is not a query: %s", text, reason)
+        else:
+            log.warning("/query/%s is not a query: %s", text, reason)
+
+
+_REFUSED_KEPT = 1000  # distinct invalid queries remembered (so each is logged once)
 
 
 # ---------------------------------------------------------------- /orphans

@@ -41,6 +41,18 @@ def safe_component(text: str, *, fallback: str, max_bytes: int = _BASE_BYTES) ->
     return text
 
 
+def entry_name(text: str, *, fallback: str) -> str:
+    """A folder name for an index row: ``safe_component``, and never hidden.
+
+    ``ls`` and file managers hide names that begin with "."; a row named ".hidden" would
+    vanish from the tree. Leading dots become "_" (a collision with a real "_hidden" gets
+    the usual suffix, by arrival order, so names stay unique and stable).
+    """
+    name = safe_component(text, fallback=fallback)
+    stripped = name.lstrip(".")
+    return "_" * (len(name) - len(stripped)) + stripped if stripped != name else name
+
+
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL"} | {f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10)}
 
 
@@ -92,12 +104,12 @@ def _ident(value: str) -> str:
 def patient_name(name: str, patient_id: str) -> str:
     """'DOE^JOHN [12345]'; the ID in brackets tells apart namesakes."""
     shown = _free(person_name(name)) or "(no name)"
-    return safe_component(_join(shown, _ident(patient_id)), fallback="(no name)")
+    return entry_name(_join(shown, _ident(patient_id)), fallback="(no name)")
 
 
 def study_name(study_date: str, description: str, accession: str, modalities: str = "") -> str:
     """'2024-03-01 CT Thorax [ACC123]'."""
-    return safe_component(
+    return entry_name(
         _join(
             iso_date(study_date) or "(no date)",
             _free(description or modalities) or "(no description)",
@@ -110,7 +122,7 @@ def study_name(study_date: str, description: str, accession: str, modalities: st
 def dated_study_name(study_time: str, patient: str, description: str, accession: str) -> str:
     """Name inside a /dates day folder: '0815 DOE^JOHN CT Thorax [ACC123]'."""
     hhmm = study_time[:4] if len(study_time) >= 4 and study_time[:4].isdigit() else ""
-    return safe_component(
+    return entry_name(
         _join(hhmm, _free(person_name(patient)) or "(no name)", _free(description), _ident(accession)),
         fallback="(study)",
     )
@@ -119,7 +131,7 @@ def dated_study_name(study_time: str, patient: str, description: str, accession:
 def series_name(number: int | None, modality: str, description: str) -> str:
     """'003 CT Lung 1.0'."""
     shown = f"{number:03d}" if number is not None and number >= 0 else (str(number) if number is not None else "")
-    return safe_component(_join(shown, _free(modality), _free(description)) or "(series)", fallback="(series)")
+    return entry_name(_join(shown, _free(modality), _free(description)) or "(series)", fallback="(series)")
 
 
 def instance_stem(number: int | None) -> str:
@@ -133,7 +145,7 @@ def uid_name(uid: str) -> str:
     """A UID as a folder or file name (UIDs are digits and dots; anything else is made safe)."""
     if len(uid) <= 64 and _UID.fullmatch(uid):
         return uid
-    return safe_component(uid, fallback="(no uid)")
+    return entry_name(uid, fallback="(no uid)")
 
 
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
@@ -204,7 +216,7 @@ def named_studies(rows: Sequence[StudyRow], style: str = "patient") -> list[tupl
         return unique_names(rows, lambda r: dated_study_name(r.study_time, r.patient_name, r.study_description,
                                                              r.accession_number))
     if style == "query":
-        return unique_names(rows, lambda r: safe_component(
+        return unique_names(rows, lambda r: entry_name(
             f"{person_name(r.patient_name) or '(no name)'} {study_folder_name(r)}", fallback="(study)"))
     return unique_names(rows, lambda r: uid_name(r.study_uid))
 

@@ -123,6 +123,14 @@ def series_summary(db: Database, series_id: int, named: list[tuple[str, Instance
         "Manufacturer": se["manufacturer"],
         "FrameOfReferenceUID": se["frame_of_reference_uid"],
         "NumberOfSeriesRelatedInstances": se["num_instances"],
+        "InstitutionName": s["institution_name"],
+        "ManufacturerModelName": se["manufacturer_model_name"],
+        "PatientPosition": se["patient_position"],
+        "PerformedProcedureStepDescription": se["pps_description"],
+        **({"Radiopharmaceutical": se["radiopharmaceutical"], "Units": se["units"],
+            "DecayCorrection": se["decay_correction"], "ReconstructionMethod": se["reconstruction_method"]}
+           if se["modality"] in ("PT", "NM") else {}),
+        **acquisition(db, series_id, volume),
         **organisation(db, "series", series_id),
     }
     if volume is not None:
@@ -137,6 +145,85 @@ def series_summary(db: Database, series_id: int, named: list[tuple[str, Instance
         attributes["Remote"] = {"name": name, "NumberOfInstancesThere": count, "LocalInstances": local,
                                 "Complete": bool(complete), "InstancesListed": listed is not None}
     return summary_json("SERIES", attributes, "Instances", children)
+
+# Instance columns shown in series.json: (keyword, column, kind) with kind number, numbers
+# (backslash-separated numbers), list (backslash-separated text) or text.
+_ACQUISITION = (
+    ("ImageType", "image_type", "list"), ("Rows", "rows", "number"), ("Columns", "columns", "number"),
+    ("PixelSpacing", "pixel_spacing", "numbers"), ("SliceThickness", "slice_thickness", "number"),
+    ("SpacingBetweenSlices", "spacing_between_slices", "number"),
+    ("AcquisitionDate", "acquisition_date", "text"), ("AcquisitionTime", "acquisition_time", "text"),
+    ("EchoTime", "echo_time", "number"), ("RepetitionTime", "repetition_time", "number"),
+    ("InversionTime", "inversion_time", "number"), ("FlipAngle", "flip_angle", "number"),
+    ("MagneticFieldStrength", "magnetic_field_strength", "number"),
+    ("DiffusionBValue", "diffusion_b_value", "number"), ("SequenceName", "sequence_name", "text"),
+    ("ScanningSequence", "scanning_sequence", "list"), ("SequenceVariant", "sequence_variant", "list"),
+    ("ScanOptions", "scan_options", "list"), ("MRAcquisitionType", "mr_acquisition_type", "text"),
+    ("KVP", "kvp", "number"), ("XRayTubeCurrent", "xray_tube_current", "number"),
+    ("ConvolutionKernel", "convolution_kernel", "list"), ("ContrastBolusAgent", "contrast_bolus_agent", "text"),
+)
+_NOT_LISTED_WHEN_VARYING = frozenset({"AcquisitionDate", "AcquisitionTime"})  # one per slice: not worth a list
+_VARYING_MAX = 32
+
+
+def acquisition(db: Database, series_id: int, volume: dict[str, Any] | None) -> dict[str, Any]:
+    """Geometry and acquisition values of the series' first image (by instance number), from
+    the index alone; ``ValuesThatVary`` lists the distinct values of those that differ across
+    its images (multi-echo, mixed kernels), at most 32 each."""
+    columns = ", ".join(column for _, column, _ in _ACQUISITION)
+    found = db.query(f"SELECT {columns}, number_of_frames FROM instances "
+                     "WHERE series_id = ? AND rows > 0 ORDER BY instance_number, id", (series_id,))
+    if not found:
+        return {}
+    out: dict[str, Any] = {}
+    varying: dict[str, list[Any]] = {}
+    for index, (keyword, _, kind) in enumerate(_ACQUISITION):
+        values = [_shown(row[index], kind) for row in found]
+        present = [v for v in values if v not in (None, "", [])]
+        if not present:
+            continue
+        out[keyword] = present[0]
+        distinct = list({json.dumps(v): v for v in present}.values())
+        if len(distinct) > 1 and keyword not in _NOT_LISTED_WHEN_VARYING:
+            distinct.sort(key=(lambda v: v) if kind == "number" else json.dumps)
+            varying[keyword] = distinct[:_VARYING_MAX]
+    orientation = _orientation(db.get_val_or("", "SELECT volume_facts FROM instances WHERE series_id = ? AND rows > 0 "
+                                             "ORDER BY instance_number, id LIMIT 1", (series_id,)))
+    if orientation is not None:
+        out["ImageOrientationPatient"] = orientation
+    out["NumberOfFrames"] = sum(row[-1] for row in found)
+    volumes = (volume or {}).get("Volumes") or []
+    if volumes:
+        out["NumberOfSlices"] = volumes[0]["Dimensions"][2]
+    if varying:
+        out["ValuesThatVary"] = varying
+    return out
+
+
+def _shown(value: Any, kind: str) -> Any:
+    if kind == "number" or value is None:
+        return value
+    if kind == "numbers":
+        try:
+            return [float(v) for v in str(value).split("\\")] if value else None
+        except ValueError:
+            return None
+    if kind == "list":
+        return str(value).split("\\") if value else []
+    return value
+
+
+def _orientation(facts: str) -> list[float] | None:
+    """ImageOrientationPatient of the first frame, from the volume facts kept at ingest."""
+    if not facts:
+        return None
+    try:
+        frames = json.loads(facts).get("frames") or [{}]
+        orientation = frames[0].get("orientation")
+    except (ValueError, AttributeError):
+        return None
+    return [round(float(v), 6) for v in orientation] if orientation else None
+
 
 def volume_text(model: Model, packed: int) -> bytes:
     """A volume's sidecar, .bval or .bvec (NoSuchRowError when the series has no such file now)."""
