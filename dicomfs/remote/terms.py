@@ -32,9 +32,8 @@ from dicomfs.index.cfind import KEYS, Key, Level
 
 __all__ = ["RemoteTerms", "TermsError", "deprecation", "parse"]
 
-# Every attribute the query language knows: the C-FIND keys, and the ones it searches beyond
-# them (``QUERY_KEYS``, where the language has such a table).
-_LANGUAGE_KEYS: dict[str, Key] = {**KEYS, **getattr(ql, "QUERY_KEYS", {})}
+# Every attribute the query language knows: the C-FIND keys, and the ones it searches beyond them.
+_LANGUAGE_KEYS: dict[str, Key] = {**KEYS, **ql.QUERY_KEYS}
 _KEYWORD = {key: keyword for keyword, key in _LANGUAGE_KEYS.items()}
 _RANGED_VRS = frozenset({"DA", "TM", "DT"})
 _DEPTH = {"STUDY": 0, "SERIES": 1, "IMAGE": 2}
