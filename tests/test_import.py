@@ -151,6 +151,7 @@ def test_failed_batch_leaves_the_archive_as_it_was(archive: Archive, tmp_path: P
     assert archive.db.query("SELECT * FROM instances ORDER BY id") == before
     assert archive.db.get_val("SELECT count(*) FROM studies") == 1
     assert not list(archive.store.tmp_dir.iterdir())
+    assert len(list(archive.store.root.rglob("*.dcm"))) == 2  # a file the failed batch had placed is gone
 
 
 def test_dicomdir_media_are_read_through_their_directory(archive: Archive, tmp_path: Path) -> None:

@@ -58,7 +58,7 @@ def peer(request: pytest.FixtureRequest, tmp_path: Path, orthanc: Orthanc, peer_
         yield Peer("orthanc", orthanc.aet, orthanc.dicom_port, peer_files)
         return
     node = Daemon(data_dir=tmp_path / "peer-data", mount=tmp_path / "peer-mnt", log_path=tmp_path / "peer.log")
-    run_cli("import", "--data-dir", node.data_dir, *peer_files)
+    run_cli("import", "--create", "--data-dir", node.data_dir, *peer_files)
     try:
         node.start("--no-mount", "--ae-title", "PEER")
         yield Peer("dicomfs", "PEER", node.port, peer_files, node)

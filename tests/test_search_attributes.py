@@ -87,7 +87,7 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                        ReconstructionMethod="OSEM3D 4i8s", Manufacturer="GE MEDICAL SYSTEMS"),
     }
     data = root / "data"
-    run_cli("import", "--data-dir", data, src)
+    run_cli("import", "--create", "--data-dir", data, src)
     return {"data": data, "uids": uids, "studies": {"ct": ct, "mr": mr, "pet": pet}}
 
 

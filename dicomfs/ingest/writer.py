@@ -82,13 +82,22 @@ class IndexWriter:
         """
         results: list[Ingested] = []
         touched: set[int] = set()
-        folders: set[Path] = set()
+        placement = _Placement()
         now = time.time()
+        try:
+            self._add_in_transaction(batch, results, touched, placement, now)
+        except BaseException:
+            placement.remove_files()  # the rows were rolled back: nothing names these files
+            raise
+        return results
+
+    def _add_in_transaction(self, batch: Iterable[Prepared], results: list[Ingested], touched: set[int],
+                            placement: _Placement, now: float) -> None:
         with self.db.transaction():
             batch_sources: dict[int, set[str]] = {}
             for prepared in batch:
                 parsed = prepared.parsed
-                result = self._add_one(parsed, prepared.temp, now, folders)
+                result = self._add_one(parsed, prepared.temp, now, placement)
                 results.append(result)
                 if result.outcome is Outcome.STORED:
                     touched.add(result.series_id)
@@ -106,10 +115,9 @@ class IndexWriter:
                     "  SELECT st.patient_id FROM series se JOIN studies st ON st.id = se.study_id WHERE se.id = :s)",
                     {"t": now, "s": series_id},
                 )
-            self.store.sync_dirs(folders)  # the files are durable before the index names them
-        return results
+            self.store.sync_dirs(placement)  # the files are durable before the index names them
 
-    def _add_one(self, parsed: ParsedInstance, temp: Path, now: float, folders: set[Path]) -> Ingested:
+    def _add_one(self, parsed: ParsedInstance, temp: Path, now: float, placement: _Placement) -> Ingested:
         sop_uid = parsed.sop_uid
         try:
             instance_id, series_id, relpath = self.db.get_row(
@@ -119,7 +127,7 @@ class IndexWriter:
             pass
         else:
             if relpath == "":  # listed from a remote PACS, arriving now: the row becomes local
-                return self._fill_placeholder(instance_id, series_id, parsed, temp, now, folders)
+                return self._fill_placeholder(instance_id, series_id, parsed, temp, now, placement)
             identical = self.store.same_content(relpath, temp)
             self.store.discard(temp)
             if identical:
@@ -138,7 +146,7 @@ class IndexWriter:
         study_id = entities.upsert(self.db, "studies", "study_uid", {**parsed.study, "patient_id": patient_id}, now)
         series_id = entities.upsert(self.db, "series", "series_uid", {**parsed.series, "study_id": study_id}, now)
         relpath = self.store.relpath_for(parsed.study["study_uid"], parsed.series["series_uid"], sop_uid)
-        folders.add(self.store.commit(temp, relpath))
+        placement.place(self.store, temp, relpath)
         row = {**parsed.instance, "series_id": series_id, "file_path": relpath, "received_at": now}
         self.db.execute(
             f"INSERT INTO instances ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
@@ -192,10 +200,10 @@ class IndexWriter:
                     log.info("study %d assigned to project %s by a rule", study_id, rule.project)
 
     def _fill_placeholder(
-        self, instance_id: int, series_id: int, parsed: ParsedInstance, temp: Path, now: float, folders: set[Path]
+        self, instance_id: int, series_id: int, parsed: ParsedInstance, temp: Path, now: float, placement: _Placement
     ) -> Ingested:
         relpath = self.store.relpath_for(parsed.study["study_uid"], parsed.series["series_uid"], parsed.sop_uid)
-        folders.add(self.store.commit(temp, relpath))
+        placement.place(self.store, temp, relpath)
         row = {**parsed.instance, "file_path": relpath, "received_at": now, "fetched": 1}
         self.db.execute(
             f"UPDATE instances SET {', '.join(f'{k} = ?' for k in row)} WHERE id = ?",
@@ -248,3 +256,21 @@ class IndexWriter:
                                     "WHERE id = ?", row)
                 self.db.execute("DELETE FROM volume_plans")  # listings planned from the old facts
         return len(stale)
+
+
+class _Placement(set[Path]):
+    """The folders a batch moved files into (to fsync), and the files themselves: if the
+    transaction that names them fails (a full disk, say), they are removed again, so a
+    refused instance leaves nothing behind."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.files: list[Path] = []
+
+    def place(self, store: Store, temp: Path, relpath: str) -> None:
+        self.add(store.commit(temp, relpath))
+        self.files.append(store.path(relpath))
+
+    def remove_files(self) -> None:
+        for path in self.files:
+            path.unlink(missing_ok=True)

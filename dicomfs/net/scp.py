@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import apsw
 import pydicom
 import trio
 from pydicom.dataset import Dataset
@@ -307,6 +308,10 @@ def _handle_store(event: evt.Event, node: NodeServer) -> Any:
     except trio.RunFinishedError:
         node.store.discard(prepared.temp)
         return _failure(OUT_OF_RESOURCES, "the archive is shutting down")
+    except (apsw.FullError, OSError) as exc:  # a full disk: expected, and said in one line
+        node.store.discard(prepared.temp)
+        log.error("cannot index an instance from %s: %s", source, exc)
+        return _failure(OUT_OF_RESOURCES, f"cannot index: {exc}")
     except Exception as exc:
         node.store.discard(prepared.temp)
         log.exception("cannot index an instance from %s", source)
