@@ -64,6 +64,20 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval:
         time.sleep(interval)
 
 
+def stop_daemon(proc: subprocess.Popen[bytes] | None, mount: Path) -> int | None:
+    """SIGTERM, then wait; returns the exit status. Falls back to kill + lazy unmount."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if os.path.ismount(mount):
+        subprocess.run(["fusermount3", "-u", "-z", str(mount)], check=False)
+    return None if proc is None else proc.returncode
+
+
 @dataclass
 class Daemon:
     """A ``dicomfs serve`` process with its mount; ``stop()`` checks its log for surprises."""
@@ -115,16 +129,7 @@ class Daemon:
     def stop(self) -> int | None:
         """SIGTERM, then wait; returns the exit status. Falls back to kill + lazy unmount."""
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if os.path.ismount(self.mount):
-            subprocess.run(["fusermount3", "-u", "-z", str(self.mount)], check=False)
-        return None if proc is None else proc.returncode
+        return stop_daemon(proc, self.mount)
 
     def unexpected_errors(self) -> list[str]:
         bad = []

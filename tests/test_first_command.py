@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from pathlib import Path
 import dicomgen
 import pydicom
 import pytest
-from conftest import MOUNT_TIMEOUT, cli_env, dcmtk, wait_for
+from conftest import MOUNT_TIMEOUT, cli_env, dcmtk, stop_daemon, wait_for
 
 DICOMFS_COMMAND = Path(sys.executable).parent / "dicomfs"  # .venv/bin/dicomfs, as the README runs it
 
@@ -88,16 +87,7 @@ class FirstRun:
 
     def stop(self) -> int | None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if os.path.ismount(self.mount):
-            subprocess.run(["fusermount3", "-u", "-z", str(self.mount)], check=False)
-        return None if proc is None else proc.returncode
+        return stop_daemon(proc, self.mount)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

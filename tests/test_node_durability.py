@@ -92,7 +92,8 @@ def test_a_full_disk_answers_out_of_resources_and_recovers_when_space_is_freed(
     assert not daemon.unexpected_errors(), daemon.unexpected_errors()
 
 
-def test_eight_senders_and_four_readers_see_no_error_and_identical_bytes(daemon: Daemon, tmp_path: Path) -> None:
+def test_eight_senders_four_readers_and_four_queriers_see_no_error_and_identical_bytes(
+        daemon: Daemon, tmp_path: Path) -> None:
     seed = dicomgen.series(tmp_path / "seed", 20, rows=64, columns=64, PatientID="SEED")
     batches = [dicomgen.series(tmp_path / f"in{i}", 25, rows=64, columns=64, PatientID=f"P{i}") for i in range(8)]
     daemon.start()
@@ -112,16 +113,24 @@ def test_eight_senders_and_four_readers_see_no_error_and_identical_bytes(daemon:
                     assert data == expected[_uid(path)], path
                     reads.append(1)
 
-    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+    def query(_: int) -> subprocess.CompletedProcess[str]:
+        return dcmtk("findscu", "-S", "-aec", "DICOMFS", "-k", "QueryRetrieveLevel=STUDY",
+                     "-k", "PatientID=SEED", "-k", "NumberOfStudyRelatedInstances", "127.0.0.1", daemon.port)
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
         readers = [pool.submit(read_mount) for _ in range(4)]
         stores = [pool.submit(dcmtk, "storescu", "-v", "-aec", "DICOMFS", "127.0.0.1", daemon.port, *paths)
                   for paths in batches]
+        queries = [pool.submit(query, i) for i in range(4)]
         results = [f.result() for f in stores]
+        answers = [f.result() for f in queries]
         stop.set()
         for reader in readers:
             reader.result()  # re-raises a failed or wrong read
     for result in results:
         assert result.returncode == 0 and _statuses(result.stderr) == ["Success"] * 25, result.stderr
+    for answer in answers:  # queries answered while the node stores
+        assert answer.returncode == 0 and "(0020,1208) IS [20]" in answer.stderr, answer.stderr
     assert len(reads) > 20, "the mount was hardly read during the transfers"
     wait_for(lambda: len(os.listdir(daemon.mount / "patients")) == 9, 2.0, "nine patients")
     files = sorted((daemon.mount / "patients").rglob("*.dcm"))

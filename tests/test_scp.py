@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -99,49 +97,6 @@ def test_store_refuses_an_object_without_uids(daemon: Daemon, tmp_path: Path) ->
     assert not list((daemon.data_dir / "store").rglob("*.dcm"))
     assert not list((daemon.data_dir / "store" / ".tmp").iterdir())
     assert "refused C-STORE" in daemon.log()
-
-
-def test_eight_storers_and_queriers_while_the_mount_is_read(daemon: Daemon, tmp_path: Path) -> None:
-    import concurrent.futures
-    import threading
-
-    seed = dicomgen.series(tmp_path / "seed", 20, rows=16, columns=16, PatientID="SEED")
-    batches = [dicomgen.series(tmp_path / f"in{i}", 10, rows=16, columns=16, PatientID=f"P{i}") for i in range(8)]
-    daemon.start()
-    assert dcmtk("storescu", "-aec", "DICOMFS", "127.0.0.1", daemon.port, *seed).returncode == 0
-    seed_dir = daemon.mount / "patients" / "DOE^JOHN [SEED]"
-    wait_for(seed_dir.exists, 2.0, "the seed patient")
-    stop = threading.Event()
-    reads: list[int] = []
-
-    def read_mount() -> None:  # a user browsing and reading while the node is busy
-        while not stop.is_set():
-            for path in sorted(seed_dir.rglob("*.dcm")):
-                assert pydicom.dcmread(path).PatientID == "SEED"
-                reads.append(1)
-            os.listdir(daemon.mount / "patients")
-
-    def query(_: int) -> subprocess.CompletedProcess[str]:
-        return dcmtk("findscu", "-S", "-aec", "DICOMFS", "-k", "QueryRetrieveLevel=STUDY",
-                     "-k", "PatientID=SEED", "-k", "NumberOfStudyRelatedInstances", "127.0.0.1", daemon.port)
-
-    with concurrent.futures.ThreadPoolExecutor(13) as pool:
-        reader = pool.submit(read_mount)
-        stores = [pool.submit(dcmtk, "storescu", "-aec", "DICOMFS", "127.0.0.1", daemon.port, *paths)
-                  for paths in batches]
-        queries = [pool.submit(query, i) for i in range(4)]
-        results = [f.result() for f in stores + queries]
-        stop.set()
-        reader.result()  # re-raises a failed read
-    assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
-    for answer in results[8:]:
-        assert "(0020,1208) IS [20]" in answer.stderr, answer.stderr
-    assert reads, "the mount was not read during the transfers"
-    wait_for(lambda: len(os.listdir(daemon.mount / "patients")) == 9, 2.0, "nine patients")
-    for i in range(8):
-        patient = daemon.mount / "patients" / f"DOE^JOHN [P{i}]"
-        summary = json.loads((patient / "patient.json").read_text())
-        assert summary["NumberOfPatientRelatedInstances"] == 10
 
 
 def test_allow_lists_refuse_other_callers(daemon: Daemon, tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ through the query language and `dicomfs find`, and the upgrade that fills them f
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +12,11 @@ import pytest
 from conftest import run_cli
 from pydicom.dataset import Dataset
 from pydicom.uid import MRImageStorage, PositronEmissionTomographyImageStorage, generate_uid
+from schema_undo import undo_schema_v7
 
 from dicomfs.archive import open_archive
 from dicomfs.index.query_language import QuerySyntaxError, compile_query, known_keywords, run
-from dicomfs.index.schema import SCHEMA_V7, SCHEMA_VERSION, migrate
+from dicomfs.index.schema import SCHEMA_VERSION, migrate
 
 
 def _series(src: Path, name: str, count: int, **attrs: Any) -> str:
@@ -263,14 +263,7 @@ def test_an_index_of_schema_v6_is_upgraded_and_backfilled(archive: dict[str, Any
     }
     expected["series_values"].sort()
     with db.transaction():  # back to schema v6
-        for trigger in re.findall(r"CREATE TRIGGER (\w+)", SCHEMA_V7):
-            db.execute(f"DROP TRIGGER {trigger}")
-        for index in re.findall(r"CREATE INDEX (\w+)", SCHEMA_V7):
-            db.execute(f"DROP INDEX {index}")
-        for table in re.findall(r"CREATE TABLE (\w+)", SCHEMA_V7):
-            db.execute(f"DROP TABLE {table}")
-        for table, column in re.findall(r"ALTER TABLE (\w+) ADD COLUMN (\w+)", SCHEMA_V7):
-            db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+        undo_schema_v7(db)
         db.execute("PRAGMA user_version = 6")
         db.execute("UPDATE instances SET file_path = 'moved/away.dcm'")  # prove that no file is opened
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from schema_undo import undo_schema_v7
 from test_operations import Mount
 
 from dicomfs.archive import open_archive
@@ -372,20 +373,6 @@ def _image(volume, paths: list[Path]) -> nib.Nifti1Image:  # type: ignore[no-unt
     finally:
         source.close()
 
-
-def undo_schema_v7(db) -> None:  # type: ignore[no-untyped-def]
-    import re
-
-    from dicomfs.index.schema import SCHEMA_V7
-
-    for trigger in re.findall(r"CREATE TRIGGER (\w+)", SCHEMA_V7):
-        db.execute(f"DROP TRIGGER {trigger}")
-    for index in re.findall(r"CREATE INDEX (\w+)", SCHEMA_V7):
-        db.execute(f"DROP INDEX {index}")
-    for table in re.findall(r"CREATE TABLE (\w+)", SCHEMA_V7):
-        db.execute(f"DROP TABLE {table}")
-    for table, column in re.findall(r"ALTER TABLE (\w+) ADD COLUMN (\w+)", SCHEMA_V7):
-        db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
 
 
 class _BytesIO:
