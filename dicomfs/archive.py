@@ -121,19 +121,17 @@ def check_data_dir(data_dir: Path, *, create: bool, group: str | None = None) ->
     state = archive_state(data_dir)
     if state == "archive":
         return False
-    if state == "empty":
+    if state == "empty":  # made by hand (mkdir) or by systemd: it gets the archive's modes
         log.info("%s is an empty folder: making it a new archive", data_dir)
-        if group:
-            privacy.give_group(data_dir, group)
-        return True
-    if not create:
+    elif not create:
         raise NotAnArchiveError(f"no archive at {data_dir}: check --data-dir, or create one with "
                                 f"'dicomfs init {data_dir}' (or add --create)")
     try:
         privacy.make_data_dir(data_dir, group)
     except OSError as exc:
         raise NotAnArchiveError(f"cannot create the archive {data_dir}: {exc.strerror}") from None
-    log.info("created a new archive at %s", data_dir)
+    if state != "empty":
+        log.info("created a new archive at %s", data_dir)
     return True
 
 

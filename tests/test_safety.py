@@ -129,3 +129,13 @@ def test_an_archive_with_wider_modes_gets_one_warning_naming_the_fix(data_dir: P
     os.chmod(data_dir, 0o700)
     os.chmod(data_dir / "index.sqlite", 0o600)
     assert "readable by" not in run_cli("import", "--data-dir", data_dir, tmp_path / "in").stderr
+
+
+def test_an_empty_folder_made_by_hand_becomes_a_private_archive(tmp_path: Path) -> None:
+    made = tmp_path / "by-hand"
+    made.mkdir(mode=0o755)
+    os.chmod(made, 0o755)  # as `mkdir` with the usual umask leaves it
+    dicomgen.series(tmp_path / "in", 1)
+    result = run_cli("import", "--data-dir", made, tmp_path / "in")
+    assert "making it a new archive" in result.stderr and "readable by" not in result.stderr
+    assert stat.S_IMODE(made.stat().st_mode) == 0o700
