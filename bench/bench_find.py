@@ -20,6 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: python bench/NAME.py
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from bench.common import free_port, wait_port
 from dicomfs.archive import open_archive
 from dicomfs.index.cfind import fold_name

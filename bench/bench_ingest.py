@@ -22,6 +22,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: python bench/NAME.py
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from bench.common import free_port, start_orthanc, stop_process, wait_port
 from bench.synth import generate
 
