@@ -46,8 +46,12 @@ class Store:
     def path(self, relpath: str) -> Path:
         return self.root / relpath
 
-    def write_temp(self, data: bytes) -> Path:
-        """Write ``data`` durably to a temporary file in the store; returns its path."""
+    def write_temp(self, data: bytes, *, durable: bool = True) -> Path:
+        """Write ``data`` to a temporary file in the store; returns its path.
+
+        ``durable=False``: leave the fsync to the caller (``sync_file``), to overlap it with
+        other work on the bytes.
+        """
         # pid + counter: unique without mkstemp's random names; the pid tells a crash apart.
         name = str(self.tmp_dir / f"{os.getpid()}-{next(_counter)}.part")
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
@@ -55,13 +59,23 @@ class Store:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         except BaseException:
             os.close(fd)
             os.unlink(name)
             raise
         os.close(fd)
         return Path(name)
+
+    @staticmethod
+    def sync_file(path: Path) -> None:
+        """Make a file written with ``durable=False`` durable."""
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def commit(self, temp: Path, relpath: str) -> Path:
         """Move a temporary file to its final place (replacing an unindexed leftover).

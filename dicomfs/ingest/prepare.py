@@ -11,9 +11,13 @@ import contextlib
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dicomfs.parse import ParsedInstance, parse_instance
 from dicomfs.store import Store
+
+if TYPE_CHECKING:
+    from dicomfs.ingest.parsers import ParserPool
 
 __all__ = ["Batch", "Prepared", "prepare"]
 
@@ -30,18 +34,30 @@ Batch = list[Prepared]  # what one index transaction writes
 
 
 def prepare(data: bytes, store: Store, *, source: str, received: bool = False,
-            writer: Executor | None = None) -> Prepared:
+            writer: Executor | None = None, parsers: ParserPool | None = None) -> Prepared:
     """Parse ``data`` and write the bytes to keep durably to a temporary file in ``store``.
 
     ``received``: the bytes came over the network (see ``parse_instance``). ``writer``: a
     thread pool for the durable write (mostly waiting for fsync). When ``data`` already has
     its Part 10 header, those are the bytes kept, so the write runs there while this thread
-    parses; a refused dataset's file is then discarded. ``parsed.data`` is emptied: the bytes
-    are in the file, and no second copy travels on (back from an import worker, say).
+    parses; a refused dataset's file is then discarded. ``parsers``: worker processes to parse
+    in (the node's). ``parsed.data`` is emptied: the bytes are in the file, and no second copy
+    travels on (back from an import worker, say).
 
     Raises ``NotDicomError``/``InvalidInstanceError`` (refused) or ``OSError`` (not written).
     """
-    if writer is not None and data[128:132] == b"DICM":
+    if parsers is not None and writer is not None and data[128:132] == b"DICM":
+        temp = store.write_temp(data, durable=False)  # for the parser to read, then made durable
+        syncing = writer.submit(store.sync_file, temp)
+        try:
+            parsed = parsers.parse(temp, source=source, received=received)
+            syncing.result()
+        except BaseException:
+            with contextlib.suppress(OSError):
+                syncing.result()
+            store.discard(temp)
+            raise
+    elif writer is not None and data[128:132] == b"DICM":
         writing = writer.submit(store.write_temp, data)
         try:
             parsed = parse_instance(data, source=source, received=received)
