@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -78,7 +79,9 @@ class IndexWriter:
         """Store and index ``batch`` atomically; its temporary files are consumed.
 
         Files are moved into the store before the transaction commits: a crash in between
-        leaves an unindexed file that the next arrival of the same instance overwrites.
+        leaves an unindexed file that the next arrival of the same instance overwrites. If the
+        transaction fails, every temporary file is where it was (placed ones are moved back),
+        so the caller may discard them, or write the batch again.
         """
         results: list[Ingested] = []
         touched: set[int] = set()
@@ -87,8 +90,9 @@ class IndexWriter:
         try:
             self._add_in_transaction(batch, results, touched, placement, now)
         except BaseException:
-            placement.remove_files()  # the rows were rolled back: nothing names these files
+            placement.undo()  # the rows were rolled back: nothing names these files
             raise
+        placement.discard_duplicates()
         return results
 
     def _add_in_transaction(self, batch: Iterable[Prepared], results: list[Ingested], touched: set[int],
@@ -129,7 +133,7 @@ class IndexWriter:
             if relpath == "":  # listed from a remote PACS, arriving now: the row becomes local
                 return self._fill_placeholder(instance_id, series_id, parsed, temp, now, placement)
             identical = self.store.same_content(relpath, temp)
-            self.store.discard(temp)
+            placement.duplicates.append(temp)  # removed once the transaction has committed
             if identical:
                 return Ingested(sop_uid, Outcome.IDENTICAL, series_id)
             self.db.execute(
@@ -259,18 +263,27 @@ class IndexWriter:
 
 
 class _Placement(set[Path]):
-    """The folders a batch moved files into (to fsync), and the files themselves: if the
-    transaction that names them fails (a full disk, say), they are removed again, so a
-    refused instance leaves nothing behind."""
+    """The folders a batch moved files into (to fsync), the moves themselves, and the
+    temporaries of duplicates. If the transaction that names the files fails (a full disk,
+    say), the moves are undone, so a refused instance leaves nothing in the store and the
+    batch can be written again."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.files: list[Path] = []
+        self.moves: list[tuple[Path, Path]] = []  # (temporary, final)
+        self.duplicates: list[Path] = []
 
     def place(self, store: Store, temp: Path, relpath: str) -> None:
         self.add(store.commit(temp, relpath))
-        self.files.append(store.path(relpath))
+        self.moves.append((temp, store.path(relpath)))
 
-    def remove_files(self) -> None:
-        for path in self.files:
-            path.unlink(missing_ok=True)
+    def undo(self) -> None:
+        for temp, final in reversed(self.moves):
+            try:
+                os.replace(final, temp)
+            except OSError:
+                final.unlink(missing_ok=True)
+
+    def discard_duplicates(self) -> None:
+        for temp in self.duplicates:
+            temp.unlink(missing_ok=True)
