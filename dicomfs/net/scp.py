@@ -47,7 +47,7 @@ from dicomfs.errors import UserError
 from dicomfs.index import cfind
 from dicomfs.index.db import Database
 from dicomfs.ingest.parsers import ParserPool
-from dicomfs.ingest.prepare import prepare
+from dicomfs.ingest.prepare import discard, prepare
 from dicomfs.ingest.writer import Submit
 from dicomfs.net import peers
 from dicomfs.net.acceptor import Admission, Limits, NodeAssociationServer
@@ -254,14 +254,14 @@ class NodeServer:
         try:
             self.submit([prepared])
         except trio.RunFinishedError:
-            self.store.discard(prepared.temp)
+            discard(self.store, prepared)
             return _failure(OUT_OF_RESOURCES, "the archive is shutting down")
         except (apsw.FullError, OSError) as exc:  # a full disk: expected, and said in one line
-            self.store.discard(prepared.temp)
+            discard(self.store, prepared)
             log.error("cannot index an instance from %s: %s", source, exc)
             return _failure(OUT_OF_RESOURCES, f"cannot index: {exc}")
         except Exception as exc:
-            self.store.discard(prepared.temp)
+            discard(self.store, prepared)
             log.exception("cannot index an instance from %s", source)
             return _failure(OUT_OF_RESOURCES, f"cannot index: {exc}")
         return SUCCESS
