@@ -26,6 +26,8 @@ if __package__ in (None, ""):  # run as a script: python bench/NAME.py
 from bench.common import free_port, wait_port
 from dicomfs.archive import open_archive
 from dicomfs.index.cfind import fold_name
+from dicomfs.views.dicom_json import JSON_VERSION
+from dicomfs.volumes.facts import FACTS_VERSION
 
 
 def fill(data_dir: Path, instances: int) -> tuple[int, int]:
@@ -68,10 +70,13 @@ def fill(data_dir: Path, instances: int) -> tuple[int, int]:
                         "INSERT INTO instances (series_id, sop_uid, sop_class_uid, instance_number,"
                         " transfer_syntax_uid, specific_character_set, content_date, content_time,"
                         " acquisition_number, image_type, rows, columns, number_of_frames, photometric, has_image,"
-                        " file_path, file_size, json_size, json_version, added_part10_header, source, received_at)"
+                        " file_path, file_size, json_size, json_version, added_part10_header, source, received_at,"
+                        " facts_version)"
                         " VALUES (?, ?, '1.2.840.10008.5.1.4.1.1.2', ?, '1.2.840.10008.1.2.1', '', '', '', '', '',"
-                        " 512, 512, 1, 'MONOCHROME2', 1, 'x', 0, 0, 1, 0, 'bench', ?)",
-                        [(series_id, f"2.25.{p}.{s}.{se}.{i}", i + 1, now) for i in range(25)],
+                        " 512, 512, 1, 'MONOCHROME2', 1, 'x', 0, 0, ?, 0, 'bench', ?, ?)",
+                        # current versions: the daemon must not start re-reading a million absent files
+                        [(series_id, f"2.25.{p}.{s}.{se}.{i}", i + 1, JSON_VERSION, now, FACTS_VERSION)
+                         for i in range(25)],
                     )
     count = db.get_val("SELECT count(*) FROM instances")
     studies = db.get_val("SELECT count(*) FROM studies")

@@ -12,7 +12,6 @@ thread. Queries and retrieves read the index through a read-only connection per 
 
 from __future__ import annotations
 
-import copy
 import errno
 import logging
 import socket
@@ -67,23 +66,6 @@ from dicomfs.store import Store
 log = logging.getLogger(__name__)
 
 
-class _ContextList(list[PresentationContext]):
-    """The server's supported contexts, copied cheaply for each new association.
-
-    pynetdicom deep-copies them per association, re-validating every UID: with all storage
-    classes and transfer syntaxes that took ~60 ms, most of an echo's round trip. UIDs are
-    immutable, so copying each context and its transfer syntax list is enough.
-    """
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> list[PresentationContext]:
-        copies = []
-        for context in self:
-            duplicate = copy.copy(context)
-            duplicate._transfer_syntax = list(context._transfer_syntax)
-            copies.append(duplicate)
-        return copies
-
-
 class NodeError(UserError):
     """The node cannot listen where it is told to."""
 
@@ -134,7 +116,6 @@ class NodeServer:
         s = self.settings
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, _handle_association_request, [self]),
-            (evt.EVT_C_ECHO, _handle_echo),
             (evt.EVT_C_FIND, _handle_find, [self]),
             (evt.EVT_C_GET, _handle_get, [self]),
             (evt.EVT_C_MOVE, _handle_move, [self]),
@@ -157,7 +138,6 @@ class NodeServer:
             raise
         if s.parse_workers:
             self.parsers = ParserPool(s.parse_workers)
-        self._server.contexts = _ContextList(self._server.contexts)
         self._thread = threading.Thread(target=self._server.serve_forever, name="dicom-acceptor", daemon=True)
         self._thread.start()
         self.ae._servers.append(self._server)  # as AE.start_server does; shutdown() expects it
@@ -328,10 +308,6 @@ def _handle_association_request(event: evt.Event, node: NodeServer) -> None:
         if context.abstract_syntax not in dropped
         and (keep_storage or context.abstract_syntax in _QUERY_MODELS | _RETRIEVE_MODELS | {Verification})
     ]
-
-
-def _handle_echo(event: evt.Event) -> int:
-    return SUCCESS
 
 
 _QUERY_CONTROL = {"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle"}
