@@ -304,3 +304,16 @@ def retrieve_set(db: Database, level: Level, identifier: dict[str, Any], *, pati
         args,
     )
     return [StoredInstance(*row) for row in rows]
+
+
+def stored_syntaxes(db: Database, sop_classes: list[str]) -> dict[str, dict[str, int]]:
+    """For each of these SOP classes, how many local instances are stored in each transfer syntax."""
+    stored: dict[str, dict[str, int]] = {}
+    for chunk in range(0, len(sop_classes), 500):  # SQLite's limit on bound parameters
+        part = sop_classes[chunk:chunk + 500]
+        for row in db.query(
+            "SELECT sop_class_uid, transfer_syntax_uid, count(*) FROM instances "
+            f"WHERE file_path != '' AND sop_class_uid IN ({','.join('?' * len(part))}) GROUP BY 1, 2", part,
+        ):
+            stored.setdefault(row[0], {})[row[1]] = row[2]
+    return stored

@@ -1,0 +1,270 @@
+"""Exact bytes out: C-GET (getscu) and C-MOVE (movescu to a storescp) send the stored dataset
+bytes whenever the peer takes the stored transfer syntax, convert losslessly when it does not,
+and count a sub-operation failed when no lossless way exists."""
+
+from __future__ import annotations
+
+import re
+import struct
+import subprocess
+from pathlib import Path
+
+import dicomgen
+import numpy as np
+import pydicom
+import pytest
+from conftest import Daemon, dcmtk, free_port, run_cli, wait_for
+from pydicom.uid import (
+    UID,
+    ComputedRadiographyImageStorage,
+    CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    MRImageStorage,
+    NuclearMedicineImageStorage,
+    PositronEmissionTomographyImageStorage,
+    RLELossless,
+    SecondaryCaptureImageStorage,
+    UltrasoundImageStorage,
+    XRayAngiographicImageStorage,
+    generate_uid,
+)
+
+from dicomfs.net import outgoing
+
+# Stored transfer syntax: the SOP class its series is stored under (one syntax per class, as
+# the acceptor's choice is per SOP class), and the getscu option that makes it propose it.
+SYNTAXES = {
+    ImplicitVRLittleEndian: (CTImageStorage, "+x="),
+    ExplicitVRLittleEndian: (MRImageStorage, "+x="),
+    DeflatedExplicitVRLittleEndian: (ComputedRadiographyImageStorage, "+xd"),
+    JPEGBaseline8Bit: (SecondaryCaptureImageStorage, "+xy"),
+    JPEGLosslessSV1: (NuclearMedicineImageStorage, "+xs"),
+    JPEGLSLossless: (PositronEmissionTomographyImageStorage, "+xt"),
+    JPEG2000Lossless: (UltrasoundImageStorage, "+xv"),
+    RLELossless: (XRayAngiographicImageStorage, "+xr"),
+}
+PER_SERIES = 2
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """A Part 10 file's bytes after its file meta group (whose length its first element gives)."""
+    data = path.read_bytes()
+    assert data[128:132] == b"DICM" and data[132:136] == b"\x02\x00\x00\x00", path
+    (length,) = struct.unpack("<I", data[140:144])
+    return data[144 + length:]
+
+
+class Stored:
+    """The archive's instances: one series per transfer syntax, in one study."""
+
+    def __init__(self, root: Path) -> None:
+        self.study = generate_uid()
+        self.series: dict[str, str] = {}
+        self.files: dict[str, Path] = {}  # SOP Instance UID -> the imported file
+        for syntax, (sop_class, _) in SYNTAXES.items():
+            series = self.series[syntax] = generate_uid()
+            for n in range(1, PER_SERIES + 1):
+                ds = dicomgen.make_dataset(rows=32, columns=32, SOPClassUID=sop_class, StudyInstanceUID=self.study,
+                                           SeriesInstanceUID=series, InstanceNumber=n, SeriesNumber=len(self.series))
+                if syntax == JPEGBaseline8Bit:
+                    dicomgen.eight_bit(ds)
+                path = dicomgen.write_in(root / UID(syntax).name.replace(" ", "_") / f"{n}.dcm", ds, syntax)
+                self.files[ds.SOPInstanceUID] = path
+
+    def original(self, received: Path) -> Path:
+        return self.files[pydicom.dcmread(received, stop_before_pixels=True).SOPInstanceUID]
+
+
+@pytest.fixture
+def stored(daemon: Daemon, data_dir: Path, tmp_path: Path) -> Stored:
+    archive = Stored(tmp_path / "in")
+    run_cli("import", "--data-dir", data_dir, tmp_path / "in")
+    return archive
+
+
+def assert_exact(received: Path, original: Path) -> None:
+    meta = pydicom.dcmread(received, stop_before_pixels=True).file_meta
+    stored_syntax = pydicom.dcmread(original, stop_before_pixels=True).file_meta.TransferSyntaxUID
+    assert meta.TransferSyntaxUID == stored_syntax, f"{original}: arrived as {meta.TransferSyntaxUID.name}"
+    assert dataset_bytes(received) == dataset_bytes(original), f"{original}: the dataset bytes differ"
+
+
+def assert_converted(received: Path, original: Path, syntax: str) -> None:
+    """Arrived in ``syntax``: the same attributes, and the same pixels once decoded."""
+    got, want = pydicom.dcmread(received), pydicom.dcmread(original)
+    assert got.file_meta.TransferSyntaxUID == syntax, f"{original}: arrived as {got.file_meta.TransferSyntaxUID.name}"
+    assert np.array_equal(got.pixel_array, want.pixel_array), f"{original}: the pixels differ"
+    for element in want:
+        if element.keyword != "PixelData":
+            assert got[element.tag].value == element.value, f"{original}: {element.keyword} differs"
+
+
+def getscu(daemon: Daemon, out: Path, *options: str, **keys: str) -> subprocess.CompletedProcess[str]:
+    out.mkdir(parents=True)
+    matching = [arg for keyword, value in keys.items() for arg in ("-k", f"{keyword}={value}")]
+    return dcmtk("getscu", "-v", "+B", "-S", "-aec", "DICOMFS", *options, *matching, "-od", out,
+                 "127.0.0.1", daemon.port)
+
+
+# --- the choices, in process ---------------------------------------------------------------
+
+def test_a_syntax_every_stored_instance_can_take_comes_first() -> None:
+    assert outgoing.order_for_sending({})[:2] == [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    assert outgoing.order_for_sending({ImplicitVRLittleEndian: 3})[0] == ImplicitVRLittleEndian
+    assert outgoing.order_for_sending({JPEGLSLossless: 5})[:2] == [JPEGLSLossless, ExplicitVRLittleEndian]
+    # A compressed syntax first would fail the instances stored otherwise: uncompressed wins.
+    mixed = outgoing.order_for_sending({JPEGLSLossless: 5, ImplicitVRLittleEndian: 1})
+    assert mixed[:2] == [ImplicitVRLittleEndian, ExplicitVRLittleEndian]
+    assert mixed.index(JPEGLSLossless) > mixed.index(DeflatedExplicitVRLittleEndian)
+
+
+def test_a_move_proposes_each_stored_syntax_on_its_own() -> None:
+    contexts = outgoing.move_contexts([(CTImageStorage, JPEGLSLossless), (CTImageStorage, ImplicitVRLittleEndian),
+                                       (CTImageStorage, JPEGLSLossless), (MRImageStorage, ExplicitVRLittleEndian)])
+    assert [(c.abstract_syntax, c.transfer_syntax) for c in contexts] == [
+        (CTImageStorage, [JPEGLSLossless]), (CTImageStorage, [ImplicitVRLittleEndian]),
+        (CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]),
+        (MRImageStorage, [ExplicitVRLittleEndian]), (MRImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]),
+    ]
+    many = outgoing.move_contexts([(f"1.2.3.{n}", JPEGLSLossless) for n in range(100)])
+    assert len(many) == 100 and many[0].transfer_syntax == [JPEGLSLossless, ExplicitVRLittleEndian,
+                                                            ImplicitVRLittleEndian]
+
+
+# --- C-GET with getscu ---------------------------------------------------------------------
+
+def test_getscu_gets_the_stored_bytes_in_every_syntax(daemon: Daemon, stored: Stored, tmp_path: Path) -> None:
+    daemon.start("--no-mount")
+    for syntax, (_, option) in SYNTAXES.items():
+        out = tmp_path / "got" / syntax
+        result = getscu(daemon, out, option, QueryRetrieveLevel="SERIES", StudyInstanceUID=stored.study,
+                        SeriesInstanceUID=stored.series[syntax])
+        assert result.returncode == 0, result.stderr
+        received = list(out.iterdir())
+        assert len(received) == PER_SERIES, f"{UID(syntax).name}: {result.stdout}{result.stderr}"
+        for path in received:
+            assert_exact(path, stored.original(path))
+
+
+def test_getscu_gets_conversions_where_it_takes_no_stored_syntax(
+    daemon: Daemon, stored: Stored, tmp_path: Path
+) -> None:
+    daemon.start("--no-mount")
+    # Default proposals (Explicit, Big Endian, Implicit): uncompressed arrives exact, the rest
+    # inflated or decompressed to Explicit VR Little Endian.
+    result = getscu(daemon, tmp_path / "default", QueryRetrieveLevel="STUDY", StudyInstanceUID=stored.study)
+    assert result.returncode == 0, result.stderr
+    received = list((tmp_path / "default").iterdir())
+    assert len(received) == len(stored.files)
+    for path in received:
+        original = stored.original(path)
+        syntax = pydicom.dcmread(original, stop_before_pixels=True).file_meta.TransferSyntaxUID
+        if syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
+            assert_exact(path, original)
+        else:
+            assert_converted(path, original, ExplicitVRLittleEndian)
+
+
+# --- C-MOVE to a storescp ------------------------------------------------------------------
+
+ONLY_JPEG_BASELINE = """
+[[TransferSyntaxes]]
+[Baseline]
+TransferSyntax1 = JPEGBaseline
+[[PresentationContexts]]
+[Baseline]
+{contexts}
+[[Profiles]]
+[Baseline]
+PresentationContexts = Baseline
+"""
+
+
+@pytest.fixture
+def storescp(tmp_path: Path) -> tuple[int, Path]:
+    """Where the test's storescp listens, and the folder it writes to."""
+    out = tmp_path / "moved"
+    out.mkdir()
+    return free_port(), out
+
+
+def start_storescp(port: int, out: Path, *options: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["/usr/bin/storescp", "-aet", "STORESCP", "+B", *options, "-od", str(out), str(port)],
+                            env={"TCP_NODELAY": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def movescu(daemon: Daemon, *options: str, **keys: str) -> subprocess.CompletedProcess[str]:
+    matching = [arg for keyword, value in keys.items() for arg in ("-k", f"{keyword}={value}")]
+    return dcmtk("movescu", "-v", *options, "-S", "-aec", "DICOMFS", "-aem", "STORESCP", *matching, "127.0.0.1", daemon.port)
+
+
+def start_with_destination(daemon: Daemon, tmp_path: Path, port: int) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text(f'[[dicom.remotes]]\nname = "ws"\nae_title = "STORESCP"\nhost = "127.0.0.1"\nport = {port}\n')
+    daemon.start("--no-mount", "--config", str(config))
+
+
+# storescp's options: what it accepts, and the syntax what it does not accept arrives in
+STORESCP_ACCEPTS = {"all": (["+xa"], None), "uncompressed": ([], ExplicitVRLittleEndian),
+                    "implicit only": (["+xi"], ImplicitVRLittleEndian)}
+
+
+@pytest.mark.parametrize("accepts", list(STORESCP_ACCEPTS))
+def test_movescu_moves_the_stored_bytes_to_storescp(
+    daemon: Daemon, stored: Stored, tmp_path: Path, storescp: tuple[int, Path], accepts: str
+) -> None:
+    port, out = storescp
+    options, converted_to = STORESCP_ACCEPTS[accepts]
+    receiver = start_storescp(port, out, *options)
+    try:
+        start_with_destination(daemon, tmp_path, port)
+        result = movescu(daemon, QueryRetrieveLevel="STUDY", StudyInstanceUID=stored.study)
+        assert result.returncode == 0, result.stderr
+        assert "Received Final Move Response (Success)" in result.stdout + result.stderr
+        wait_for(lambda: len(list(out.iterdir())) == len(stored.files), 5, "every instance at the destination")
+    finally:
+        receiver.terminate()
+        receiver.wait(timeout=10)
+    for path in out.iterdir():
+        original = stored.original(path)
+        syntax = pydicom.dcmread(original, stop_before_pixels=True).file_meta.TransferSyntaxUID
+        if converted_to is None or syntax == converted_to or (
+            converted_to == ExplicitVRLittleEndian and syntax == ImplicitVRLittleEndian
+        ):
+            assert_exact(path, original)
+        else:
+            assert_converted(path, original, converted_to)
+
+
+def test_a_move_that_only_lossy_compression_could_carry_fails(
+    daemon: Daemon, stored: Stored, tmp_path: Path, storescp: tuple[int, Path]
+) -> None:
+    port, out = storescp
+    classes = [SecondaryCaptureImageStorage, MRImageStorage]
+    profile = tmp_path / "baseline.cfg"
+    profile.write_text(ONLY_JPEG_BASELINE.format(contexts="\n".join(
+        f"PresentationContext{n} = {sop_class}\\Baseline" for n, sop_class in enumerate(classes, 1))))
+    daemon.expected_errors.append("accepts nothing for MR Image Storage")  # pynetdicom's line for the failure
+    receiver = start_storescp(port, out, "-xf", str(profile), "Baseline")
+    try:
+        start_with_destination(daemon, tmp_path, port)
+        result = movescu(daemon, "-d", QueryRetrieveLevel="SERIES", StudyInstanceUID=stored.study,
+                         SeriesInstanceUID=f"{stored.series[JPEGBaseline8Bit]}\\{stored.series[ExplicitVRLittleEndian]}")
+        text = result.stdout + result.stderr
+        final = text[text.index("Received Final Move Response"):]
+        assert re.search(r"Completed Suboperations\s*: 2\n", final), final
+        assert re.search(r"Failed Suboperations\s*: 2\n", final), final
+        wait_for(lambda: len(list(out.iterdir())) == PER_SERIES, 5, "the JPEG baseline instances")
+    finally:
+        receiver.terminate()
+        receiver.wait(timeout=10)
+    for path in out.iterdir():
+        assert_exact(path, stored.original(path))
+    assert "not sent:" in daemon.log() and "stored as Explicit VR Little Endian; STORESCP accepts nothing" \
+        in daemon.log()
