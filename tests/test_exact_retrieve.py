@@ -201,7 +201,8 @@ def start_storescp(port: int, out: Path, *options: str) -> subprocess.Popen[byte
 
 def movescu(daemon: Daemon, *options: str, **keys: str) -> subprocess.CompletedProcess[str]:
     matching = [arg for keyword, value in keys.items() for arg in ("-k", f"{keyword}={value}")]
-    return dcmtk("movescu", "-v", *options, "-S", "-aec", "DICOMFS", "-aem", "STORESCP", *matching, "127.0.0.1", daemon.port)
+    return dcmtk("movescu", "-v", *options, "-S", "-aec", "DICOMFS", "-aem", "STORESCP", *matching,
+                 "127.0.0.1", daemon.port)
 
 
 def start_with_destination(daemon: Daemon, tmp_path: Path, port: int) -> None:
@@ -250,7 +251,7 @@ def test_a_move_that_only_lossy_compression_could_carry_fails(
     profile = tmp_path / "baseline.cfg"
     profile.write_text(ONLY_JPEG_BASELINE.format(contexts="\n".join(
         f"PresentationContext{n} = {sop_class}\\Baseline" for n, sop_class in enumerate(classes, 1))))
-    daemon.expected_errors.append("accepts nothing for MR Image Storage")  # pynetdicom's line for the failure
+    daemon.expected_errors.append("accepted no transfer syntax for MR Image Storage")  # pynetdicom's failure line
     receiver = start_storescp(port, out, "-xf", str(profile), "Baseline")
     try:
         start_with_destination(daemon, tmp_path, port)
@@ -266,5 +267,48 @@ def test_a_move_that_only_lossy_compression_could_carry_fails(
         receiver.wait(timeout=10)
     for path in out.iterdir():
         assert_exact(path, stored.original(path))
-    assert "not sent:" in daemon.log() and "stored as Explicit VR Little Endian; STORESCP accepts nothing" \
+    assert "not sent:" in daemon.log() and "stored as Explicit VR Little Endian; STORESCP accepted no transfer syntax" \
         in daemon.log()
+
+
+def test_a_get_that_only_lossy_compression_could_carry_fails(daemon: Daemon, stored: Stored) -> None:
+    """A C-GET requestor (pynetdicom) that takes only JPEG baseline, for SC and MR objects."""
+    from pydicom.dataset import Dataset
+    from pynetdicom import AE, build_role, evt
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
+
+    daemon.expected_errors.append("accepted only JPEG Baseline (Process 1), which we do not compress into")
+    daemon.start("--no-mount")
+    classes = [SecondaryCaptureImageStorage, MRImageStorage]
+    ae = AE(ae_title="PEER")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    for sop_class in classes:
+        ae.add_requested_context(sop_class, [JPEGBaseline8Bit])
+    received: dict[str, bytes] = {}
+
+    def on_store(event: evt.Event) -> int:
+        received[event.request.AffectedSOPInstanceUID] = event.encoded_dataset(include_meta=False)
+        return 0x0000
+
+    assoc = ae.associate("127.0.0.1", daemon.port, ae_title="DICOMFS",
+                         ext_neg=[build_role(sop_class, scp_role=True) for sop_class in classes],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert assoc.is_established
+    try:
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "SERIES"
+        identifier.StudyInstanceUID = stored.study
+        identifier.SeriesInstanceUID = [stored.series[JPEGBaseline8Bit], stored.series[ExplicitVRLittleEndian]]
+        responses = list(assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet))
+    finally:
+        assoc.release()
+    final = responses[-1][0]
+    assert final.Status == 0xB000  # sub-operations complete, one or more failures
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (PER_SERIES, PER_SERIES)
+    assert len(received) == PER_SERIES
+    for sop_uid, data in received.items():
+        original = stored.files[sop_uid]
+        assert pydicom.dcmread(original, stop_before_pixels=True).SOPClassUID == SecondaryCaptureImageStorage
+        assert data == dataset_bytes(original)
+    assert "not sent:" in daemon.log()
+    assert "stored as Explicit VR Little Endian; PEER accepted only JPEG Baseline" in daemon.log()

@@ -129,9 +129,10 @@ def what_to_send(assoc: Association, item: StoredDataset) -> Path | Dataset:
     target = next((ts for ts in CONVERSION_TARGETS if ts in accepted), None)
     peer = f"{str(assoc.acceptor.ae_title if assoc.is_requestor else assoc.requestor.ae_title).strip()}"
     if target is None:
-        names = ", ".join(ts.name for ts in accepted) or "nothing"
-        reason = (f"{item.SOPInstanceUID} is stored as {item.stored_syntax.name}; {peer} accepts {names} for "
-                  f"{UID(item.SOPClassUID).name}, which it cannot be converted to without loss")
+        what = f"only {', '.join(ts.name for ts in accepted)}, which we do not compress into" if accepted \
+            else "no transfer syntax"
+        reason = (f"{item.SOPInstanceUID} is stored as {item.stored_syntax.name}; {peer} accepted {what} "
+                  f"for {UID(item.SOPClassUID).name}")
         log.warning("not sent: %s", reason)
         raise NotSendable(reason)
     try:
@@ -141,7 +142,7 @@ def what_to_send(assoc: Association, item: StoredDataset) -> Path | Dataset:
                  f"{target.name} for {peer}: {exc}"
         log.warning("not sent: %s", reason)
         raise NotSendable(reason) from exc
-    log.info("sending %s to %s as %s (stored as %s, which it did not accept)", item.SOPInstanceUID, peer,
+    log.debug("sending %s to %s as %s (stored as %s, which it did not accept)", item.SOPInstanceUID, peer,
              target.name, item.stored_syntax.name)
     return converted
 
