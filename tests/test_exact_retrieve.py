@@ -35,6 +35,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from dicomfs.index import cfind
+from dicomfs.index.db import Database
+from dicomfs.index.schema import SCHEMA_VERSION, migrate
 from dicomfs.net import outgoing
 
 # Stored transfer syntax: the SOP class its series is stored under (one syntax per class, as
@@ -115,13 +118,42 @@ def getscu(daemon: Daemon, out: Path, *options: str, **keys: str) -> subprocess.
 # --- the choices, in process ---------------------------------------------------------------
 
 def test_a_syntax_every_stored_instance_can_take_comes_first() -> None:
-    assert outgoing.order_for_sending({})[:2] == [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-    assert outgoing.order_for_sending({ImplicitVRLittleEndian: 3})[0] == ImplicitVRLittleEndian
-    assert outgoing.order_for_sending({JPEGLSLossless: 5})[:2] == [JPEGLSLossless, ExplicitVRLittleEndian]
-    # A compressed syntax first would fail the instances stored otherwise: uncompressed wins.
-    mixed = outgoing.order_for_sending({JPEGLSLossless: 5, ImplicitVRLittleEndian: 1})
+    assert outgoing.order_for_sending(set())[:2] == [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    assert outgoing.order_for_sending({ImplicitVRLittleEndian})[0] == ImplicitVRLittleEndian
+    assert outgoing.order_for_sending({JPEGLSLossless})[:2] == [JPEGLSLossless, ExplicitVRLittleEndian]
+    # A compressed syntax first would fail the instances stored otherwise: uncompressed wins,
+    # the stored one first; between two stored ones, Explicit.
+    mixed = outgoing.order_for_sending({JPEGLSLossless, ImplicitVRLittleEndian})
     assert mixed[:2] == [ImplicitVRLittleEndian, ExplicitVRLittleEndian]
     assert mixed.index(JPEGLSLossless) > mixed.index(DeflatedExplicitVRLittleEndian)
+    both = outgoing.order_for_sending({ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless})
+    assert both[:3] == [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian]
+
+
+def test_the_stored_syntaxes_of_a_sop_class_come_from_the_index_alone(tmp_path: Path) -> None:
+    """Schema v8's index answers them (a few probes, whatever the number of instances);
+    an index of v7 is upgraded to it."""
+    data = tmp_path / "data"
+    archive = Stored(tmp_path / "in")
+    run_cli("import", "--create", "--data-dir", data, tmp_path / "in")
+    db = Database(data / "index.sqlite")
+    with db.transaction():  # back to schema v7
+        db.execute("DROP INDEX instances_sop_class_syntax")
+        db.execute("CREATE INDEX instances_sop_class ON instances(sop_class_uid)")
+        db.execute("PRAGMA user_version = 7")
+    migrate(db)
+    assert db.get_int("PRAGMA user_version") == SCHEMA_VERSION == 8
+    indexes = {row[0] for row in db.query("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "instances_sop_class_syntax" in indexes and "instances_sop_class" not in indexes
+    assert cfind.stored_syntaxes(db, [CTImageStorage, RLELossless, "1.2.3"]) == {CTImageStorage: {
+        ImplicitVRLittleEndian}}
+    assert cfind.stored_syntaxes(db, [s for s, _ in SYNTAXES.values()]) == {
+        sop_class: {syntax} for syntax, (sop_class, _) in SYNTAXES.items()}
+    plan = " ".join(str(row) for row in db.query(
+        "EXPLAIN QUERY PLAN SELECT transfer_syntax_uid FROM instances WHERE sop_class_uid = ? "
+        "AND transfer_syntax_uid > ? ORDER BY transfer_syntax_uid LIMIT 1", ("x", "")))
+    assert "COVERING INDEX instances_sop_class_syntax" in plan
+    assert len(archive.files) == len(SYNTAXES) * PER_SERIES
 
 
 def test_a_move_proposes_each_stored_syntax_on_its_own() -> None:

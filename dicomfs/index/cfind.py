@@ -306,14 +306,19 @@ def retrieve_set(db: Database, level: Level, identifier: dict[str, Any], *, pati
     return [StoredInstance(*row) for row in rows]
 
 
-def stored_syntaxes(db: Database, sop_classes: list[str]) -> dict[str, dict[str, int]]:
-    """For each of these SOP classes, how many local instances are stored in each transfer syntax."""
-    stored: dict[str, dict[str, int]] = {}
-    for chunk in range(0, len(sop_classes), 500):  # SQLite's limit on bound parameters
-        part = sop_classes[chunk:chunk + 500]
-        for row in db.query(
-            "SELECT sop_class_uid, transfer_syntax_uid, count(*) FROM instances "
-            f"WHERE file_path != '' AND sop_class_uid IN ({','.join('?' * len(part))}) GROUP BY 1, 2", part,
-        ):
-            stored.setdefault(row[0], {})[row[1]] = row[2]
+
+def stored_syntaxes(db: Database, sop_classes: list[str]) -> dict[str, set[str]]:
+    """For each of these SOP classes, the transfer syntaxes its instances are stored in.
+
+    A loose scan of instances_sop_class_syntax: one probe per distinct value, whatever the
+    number of instances. Rows listed from a remote and not fetched have no syntax.
+    """
+    stored: dict[str, set[str]] = {}
+    for sop_class in sop_classes:
+        syntax = ""
+        while (syntax := db.get_val_or(
+            None, "SELECT transfer_syntax_uid FROM instances WHERE sop_class_uid = ? AND transfer_syntax_uid > ? "
+            "ORDER BY transfer_syntax_uid LIMIT 1", (sop_class, syntax),
+        )) is not None:
+            stored.setdefault(sop_class, set()).add(syntax)
     return stored

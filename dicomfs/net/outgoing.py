@@ -11,9 +11,9 @@ Where the peer's choice is made:
 
 - C-GET: the requestor proposes storage contexts with the SCP role, before we know what it
   will ask for. ``order_for_sending`` ranks the transfer syntaxes for each such SOP class
-  by what the archive holds of it: one that every stored instance of the class can take
-  (exactly or converted) first, then the one most of them are stored in, then Explicit VR
-  Little Endian before Implicit (as DCMTK does), compressed syntaxes last.
+  by what the archive holds of it: those that every stored instance of the class can take
+  (as stored or converted) first, then those some are stored in, then Explicit VR Little
+  Endian before Implicit (as DCMTK does), compressed syntaxes last.
 - C-MOVE: we propose, so ``move_contexts`` gives each stored (SOP class, transfer syntax)
   its own context, plus one uncompressed context per SOP class to convert into.
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -72,18 +72,16 @@ class StoredDataset(Dataset):
         self.stored_syntax = UID(transfer_syntax)
 
 
-def order_for_sending(stored: Mapping[str, int]) -> list[str]:
-    """Every transfer syntax, best first, for sending a SOP class whose stored instances
-    have these transfer syntaxes (counts); see the module's docstring."""
-
+def order_for_sending(stored: Collection[str]) -> list[str]:
+    """Every transfer syntax, best first, for sending a SOP class whose instances are stored
+    in these transfer syntaxes: first those every stored instance can be sent in (as stored
+    or converted), then those some are stored in, then by our preference."""
     if not stored:
         return list(_PREFERENCE)
-    total = sum(stored.values())
 
-    def key(ts: str) -> tuple[int, int, int]:
-        exact = stored.get(ts, 0)
-        failures = 0 if ts in CONVERSION_TARGETS else total - exact
-        return failures, -exact, _RANK[ts]
+    def key(ts: str) -> tuple[bool, bool, int]:
+        fails_some = ts not in CONVERSION_TARGETS and any(s != ts for s in stored)
+        return fails_some, ts not in stored, _RANK[ts]
 
     return sorted(_PREFERENCE, key=key)
 

@@ -305,7 +305,7 @@ def _order_for_sending(assoc: Association, node: NodeServer) -> None:
     for context in assoc.acceptor.supported_contexts:
         if context.abstract_syntax in roles and context.scp_role:
             context = copy.copy(context)
-            context._transfer_syntax = outgoing.order_for_sending(stored.get(context.abstract_syntax, {}))
+            context._transfer_syntax = outgoing.order_for_sending(stored.get(context.abstract_syntax, set()))
         contexts.append(context)
     assoc.acceptor.supported_contexts = contexts
 
