@@ -344,3 +344,22 @@ def test_a_get_that_only_lossy_compression_could_carry_fails(daemon: Daemon, sto
         assert data == dataset_bytes(original)
     assert "not sent:" in daemon.log()
     assert "stored as Explicit VR Little Endian; PEER accepted only JPEG Baseline" in daemon.log()
+
+
+def test_an_instance_whose_file_is_gone_is_a_failed_sub_operation(
+    daemon: Daemon, stored: Stored, data_dir: Path, tmp_path: Path
+) -> None:
+    db = Database(data_dir / "index.sqlite", readonly=True)
+    [(sop_uid, relpath)] = db.query("SELECT sop_uid, file_path FROM instances WHERE sop_class_uid = ? LIMIT 1",
+                                    (MRImageStorage,))
+    db.close()
+    next(p for p in data_dir.rglob("*") if p.is_file() and str(p).endswith(relpath)).unlink()
+    daemon.expected_errors += ["cannot read an instance for a retrieve", "is missing"]
+    daemon.start("--no-mount")
+    out = tmp_path / "got"
+    result = getscu(daemon, out, QueryRetrieveLevel="SERIES", StudyInstanceUID=stored.study,
+                    SeriesInstanceUID=stored.series[ExplicitVRLittleEndian])
+    assert "SubOperationsCompleteOneOrMoreFailures" in result.stdout + result.stderr
+    [received] = list(out.iterdir())
+    assert_exact(received, stored.original(received))
+    assert f"cannot read an instance for a retrieve: {sop_uid}: its file" in daemon.log()

@@ -121,11 +121,15 @@ def what_to_send(assoc: Association, item: StoredDataset) -> Path | Dataset:
 
     Raises ``NotSendable`` (with the reason, logged) when there is none.
     """
+    if not item.stored_path.is_file():  # pynetdicom would say only "No such file"
+        reason = f"{item.SOPInstanceUID}: its file {item.stored_path} is missing"
+        log.error("cannot read an instance for a retrieve: %s", reason)
+        raise NotSendable(reason)
     accepted = accepted_syntaxes(assoc, item.SOPClassUID)
     if item.stored_syntax in accepted:
         return item.stored_path
     target = next((ts for ts in CONVERSION_TARGETS if ts in accepted), None)
-    peer = f"{str(assoc.acceptor.ae_title if assoc.is_requestor else assoc.requestor.ae_title).strip()}"
+    peer = str(assoc.acceptor.ae_title if assoc.is_requestor else assoc.requestor.ae_title).strip()
     if target is None:
         what = f"only {', '.join(ts.name for ts in accepted)}, which we do not compress into" if accepted \
             else "no transfer syntax"
@@ -141,7 +145,7 @@ def what_to_send(assoc: Association, item: StoredDataset) -> Path | Dataset:
         log.warning("not sent: %s", reason)
         raise NotSendable(reason) from exc
     log.debug("sending %s to %s as %s (stored as %s, which it did not accept)", item.SOPInstanceUID, peer,
-             target.name, item.stored_syntax.name)
+              target.name, item.stored_syntax.name)
     return converted
 
 
