@@ -98,3 +98,47 @@ def segmentation_of(source: Dataset, **attrs: Any) -> Dataset:
     return make_dataset(rows=0, columns=0, StudyInstanceUID=source.StudyInstanceUID, Modality="SEG",
                         SOPClassUID="1.2.840.10008.5.1.4.1.1.66.4", SeriesNumber=90,
                         ReferencedSeriesSequence=Sequence([ref]), **attrs)
+
+
+# How each transfer syntax is made: by pydicom, or by a DCMTK compressor from Explicit VR LE.
+_DCMTK_COMPRESSORS = {
+    "1.2.840.10008.1.2.4.50": ["dcmcjpeg", "+eb", "+un"],  # JPEG baseline (lossy: 8 bits, UID kept)
+    "1.2.840.10008.1.2.4.70": ["dcmcjpeg", "+e1"],  # JPEG lossless, first-order prediction (SV1)
+    "1.2.840.10008.1.2.4.80": ["dcmcjpls", "+el"],  # JPEG-LS lossless
+    "1.2.840.10008.1.2.5": ["dcmcrle"],  # RLE lossless
+}
+
+
+def write_in(path: Path, ds: Dataset, transfer_syntax: str) -> Path:
+    """Write ``ds`` as a Part 10 file in ``transfer_syntax`` (JPEG baseline needs 8-bit pixels)."""
+    import subprocess
+
+    import pydicom
+    from pydicom.uid import JPEG2000Lossless
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if transfer_syntax in _DCMTK_COMPRESSORS:
+        source = write(path.with_suffix(".explicit"), ds)
+        subprocess.run([*_DCMTK_COMPRESSORS[transfer_syntax], str(source), str(path)], check=True,
+                       capture_output=True)
+        source.unlink()
+        return path
+    if transfer_syntax == JPEG2000Lossless:
+        ds = pydicom.dcmread(io.BytesIO(encode(ds)))
+        ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg", generate_instance_uid=False)
+        ds.save_as(path, enforce_file_format=True)
+        return path
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = transfer_syntax
+    ds.file_meta = meta
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def eight_bit(ds: Dataset) -> Dataset:
+    """``ds`` with 8-bit pixels (a ramp), as JPEG baseline needs."""
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = (np.arange(ds.Rows * ds.Columns) % 256).astype(np.uint8).tobytes()
+    return ds

@@ -65,7 +65,7 @@ def test_an_index_with_series_zero_for_everything_is_upgraded(tmp_path: Path) ->
         db.execute("INSERT INTO changes (series_id, at) VALUES (12, 1.0), (0, 2.0), (13, 3.0)")
         db.execute("INSERT INTO removals (seq, level, entity_id) VALUES (2, 'study', 5)")
     migrate(db)
-    assert db.get_val("PRAGMA user_version") == SCHEMA_VERSION == 7
+    assert db.get_val("PRAGMA user_version") == SCHEMA_VERSION == 8
     assert db.query("SELECT seq, scope, series_id, at FROM changes ORDER BY seq") == [
         (1, Scope.SERIES, 12, 1.0), (2, Scope.EVERYTHING, None, 2.0), (3, Scope.SERIES, 13, 3.0)]
     log = ChangeLog(db)

@@ -269,10 +269,10 @@ def test_an_index_of_schema_v6_is_upgraded_and_backfilled(archive: dict[str, Any
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     older = run_cli("find", "--data-dir", data, "Modality=MR", check=False)  # reads, never upgrades
     assert (older.returncode, older.stderr) == (2, f"dicomfs: the index {data / 'index.sqlite'} is of an older "
-                                                   "dicomfs (schema 6, this one reads 7): start 'dicomfs serve' "
+                                                   "dicomfs (schema 6, this one reads 8): start 'dicomfs serve' "
                                                    "once, which upgrades it\n")
     migrate(db)
-    assert db.get_int("PRAGMA user_version") == SCHEMA_VERSION == 7
+    assert db.get_int("PRAGMA user_version") == SCHEMA_VERSION == 8
     assert db.query("SELECT sop_uid, slice_thickness, pixel_spacing, echo_time, repetition_time, inversion_time, "
                     "flip_angle, magnetic_field_strength, kvp, sequence_name, scanning_sequence, convolution_kernel "
                     "FROM instances ORDER BY id") == expected["instances"]

@@ -397,7 +397,7 @@ def test_an_index_of_schema_v5_is_upgraded_and_backfilled(tmp_path: Path) -> Non
             db.execute(f"ALTER TABLE instances DROP COLUMN {column}")
         db.execute("PRAGMA user_version = 5")
     migrate(db)
-    assert db.get_int("PRAGMA user_version") == SCHEMA_VERSION == 7
+    assert db.get_int("PRAGMA user_version") == SCHEMA_VERSION == 8
     assert db.query("SELECT DISTINCT volume_facts, facts_version FROM instances") == [("", 0)]
     assert series_volumes(db, 1).plan.volumes == []  # nothing recorded yet: no volume, and no failure
     assert archive.writer.refresh_volume_facts() == 3

@@ -304,3 +304,21 @@ def retrieve_set(db: Database, level: Level, identifier: dict[str, Any], *, pati
         args,
     )
     return [StoredInstance(*row) for row in rows]
+
+
+
+def stored_syntaxes(db: Database, sop_classes: list[str]) -> dict[str, set[str]]:
+    """For each of these SOP classes, the transfer syntaxes its instances are stored in.
+
+    A loose scan of instances_sop_class_syntax: one probe per distinct value, whatever the
+    number of instances. Rows listed from a remote and not fetched have no syntax.
+    """
+    stored: dict[str, set[str]] = {}
+    for sop_class in sop_classes:
+        syntax = ""
+        while (syntax := db.get_val_or(
+            None, "SELECT transfer_syntax_uid FROM instances WHERE sop_class_uid = ? AND transfer_syntax_uid > ? "
+            "ORDER BY transfer_syntax_uid LIMIT 1", (sop_class, syntax),
+        )) is not None:
+            stored.setdefault(sop_class, set()).add(syntax)
+    return stored

@@ -388,6 +388,16 @@ END;
 """
 
 
+# Which transfer syntaxes the archive holds of a SOP class, in a few index probes
+# (cfind.stored_syntaxes): the C-GET SCP asks it for every storage context it negotiates. The
+# new index also serves what instances_sop_class served (a prefix), so that one goes. IF
+# [NOT] EXISTS: an upgrade test may replay v7 onto an index that already has it.
+SCHEMA_V8 = """
+CREATE INDEX IF NOT EXISTS instances_sop_class_syntax ON instances(sop_class_uid, transfer_syntax_uid);
+DROP INDEX IF EXISTS instances_sop_class;
+"""
+
+
 def _backfill_v7(db: Database) -> None:
     """Fill the v7 columns of existing rows from values the index kept: no file is opened."""
     from dicomfs.index.cfind import fold_name
@@ -444,6 +454,7 @@ MIGRATIONS: list[Callable[[Database], None]] = [
     lambda db: db.conn.execute(SCHEMA_V5),
     lambda db: db.conn.execute(SCHEMA_V6),
     _upgrade_to_v7,
+    lambda db: db.conn.execute(SCHEMA_V8),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

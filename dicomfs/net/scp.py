@@ -12,6 +12,7 @@ thread. Queries and retrieves read the index through a read-only connection per 
 
 from __future__ import annotations
 
+import copy
 import errno
 import logging
 import socket
@@ -23,11 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import apsw
-import pydicom
 import trio
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, build_context, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import PresentationContext
@@ -40,6 +39,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
+from pynetdicom.transport import AddressInformation, AssociationSocket
 
 from dicomfs.config import DicomSettings
 from dicomfs.errors import UserError
@@ -48,7 +48,7 @@ from dicomfs.index.db import Database
 from dicomfs.ingest.parsers import ParserPool
 from dicomfs.ingest.prepare import discard, prepare
 from dicomfs.ingest.writer import Submit
-from dicomfs.net import peers
+from dicomfs.net import outgoing, peers
 from dicomfs.net.acceptor import Admission, Limits, NodeAssociationServer
 from dicomfs.net.status import (
     CANCEL,
@@ -68,6 +68,16 @@ log = logging.getLogger(__name__)
 
 class NodeError(UserError):
     """The node cannot listen where it is told to."""
+
+
+class _NodeAE(AE):
+    """Our AE: its own requests (C-MOVE sub-associations) send stored instances as stored."""
+
+    def _create_socket(
+        self, assoc: Association, address: AddressInformation, tls_args: Any
+    ) -> AssociationSocket:
+        outgoing.sends_stored_bytes(assoc)  # the one place pynetdicom shows us the new association
+        return super()._create_socket(assoc, address, tls_args)
 
 
 class NodeServer:
@@ -92,7 +102,8 @@ class NodeServer:
     def _make_ae(self) -> AE:
         s = self.settings
         _config.LOG_HANDLER_LEVEL = "none"
-        ae = AE(ae_title=s.ae_title)
+        _config.STORE_SEND_CHUNKED_DATASET = True  # a stored file goes out as its bytes (net/outgoing.py)
+        ae = _NodeAE(ae_title=s.ae_title)
         # Established associations are counted by our Admission; pynetdicom's own count
         # includes connections that never associate, so it must never bite.
         ae.maximum_associations = 1 << 20
@@ -107,7 +118,8 @@ class NodeServer:
                       PatientRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelMove):
             ae.add_supported_context(model)
         for context in AllStoragePresentationContexts:
-            # scp_role: a C-GET requestor acts as Storage SCP on this association
+            # scp_role: a C-GET requestor acts as Storage SCP on this association; for what we
+            # send, each association gets its own order (_order_for_sending)
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
 
         return ae
@@ -295,6 +307,8 @@ def _handle_association_request(event: evt.Event, node: NodeServer) -> None:
         assoc.acse.send_reject(*_REJECT_LOCAL_LIMIT)
         assoc.kill()
         return
+    if may["retrieve"]:
+        _order_for_sending(assoc, node)
     if all(may.values()):
         return
     dropped: set[str] = set()
@@ -308,6 +322,26 @@ def _handle_association_request(event: evt.Event, node: NodeServer) -> None:
         if context.abstract_syntax not in dropped
         and (keep_storage or context.abstract_syntax in _QUERY_MODELS | _RETRIEVE_MODELS | {Verification})
     ]
+
+
+def _order_for_sending(assoc: Association, node: NodeServer) -> None:
+    """For the storage contexts a C-GET requestor proposes with the SCP role, accept the
+    transfer syntax in which the archive's instances of that SOP class go out best
+    (``outgoing.order_for_sending``): pynetdicom takes the first of our list it proposed.
+    """
+    roles = assoc.requestor.role_selection
+    classes = [uid for uid, role in roles.items() if role.scp_role]
+    if not classes:
+        return
+    outgoing.sends_stored_bytes(assoc)
+    stored = cfind.stored_syntaxes(node.reader(), classes)
+    contexts = []
+    for context in assoc.acceptor.supported_contexts:
+        if context.abstract_syntax in roles and context.scp_role:
+            context = copy.copy(context)
+            context._transfer_syntax = outgoing.order_for_sending(stored.get(context.abstract_syntax, set()))
+        contexts.append(context)
+    assoc.acceptor.supported_contexts = contexts
 
 
 _QUERY_CONTROL = {"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle"}
@@ -354,18 +388,15 @@ def _retrieve_set(event: evt.Event, node: NodeServer) -> list[cfind.StoredInstan
 def _sub_operations(
     event: evt.Event, node: NodeServer, instances: list[cfind.StoredInstance]
 ) -> Iterator[tuple[int, Any]]:
-    """Yield each stored instance for a C-STORE sub-operation; stop on cancel."""
+    """Yield each stored instance for a C-STORE sub-operation, by reference (sent as stored:
+    net/outgoing.py); stop on cancel."""
     for instance in instances:
         if event.is_cancelled:
             yield CANCEL, None
             return
-        try:
-            ds = pydicom.dcmread(node.store.path(instance.file_path))
-        except Exception as exc:  # counted by pynetdicom as a failed sub-operation
-            log.error("cannot read %s for a retrieve: %s", instance.sop_uid, exc)
-            yield PENDING, None
-            continue
-        yield PENDING, ds
+        path = node.store.path(instance.file_path)
+        yield PENDING, outgoing.StoredDataset(instance.sop_class_uid, instance.sop_uid, path,
+                                              instance.transfer_syntax_uid)
 
 
 def _handle_get(event: evt.Event, node: NodeServer) -> Iterator[Any]:
@@ -403,25 +434,11 @@ def _handle_move(event: evt.Event, node: NodeServer) -> Iterator[Any]:
         yield 1  # with 0 pynetdicom answers Success before reading our status
         yield _failure(IDENTIFIER_DOES_NOT_MATCH, str(exc)), None
         return
-    # Propose exactly what will be sent: each SOP class with its stored transfer syntaxes first.
-    yield remote.host, remote.port, {"ae_title": remote.ae_title, "contexts": _contexts_for(instances)}
+    # Propose exactly what will be sent: each stored (SOP class, transfer syntax) on its own.
+    contexts = outgoing.move_contexts((i.sop_class_uid, i.transfer_syntax_uid) for i in instances)
+    yield remote.host, remote.port, {"ae_title": remote.ae_title, "contexts": contexts}
     yield len(instances)
     yield from _sub_operations(event, node, instances)
-
-
-def _contexts_for(instances: list[cfind.StoredInstance]) -> list[Any]:
-    syntaxes: dict[str, list[str]] = {}
-    for instance in instances:
-        wanted = syntaxes.setdefault(instance.sop_class_uid, [])
-        if instance.transfer_syntax_uid and instance.transfer_syntax_uid not in wanted:
-            wanted.append(instance.transfer_syntax_uid)
-    contexts = []
-    for sop_class, wanted in list(syntaxes.items())[:128]:  # 128: the most an association carries
-        for fallback in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
-            if fallback not in wanted:
-                wanted.append(fallback)
-        contexts.append(build_context(sop_class, wanted))
-    return contexts
 
 
 def _answer(level: Any, row: dict[str, Any], unknown: list[Any], identifier: Any, ae_title: str) -> Dataset:
