@@ -18,8 +18,9 @@ request handler, association and DUL (the package itself is left alone):
   or a DIMSE message beyond ``max_object_mb`` aborts the association. So an association
   holds at most one PDU plus the message being assembled.
 - A C-STORE goes from the association straight to ``on_store``, and a success is answered
-  with a C-STORE-RSP encoded by hand (``net.dimse``), as is every C-ECHO; other statuses,
-  and every other request, take pynetdicom's own path.
+  with a C-STORE-RSP encoded by hand (``net.dimse``), as is every C-ECHO and every C-FIND
+  response (``on_find`` gives the matches encoded); other statuses of a C-STORE, and every
+  other request, take pynetdicom's own path.
 - Neither of an association's two threads polls. pynetdicom's DUL thread sleeps 1 ms
   whenever it finds nothing to do, and its association thread sleeps 1 ms every turn, so
   each message waits for both in each direction. Here the DUL thread waits in ``select``
@@ -38,7 +39,7 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -48,20 +49,23 @@ from pynetdicom import evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.ae import ApplicationEntity
 from pynetdicom.association import Association
-from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.transport import AddressInformation, AssociationSocket, RequestHandler, ThreadedAssociationServer
 
-from dicomfs.net.dimse import c_echo_rsp, c_store_rsp, send_command
+from dicomfs.net.dimse import c_echo_rsp, c_find_rsp, c_store_rsp, send_command, send_message
 from dicomfs.net.status import SUCCESS
 
 log = logging.getLogger(__name__)
 
 # What the node does with a received instance: a status, or a status data set with a comment.
 StoreHandler = Callable[[Association, C_STORE, PresentationContext], "int | Dataset"]
+# How the node answers a C-FIND: (status, encoded identifier of a match, error comment)...
+FindHandler = Callable[[Association, C_FIND, PresentationContext], Iterator[tuple[int, "bytes | None", str]]]
 _PROCESSING_FAILURE = 0xC211  # what pynetdicom answers when a C-STORE handler raises
+_FIND_FAILURE = 0xC311  # and when a C-FIND handler does
 
 # The largest A-ASSOCIATE-RQ accepted: 128 presentation contexts with every transfer syntax,
 # extended negotiation and two 64 KiB user identity fields stay well below it.
@@ -415,11 +419,12 @@ class GuardedAssociation(Association):
     """An acceptor association that uses ``GuardedDUL`` and gives its place back when it ends."""
 
     def __init__(self, ae: ApplicationEntity, connection: Connection, limits: Limits, admission: Admission,
-                 on_store: StoreHandler) -> None:
+                 on_store: StoreHandler, on_find: FindHandler) -> None:
         self.connection = connection
         self.limits = limits
         self.admission = admission
         self.on_store = on_store
+        self.on_find = on_find
         super().__init__(ae, MODE_ACCEPTOR)
         self.dul = GuardedDUL(self)
         gate = self._reactor_checkpoint = _ReactorGate(self)
@@ -432,6 +437,9 @@ class GuardedAssociation(Association):
         context = self._accepted_cx.get(context_id)
         if context is not None and isinstance(msg, C_ECHO) and not self._sent_release and msg.is_valid_request:
             send_command(self, context_id, c_echo_rsp(int(msg.MessageID or 0)))  # Verification: always success
+            return
+        if context is not None and isinstance(msg, C_FIND) and not self._sent_release and msg.is_valid_request:
+            self._serve_find(msg, context_id, context)
             return
         if not isinstance(msg, C_STORE) or context is None or self._sent_release or not msg.is_valid_request:
             super()._serve_request(msg, context_id)
@@ -454,6 +462,20 @@ class GuardedAssociation(Association):
         rsp.AffectedSOPInstanceUID = sop_uid
         rsp = StorageServiceClass(self).validate_status(status, rsp)
         self.dimse.send_msg(rsp, context_id)
+
+    def _serve_find(self, msg: C_FIND, context_id: int, context: PresentationContext) -> None:
+        message_id, sop_class = int(msg.MessageID or 0), str(msg.AffectedSOPClassUID)
+        self.dimse.cancel_req = {}  # as pynetdicom: a C-CANCEL from before this request is not for it
+        try:
+            for status, identifier, comment in self.on_find(self, msg, context):
+                if not self.is_established:
+                    return
+                rsp = c_find_rsp(message_id, sop_class, status, identifier=identifier is not None, comment=comment)
+                send_message(self, context_id, rsp, identifier)
+        except Exception:
+            log.exception("C-FIND failed")
+            send_command(self, context_id, c_find_rsp(message_id, sop_class, _FIND_FAILURE, identifier=False,
+                                                     comment="the query failed"))
 
     def kill(self) -> None:
         self._reactor_checkpoint.work.set()  # type: ignore[attr-defined]
@@ -530,7 +552,7 @@ class _RequestHandler(RequestHandler):
     def _associate(self, connection: Connection) -> GuardedAssociation:
         """As pynetdicom's own handler does, with our association class and limits."""
         server, ae = self.server, self.ae
-        assoc = GuardedAssociation(ae, connection, server.limits, server.admission, server.on_store)
+        assoc = GuardedAssociation(ae, connection, server.limits, server.admission, server.on_store, server.on_find)
         assoc._server = server
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"  # pynetdicom finds its threads by name
         assoc.set_socket(AssociationSocket(assoc, client_socket=connection.sock))
@@ -559,10 +581,11 @@ class NodeAssociationServer(ThreadedAssociationServer):
     daemon_threads = True
 
     def __init__(self, *args: Any, limits: Limits, admission: Admission, on_store: StoreHandler,
-                 **kwargs: Any) -> None:
+                 on_find: FindHandler, **kwargs: Any) -> None:
         self.limits = limits
         self.admission = admission
         self.on_store = on_store
+        self.on_find = on_find
         super().__init__(*args, request_handler=_RequestHandler, **kwargs)
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:

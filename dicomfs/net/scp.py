@@ -25,10 +25,13 @@ from typing import Any
 
 import apsw
 import trio
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.association import Association
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_primitives import C_FIND, C_STORE
+from pynetdicom.dsutils import decode, encode
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
@@ -50,6 +53,7 @@ from dicomfs.ingest.prepare import discard, prepare
 from dicomfs.ingest.writer import Submit
 from dicomfs.net import outgoing, peers
 from dicomfs.net.acceptor import Admission, Limits, NodeAssociationServer
+from dicomfs.net.dimse import encode_elements
 from dicomfs.net.status import (
     CANCEL,
     CANNOT_UNDERSTAND,
@@ -128,7 +132,6 @@ class NodeServer:
         s = self.settings
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, _handle_association_request, [self]),
-            (evt.EVT_C_FIND, _handle_find, [self]),
             (evt.EVT_C_GET, _handle_get, [self]),
             (evt.EVT_C_MOVE, _handle_move, [self]),
         ]
@@ -138,7 +141,7 @@ class NodeServer:
             self._server = self.ae.make_server(
                 (s.bind, s.port), ae_title=s.ae_title, evt_handlers=handlers, server_class=NodeAssociationServer,
                 ssl_context=self._ssl_context(), limits=limits, admission=self.admission,
-                on_store=self.store_instance,
+                on_store=self.store_instance, on_find=self.answer_find,
             )
         except OSError as exc:
             raise NodeError(_listen_problem(s.bind, s.port, exc)) from None
@@ -214,6 +217,9 @@ class NodeServer:
         if not ok:
             log.warning("refused %s request from %s@%s: not in the %s allow-list", group, calling, host, group)
         return ok
+
+    def answer_find(self, assoc: Association, request: C_FIND, context: PresentationContext) -> Iterator[FindAnswer]:
+        return _answer_find(self, assoc, request, context)
 
     def store_instance(self, assoc: Association, request: C_STORE, context: PresentationContext) -> int | Dataset:
         """Store exactly the received bytes; answer success only once durable and indexed.
@@ -348,30 +354,50 @@ _QUERY_CONTROL = {"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle
 _MULTI_VALUED = {"ModalitiesInStudy", "SOPClassesInStudy", "OtherPatientIDs"}
 
 
-def _handle_find(event: evt.Event, node: NodeServer) -> Iterator[tuple[Any, Any]]:
-    """C-FIND SCP, Patient Root and Study Root, hierarchical (PS3.4 C.4.1)."""
-    if not node.permits("query", event):
-        yield _failure(NOT_AUTHORIZED, "not in the query allow-list"), None
+FindAnswer = tuple[int, bytes | None, str]  # (status, encoded identifier of a match, error comment)
+
+
+def _answer_find(node: NodeServer, assoc: Association, request: C_FIND,
+                 context: PresentationContext) -> Iterator[FindAnswer]:
+    """C-FIND SCP, Patient Root and Study Root, hierarchical (PS3.4 C.4.1): every match, then
+    the final status. Matches are encoded here, not by pynetdicom (``dimse.encode_elements``)."""
+    if not node._permits("query", assoc):
+        yield NOT_AUTHORIZED, None, "not in the query allow-list"
         return
-    identifier = event.identifier
-    patient_root = event.request.AffectedSOPClassUID == PatientRootQueryRetrieveInformationModelFind
+    syntax = UID(context.transfer_syntax[0])
+    deflated = syntax == DeflatedExplicitVRLittleEndian
     try:
+        identifier = decode(request.Identifier, syntax.is_implicit_VR, syntax.is_little_endian, deflated)
+        patient_root = request.AffectedSOPClassUID == PatientRootQueryRetrieveInformationModelFind
         level = cfind.Level(str(identifier.get("QueryRetrieveLevel", "")).strip())
         requested = {e.keyword: e.value for e in identifier if e.keyword and e.keyword not in _QUERY_CONTROL}
         q = cfind.build(level, requested, patient_root=patient_root, fold_names=node.settings.fold_names)
     except (ValueError, cfind.QueryError) as exc:
-        yield _failure(IDENTIFIER_DOES_NOT_MATCH, str(exc)), None
+        yield IDENTIFIER_DOES_NOT_MATCH, None, str(exc)
+        return
+    except Exception as exc:  # an identifier that does not decode
+        yield IDENTIFIER_DOES_NOT_MATCH, None, f"cannot read the identifier: {exc}"
         return
     unknown = [e for e in identifier if e.keyword not in _QUERY_CONTROL and e.keyword not in q.returned]
+    retrieve_ae = node.settings.ae_title if "RetrieveAETitle" in identifier else ""
+    message_id = int(request.MessageID or 0)
     try:
         for row in cfind.run(node.reader(), q):
-            if event.is_cancelled:
-                yield CANCEL, None
+            if assoc.dimse.cancel_req.pop(message_id, None) is not None:
+                yield CANCEL, None, ""
                 return
-            yield PENDING, _answer(level, row, unknown, identifier, node.settings.ae_title)
+            elements = _answer_elements(level, row, unknown, retrieve_ae)
+            encoded = None if deflated or not syntax.is_little_endian else \
+                encode_elements(elements, implicit=syntax.is_implicit_VR)
+            if encoded is None:  # not plain text and numbers, or not little endian: pydicom encodes it
+                encoded = encode(_answer(level, row, unknown, retrieve_ae), syntax.is_implicit_VR,
+                                 syntax.is_little_endian, deflated)
+            yield PENDING, encoded, ""
     except Exception as exc:
         log.exception("C-FIND failed")
-        yield _failure(UNABLE_TO_PROCESS, f"query failed: {exc}"), None
+        yield UNABLE_TO_PROCESS, None, f"query failed: {exc}"
+        return
+    yield SUCCESS, None, ""
 
 
 _PATIENT_ROOT_RETRIEVE = (PatientRootQueryRetrieveInformationModelGet, PatientRootQueryRetrieveInformationModelMove)
@@ -441,18 +467,38 @@ def _handle_move(event: evt.Event, node: NodeServer) -> Iterator[Any]:
     yield from _sub_operations(event, node, instances)
 
 
-def _answer(level: Any, row: dict[str, Any], unknown: list[Any], identifier: Any, ae_title: str) -> Dataset:
-    ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 192"  # the index holds decoded text; answer in UTF-8
-    ds.QueryRetrieveLevel = level.value
+def _answer_elements(level: Any, row: dict[str, Any], unknown: list[Any], retrieve_ae: str,
+                     ) -> list[tuple[int, str, object]]:
+    """A match as (tag, VR, value): the index's values, in UTF-8."""
+    elements: list[tuple[int, str, object]] = [
+        (0x00080005, "CS", "ISO_IR 192"),  # Specific Character Set: the index holds decoded text
+        (0x00080052, "CS", level.value),  # Query/Retrieve Level
+    ]
     for keyword, value in row.items():
         if keyword in _MULTI_VALUED and isinstance(value, str):
-            value = [v for v in value.split("\\") if v] or None
-        setattr(ds, keyword, value if value != "" else None)
+            value = [v for v in value.split("\\") if v]
+        elements.append((_TAGS[keyword], dictionary_VR(keyword), value))
     for element in unknown:  # requested but not kept by the index: answered empty
-        ds.add_new(element.tag, element.VR, None)
-    if "RetrieveAETitle" in identifier:
-        ds.RetrieveAETitle = ae_title
+        elements.append((int(element.tag), element.VR, None))
+    if retrieve_ae:
+        elements.append((0x00080054, "AE", retrieve_ae))
+    return elements
+
+
+class _Tags(dict[str, int]):
+    def __missing__(self, keyword: str) -> int:
+        tag = self[keyword] = int(tag_for_keyword(keyword))  # type: ignore[arg-type]
+        return tag
+
+
+_TAGS = _Tags()
+
+
+def _answer(level: Any, row: dict[str, Any], unknown: list[Any], retrieve_ae: str) -> Dataset:
+    """A match as a pydicom dataset, for what ``encode_elements`` does not encode."""
+    ds = Dataset()
+    for tag, vr, value in _answer_elements(level, row, unknown, retrieve_ae):
+        ds.add_new(tag, vr, value if value not in ("", []) else None)
     return ds
 
 
