@@ -53,6 +53,7 @@ class RemoteNode:
     # far as C-FIND carries it (remote/terms.py, e.g. "StudyDate>=20240101 and Modality=CT"). Empty: none shown.
     listing: list[str] = field(default_factory=list)
     timeout: float = 30.0  # seconds for any one request to this node, and for an open() to fetch
+    associations: int = 4  # C-GET associations at once for one series (the remote must accept as many)
 
 
 @dataclass(slots=True)
@@ -299,6 +300,8 @@ def _remote(item: Any, where: str) -> RemoteNode:
     _apply(remote, item, where, {})
     if not (remote.name and remote.ae_title and remote.host):
         raise ConfigError(f"{where}: a remote needs name, ae_title and host")
+    if remote.associations < 1:
+        raise ConfigError(f"{where}: remote {remote.name!r}: associations must be at least 1")
     if remote.retrieve not in ("get", "move"):
         raise ConfigError(f"{where}: remote {remote.name!r}: retrieve must be \"get\" or \"move\"")
     return remote

@@ -104,12 +104,13 @@ class Operations(pyfuse3.Operations):
         self._placeholders: set[tuple[str, int]] = set()  # (SOP instance UID, frame) of failed .jpg, logged once
         if remote is not None:
             remote.on_filled = self._note_filled
+            tree.filling = remote.retrievals
 
     def _note_filled(self, filled: list[Ingested]) -> None:
         """Instances fetched with the rest of their series: on the loop, right after they were indexed."""
         self._filled.update(result.sop_uid for result in filled)
         # Lookups until the change watcher comes must not hand out the old size 0 again.
-        self.tree.forget_series({result.series_id for result in filled})
+        self.tree.refill(self.tree.instance_ids(result.sop_uid for result in filled))
 
     # ---------------------------------------------------------------- names and attributes
 

@@ -172,7 +172,7 @@ def get(
     exactly the dataset bytes received, in the transfer syntax the remote stores (see
     ``_storage_contexts``). It runs in the calling thread, one instance at a time; if it
     raises, that C-STORE is answered with a failure status (0xA700 for an ``OSError``, else
-    0xC000) and the remote counts it as failed.
+    0xC000) and the remote counts it as failed; the remote's next C-STORE waits for that answer.
     """
     model = StudyRootQueryRetrieveInformationModelGet
     identifier = _identifier(level, keys)
@@ -347,6 +347,9 @@ class _StoreReplier:
         except OSError as exc:
             log.error("cannot keep %s from %s: %s", sop_uid, self.remote.name, exc)
             return OUT_OF_RESOURCES
+        except ValueError as exc:  # not usable DICOM (NotDicomError, InvalidInstanceError)
+            log.warning("cannot keep %s from %s: %s", sop_uid, self.remote.name, exc)
+            return CANNOT_UNDERSTAND
         except Exception:
             log.exception("cannot keep %s from %s", sop_uid, self.remote.name)
             return CANNOT_UNDERSTAND

@@ -194,6 +194,12 @@ class RemoteRows:
         """How many of the series' listed instances are not local."""
         return self.db.get_int("SELECT count(*) FROM instances WHERE series_id = ? AND file_path = ''", (series_id,))
 
+    def missing_uids(self, series_id: int) -> list[str]:
+        """The SOP Instance UIDs of the series' instances that are not local, in reading order."""
+        return [str(uid) for (uid,) in self.db.query(
+            "SELECT sop_uid FROM instances WHERE series_id = ? AND file_path = '' ORDER BY instance_number, id",
+            (series_id,))]
+
     def sop_classes(self, series_id: int) -> list[str]:
         """The SOP classes a listing named for the series (what a C-GET must accept)."""
         return [str(uid) for (uid,) in self.db.query(
