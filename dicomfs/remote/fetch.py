@@ -291,8 +291,8 @@ class Fetcher:
                    retrieval: _Retrieval) -> scu.RetrieveResult:
         """Parts of the series on up to ``remote.associations`` associations at once, by the workers.
 
-        A remote that fails a part (one that takes no UID lists, say) gets one SERIES C-GET
-        for whatever is still missing once the other parts are done.
+        A remote that answers a part with a failure status (one that takes no UID lists, say)
+        gets one SERIES C-GET for whatever is still missing once the other parts are done.
         """
         plan = retrieval.plan = Plan.of(self.rows.missing_uids(series_id), first, remote.associations)
         sop_classes = tuple(self.rows.sop_classes(series_id))
@@ -317,7 +317,7 @@ class Fetcher:
             for _ in range(max(1, min(remote.associations, len(plan.parts)))):
                 nursery.start_soon(runner)
         retrieval.plan = None
-        if failures and self.rows.missing(series_id) and not failures[0].timed_out:
+        if failures and failures[0].status is not None and self.rows.missing(series_id):
             log.warning("remote %s: a part of series %s failed (%s); asking for the series at once",
                         remote.name, keys["SeriesInstanceUID"], failures[0])
             failures.clear()

@@ -11,7 +11,7 @@ fsync: several workers run at once, each on a part of the series.
 
 The protocol on a worker's pipe is strict request/response: the daemon sends a ``Job``; the
 worker sends ``("instance", Prepared)`` and waits for ``(ok, reason)``, as often as
-instances come, and ``("log", level, message)`` whenever it logs; then ``("done", result,
+instances come, and ``("log", logger, level, message)`` whenever it logs; then ``("done", result,
 error)``. ``None`` ends the worker.
 """
 
@@ -55,10 +55,12 @@ class Job:
 class JobFailed(Exception):
     """A worker's C-GET failed: ``timed_out`` if the remote went silent, ``result`` its counts if it sent them."""
 
-    def __init__(self, message: str, timed_out: bool, result: scu.RetrieveResult | None) -> None:
+    def __init__(self, message: str, timed_out: bool, result: scu.RetrieveResult | None,
+                 status: int | None = None) -> None:
         super().__init__(message)
         self.timed_out = timed_out
         self.result = result
+        self.status = status  # the remote's failure status, if it answered with one
 
 
 Keep = Callable[[Prepared], str]  # on the daemon's side: index it; "" once durable and indexed, else why not
@@ -79,8 +81,8 @@ class Worker:
             kind = message[0]
             if kind == "instance":
                 self.conn.send(keep(message[1]))
-            elif kind == "log":
-                log.log(message[1], "%s", message[2])
+            elif kind == "log":  # under the record's own logger: the daemon's levels apply
+                logging.getLogger(message[1]).log(message[2], "%s", message[3])
             else:
                 _, result, error = message
                 if error is not None:
@@ -137,7 +139,7 @@ class _Forward(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         with contextlib.suppress(OSError, ValueError):
-            self.send(("log", record.levelno, self.format(record)))
+            self.send(("log", record.name, record.levelno, self.format(record)))
 
 
 def _serve(conn: Connection, store_root: str) -> None:
@@ -159,7 +161,7 @@ def _serve(conn: Connection, store_root: str) -> None:
     handler.setFormatter(logging.Formatter("retrieve worker %(process)d: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
+    root.setLevel(logging.WARNING)  # pynetdicom dumps every identifier at INFO
     logging.getLogger("dicomfs").setLevel(logging.INFO)
     store = Store(store_root)
     with ThreadPoolExecutor(1, thread_name_prefix="durable-write") as writer:
@@ -173,7 +175,7 @@ def _serve(conn: Connection, store_root: str) -> None:
             try:
                 send(("done", run_job(job, store, writer, keep), None))
             except JobFailed as exc:
-                send(("done", None, (str(exc), exc.timed_out, exc.result)))
+                send(("done", None, (str(exc), exc.timed_out, exc.result, exc.status)))
 
 
 def run_job(job: Job, store: Store, writer: Executor, keep: Keep) -> scu.RetrieveResult:
@@ -193,7 +195,7 @@ def run_job(job: Job, store: Store, writer: Executor, keep: Keep) -> scu.Retriev
         return scu.get(job.remote, job.level, job.keys, calling_ae=job.calling_ae, timeout=job.remote.timeout,
                        sop_classes=job.sop_classes, on_instance=on_instance)
     except scu.RemoteError as exc:
-        raise JobFailed(str(exc), isinstance(exc, scu.RemoteTimeoutError), exc.result) from None
+        raise JobFailed(str(exc), isinstance(exc, scu.RemoteTimeoutError), exc.result, exc.status) from None
     except Exception as exc:  # a bug must reach the daemon's log, not end the worker silently
         log.exception("C-GET failed")
         raise JobFailed(f"{type(exc).__name__}: {exc}", False, None) from None
