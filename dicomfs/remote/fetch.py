@@ -313,8 +313,11 @@ class Fetcher:
                 await run(Job(remote, "IMAGE", {**keys, "SOPInstanceUID": "\\".join(part)},
                               self.settings.ae_title, sop_classes))
 
+        opened = plan.take()  # alone, before the rest competes with it for the CPU and the remote
+        if opened is not None:
+            await run(Job(remote, "IMAGE", {**keys, "SOPInstanceUID": opened[0]}, self.settings.ae_title, sop_classes))
         async with trio.open_nursery() as nursery:
-            for _ in range(max(1, min(remote.associations, len(plan.parts)))):
+            for _ in range(min(remote.associations, len(plan.parts))):
                 nursery.start_soon(runner)
         retrieval.plan = None
         if failures and failures[0].status is not None and self.rows.missing(series_id):
