@@ -377,6 +377,8 @@ def test_opens_that_joined_a_failing_retrieve_share_one_new_retrieve(
 
     serve(archive, settings, pacs, monkeypatch, body)
     assert all(local(archive, instance_id) for instance_id in ids.values())
-    # the opened one stuck, the other on its own association; then one new retrieve for the stuck one
+    # the opened one alone, stuck (so the rest was never asked for); then one new retrieve:
+    # the instance its first open waits for alone, then the other
     assert [level for level, _ in pacs.calls] == ["IMAGE", "IMAGE", "IMAGE"]
-    assert pacs.calls[-1][1] == archive.db.get_str("SELECT sop_uid FROM instances WHERE id = ?", (first,))
+    assert pacs.calls[0][1] == archive.db.get_str("SELECT sop_uid FROM instances WHERE id = ?", (first,))
+    assert sorted(sop for _, sop in pacs.calls[1:]) == sorted(ids)

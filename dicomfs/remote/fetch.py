@@ -302,7 +302,9 @@ class Fetcher:
         async def run(job: Job) -> None:
             async with self._pool().worker() as worker:
                 try:
-                    plan.count(await trio.to_thread.run_sync(worker.run, job, keep, abandon_on_cancel=True))
+                    with self._group_index.job():
+                        result = await trio.to_thread.run_sync(worker.run, job, keep, abandon_on_cancel=True)
+                    plan.count(result)
                 except JobFailed as exc:
                     if exc.result is not None:
                         plan.count(exc.result)

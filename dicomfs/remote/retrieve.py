@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import trio
@@ -82,26 +82,50 @@ class _Waiting:
 
 
 class GroupIndex:
-    """Instances from all workers, indexed on the loop: what arrives while a batch is written goes in the next."""
+    """Instances from all workers, indexed on the loop, as few transactions as the answers allow.
+
+    Each worker waits for its instance to be indexed before it answers the remote and gets
+    the next one, so a batch can hold at most one instance per worker in a job (``busy``).
+    A batch is written once each of them has sent one, or ``GATHER`` seconds after its first
+    instance came: one transaction and one folder fsync for several instances.
+    """
+
+    GATHER = 0.003
 
     def __init__(self, gateway: IndexGateway, store: Store) -> None:
         self.gateway = gateway
         self.store = store
+        self.busy = 0  # workers in the middle of a job
         self._pending: list[_Waiting] = []
+        self._full = trio.Event()
         self._writing = False
+
+    @contextlib.contextmanager
+    def job(self) -> Iterator[None]:
+        """Around a worker's job: one more instance may be on its way."""
+        self.busy += 1
+        try:
+            yield
+        finally:
+            self.busy -= 1
+            if self._pending and len(self._pending) >= self.busy:
+                self._full.set()
 
     async def index(self, prepared: Prepared) -> str:
         """"" once ``prepared`` is durable and indexed, else why not (its temporary file is gone)."""
         waiting = _Waiting(prepared)
         self._pending.append(waiting)
+        if len(self._pending) >= self.busy:
+            self._full.set()
         if not self._writing:
             self._writing = True
             try:
-                await trio.lowlevel.checkpoint()  # what the other workers sent this turn joins the batch
                 while self._pending:
+                    with trio.move_on_after(self.GATHER):
+                        await self._full.wait()
+                    self._full = trio.Event()
                     batch, self._pending = self._pending, []
                     self._write(batch)
-                    await trio.lowlevel.checkpoint()
             finally:
                 self._writing = False
         await waiting.done.wait()
