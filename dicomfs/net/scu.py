@@ -25,6 +25,7 @@ import contextlib
 import logging
 import select
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -447,6 +448,8 @@ class _Socket(AssociationSocket):
         if sock is None or not self._is_connected:
             time.sleep(self.POLL)
             return False
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True  # decrypted already: the raw socket may have nothing more to say
         try:
             readable, _, _ = select.select([sock, self._wakee], [], [], self.POLL)
             if self._wakee in readable:
@@ -488,8 +491,9 @@ class _Socket(AssociationSocket):
 
     def dispose(self) -> None:
         """Close every socket; only once the DUL thread has ended (pynetdicom leaves some open)."""
-        for sock in (self._waker, self._wakee, self.tcp):
-            sock.close()
+        for sock in (self._waker, self._wakee, self.tcp, self.socket):
+            if sock is not None:
+                sock.close()
 
 
 def _decoded_rejection(pdu: bytes) -> A_ASSOCIATE | None:
@@ -510,7 +514,23 @@ class _AE(AE):
         self.timeout = timeout
 
     def _create_socket(self, assoc: Association, address: AddressInformation, tls_args: Any) -> _Socket:
-        return _Socket(assoc, address, self.timeout)
+        sock = _Socket(assoc, address, self.timeout)
+        sock.tls_args = tls_args
+        return sock
+
+
+def _tls_args(remote: RemoteNode, operation: str) -> tuple[ssl.SSLContext, str] | None:
+    """The client side of DICOM TLS (PS3.15 BCP 195): the node's certificate checked, ours if set."""
+    if not remote.tls:
+        return None
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=remote.ca or None)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if remote.cert:
+            context.load_cert_chain(remote.cert, remote.key)
+    except (OSError, ssl.SSLError) as exc:
+        raise RemoteError(remote, operation, f"cannot read its TLS files: {exc}") from None
+    return context, remote.host
 
 
 @contextlib.contextmanager
@@ -523,6 +543,7 @@ def _association(
     ae.connection_timeout = ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     assoc = ae.associate(
         remote.host, remote.port, contexts=contexts, ae_title=remote.ae_title, max_pdu=0, ext_neg=ext_neg,
+        tls_args=_tls_args(remote, operation),
     )
     try:
         if not assoc.is_established:
