@@ -116,6 +116,7 @@ class DicomSettings:
     tls: TlsSettings = field(default_factory=TlsSettings)
     remotes: list[RemoteNode] = field(default_factory=list)
     refresh_minutes: float = 15.0  # how often saved remote queries are run again (0: only on demand)
+    relist_minutes: float = 5.0  # a remote study entered this long after its series were listed: list them again
     cache_mb: float = 10_240.0  # fetched remote data kept locally; least recently used series are evicted
 
     def remote(self, name: str) -> RemoteNode | None:

@@ -127,17 +127,37 @@ class Fetcher:
             log.warning("remote %s: saved query %s", remote.name, terms.deprecation(saved, found))
         return found.keys
 
-    async def prepare_study(self, study_id: int) -> None:
-        """List a remote study's series the first time its folder is entered."""
-        if self.rows.unlisted_study(study_id) is None:
-            return
+    async def prepare_study(self, study_id: int) -> list[int]:
+        """List a remote study's series when its folder is entered: the first time, and again once
+        that listing is ``relist_minutes`` old (series may have come since). Returns the ids of
+        the series listed now; [] when the listing stands. A first listing that fails raises
+        FetchError; a re-listing that fails leaves the old one, with a warning."""
+        if not self._listing_due(study_id):
+            return []
         async with self._listing_lock("study", study_id):
-            study = self.rows.unlisted_study(study_id)
-            if study is None:
-                return  # listed while we waited
+            listed = self.rows.study_listing(study_id)
+            if listed is None or not self._listing_due(study_id):
+                return []  # listed while we waited
+            study, listed_at = listed
             remote = self._remote(study.remote)
-            series = await self._in_thread(catalog.find_series, remote, study.study_uid, self.settings.ae_title)
-            self.rows.add_series(remote.name, study_id, series)
+            try:
+                series = await self._in_thread(catalog.find_series, remote, study.study_uid, self.settings.ae_title)
+            except FetchError as exc:
+                if listed_at is None:
+                    raise
+                log.warning("remote %s: study %s not listed again (%s); its earlier listing stands",
+                            remote.name, study.study_uid, exc)
+                self.rows.series_listed(study_id)
+                return []
+            return self.rows.add_series(remote.name, study_id, series)
+
+    def _listing_due(self, study_id: int) -> bool:
+        listed = self.rows.study_listing(study_id)
+        if listed is None:
+            return False
+        listed_at = listed[1]
+        age = self.settings.relist_minutes * 60
+        return listed_at is None or (age > 0 and time.time() - listed_at >= age)
 
     async def prepare_series(self, series_id: int) -> None:
         """List a remote series' instances the first time its folder is entered."""
