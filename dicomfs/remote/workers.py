@@ -153,9 +153,12 @@ def _serve(conn: Connection, store_root: str) -> None:
     def keep(prepared: Prepared) -> str:
         send(("instance", prepared))
         try:
-            return str(conn.recv())
+            reason = conn.recv()
         except (EOFError, OSError):
-            os._exit(0)  # the daemon has gone: nothing to answer for
+            reason = None
+        if reason is None:  # the daemon stops (or has gone): the association is dropped with us
+            os._exit(0)
+        return str(reason)
 
     handler = _Forward(send)
     handler.setFormatter(logging.Formatter("retrieve worker %(process)d: %(message)s"))
