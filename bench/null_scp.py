@@ -12,6 +12,7 @@ import socket
 import sys
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 
@@ -32,6 +33,7 @@ def main() -> None:
     ae = AE("NULLSCP")
     ae.maximum_pdu_size = 0
     ae.maximum_associations = 16
+    ae.add_supported_context(Verification)  # for the echo figure
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     server = ae.make_server(("127.0.0.1", int(sys.argv[1])), evt_handlers=[(evt.EVT_C_STORE, _discard)],

@@ -110,6 +110,7 @@ class DicomSettings:
     # 1 MiB measured as fast as unlimited (see docs/dicom.md); 0 advertises no limit.
     max_pdu: int = 1_048_576
     max_object_mb: float = 1024.0  # largest DIMSE message (one object) an association may send us
+    parse_workers: int = 2  # processes that parse received instances; 0: each association's own thread
     network_timeout: float = 60.0
     fold_names: bool = True  # C-FIND person names match without regard to case (Unicode case folding)
     allow: AllowSettings = field(default_factory=AllowSettings)
@@ -235,6 +236,9 @@ def check_dicom(dicom: DicomSettings, where: str = "") -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{where}{key} = {value} must be greater than 0")
+    if dicom.parse_workers < 0:
+        raise ConfigError(f"{where}parse_workers = {dicom.parse_workers} must be 0 (parse in the node's threads) "
+                          "or more")
     if dicom.max_pdu != 0 and not 4096 <= dicom.max_pdu <= 0xFFFFFFFF:
         raise ConfigError(f"{where}max_pdu = {dicom.max_pdu} must be 0 (no limit) or from 4096 to 4294967295")
 

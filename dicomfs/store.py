@@ -9,11 +9,14 @@ the complete file or nothing at its final path. Files and folders are created no
 
 from __future__ import annotations
 
+import errno
 import filecmp
 import hashlib
 import itertools
 import os
 import re
+import sys
+import threading
 from pathlib import Path
 
 from dicomfs.privacy import DIR_MODE, FILE_MODE
@@ -36,6 +39,8 @@ class Store:
         self.root = Path(root)
         self.tmp_dir = self.root / ".tmp"
         self.tmp_dir.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        self._early: set[str] = set()  # relpaths placed early and not yet adopted or taken back
+        self._early_lock = threading.Lock()
 
     @staticmethod
     def relpath_for(study_uid: str, series_uid: str, sop_uid: str) -> str:
@@ -46,8 +51,12 @@ class Store:
     def path(self, relpath: str) -> Path:
         return self.root / relpath
 
-    def write_temp(self, data: bytes) -> Path:
-        """Write ``data`` durably to a temporary file in the store; returns its path."""
+    def write_temp(self, data: bytes, *, durable: bool = True) -> Path:
+        """Write ``data`` to a temporary file in the store; returns its path.
+
+        ``durable=False``: leave the fsync to the caller (``sync_file``), to overlap it with
+        other work on the bytes.
+        """
         # pid + counter: unique without mkstemp's random names; the pid tells a crash apart.
         name = str(self.tmp_dir / f"{os.getpid()}-{next(_counter)}.part")
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
@@ -55,13 +64,69 @@ class Store:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         except BaseException:
             os.close(fd)
             os.unlink(name)
             raise
         os.close(fd)
         return Path(name)
+
+    @staticmethod
+    def sync_file(path: Path, folder: Path | None = None) -> None:
+        """Make a file written with ``durable=False`` durable, then ``folder``'s entries."""
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if folder is not None:
+            fsync_dir(folder)
+
+    def place_early(self, temp: Path, relpath: str) -> Path | None:
+        """Give a temporary file its final name as well (a hard link), if nothing has it yet.
+
+        For the node: done before the file's fsync, which on journaling filesystems (ext4,
+        XFS) then makes the name durable too, so that the fsync of its folder after it
+        (``sync_file(..., folder=True)``) costs next to nothing. The file is not indexed
+        yet: the index writer adopts it (``holds``) or moves the temporary over it.
+        Returns the final path, or None when a file is there already.
+        """
+        final = self.root / relpath
+        with self._early_lock:
+            if relpath in self._early:
+                return None
+            self._early.add(relpath)
+        try:
+            self._make_folder(final.parent)
+            os.link(temp, final)
+        except BaseException:
+            self.release_early(relpath)
+            if isinstance(sys.exc_info()[1], FileExistsError):
+                return None
+            raise
+        return final
+
+    def release_early(self, relpath: str, *, remove: bool = False) -> None:
+        """End an early placement: adopted by the index (``remove=False``), or taken back."""
+        if remove:
+            (self.root / relpath).unlink(missing_ok=True)  # nobody else may replace it meanwhile
+        with self._early_lock:
+            self._early.discard(relpath)
+
+    def holds(self, temp: Path, relpath: str) -> bool:
+        """True when the file at ``relpath`` is ``temp`` itself (placed early, and still there)."""
+        try:
+            return os.path.samefile(temp, self.root / relpath)
+        except OSError:
+            return False
+
+    def _make_folder(self, parent: Path) -> None:
+        if not parent.is_dir():
+            parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+            fsync_dir(parent.parent)
+            fsync_dir(parent.parent.parent)
 
     def commit(self, temp: Path, relpath: str) -> Path:
         """Move a temporary file to its final place (replacing an unindexed leftover).
@@ -71,10 +136,10 @@ class Store:
         """
         final = self.root / relpath
         parent = final.parent
-        if not parent.is_dir():
-            parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
-            fsync_dir(parent.parent)
-            fsync_dir(parent.parent.parent)
+        with self._early_lock:
+            if relpath in self._early:  # the same instance, arriving on the node at this moment
+                raise OSError(errno.EBUSY, f"{relpath} is being received by the node at the same time")
+        self._make_folder(parent)
         os.replace(temp, final)
         return parent
 

@@ -74,3 +74,63 @@ def test_after_the_loop_has_ended_a_submit_fails_plainly(archive: Archive) -> No
     with pytest.raises(trio.RunFinishedError):  # what the node's C-STORE handler turns into a failure status
         gateway.submit_from_thread(batch)
     assert archive.db.get_int("SELECT count(*) FROM instances") == 0
+
+
+def _submit_while_the_loop_is_busy(archive: Archive, batches: list[Batch]) -> tuple[IndexGateway, list[object]]:
+    """Every batch submitted from its own thread while the loop is held up, then the loop let go:
+    what each thread got back (its results, or the exception it raised)."""
+    outcomes: list[object] = [None] * len(batches)
+
+    async def main() -> IndexGateway:
+        gateway = IndexGateway(archive.writer)
+        token = trio.lowlevel.current_trio_token()
+        handed_over = threading.Semaphore(0)
+        real_run_sync_soon = token.run_sync_soon
+
+        def counted(fn: object, *args: object) -> None:  # the loop's own queue, watched
+            real_run_sync_soon(fn, *args)  # type: ignore[arg-type]
+            if args:
+                handed_over.release()
+
+        gateway._token = type("Token", (), {"run_sync_soon": staticmethod(counted)})()  # type: ignore[assignment]
+
+        def submit(i: int) -> None:
+            try:
+                outcomes[i] = gateway.submit_from_thread(batches[i])
+            except Exception as exc:
+                outcomes[i] = exc
+
+        threads = [threading.Thread(target=submit, args=(i,)) for i in range(len(batches))]
+        for thread in threads:
+            thread.start()
+        for _ in threads:  # the loop is held here until every thread has handed its batch over
+            handed_over.acquire(timeout=30)
+        for thread in threads:
+            await trio.to_thread.run_sync(thread.join)
+        return gateway
+
+    return trio.run(main), outcomes
+
+
+def test_batches_from_several_threads_are_written_in_one_transaction(archive: Archive) -> None:
+    batches = [batch_of(archive, 2) for _ in range(4)]
+    gateway, outcomes = _submit_while_the_loop_is_busy(archive, batches)
+    assert gateway.groups == 1
+    for batch, results in zip(batches, outcomes, strict=True):  # each thread gets its own results
+        assert isinstance(results, list)
+        assert [r.sop_uid for r in results] == [p.parsed.sop_uid for p in batch]
+        assert {r.outcome for r in results} == {Outcome.STORED}
+    assert archive.db.get_int("SELECT count(*) FROM instances") == 8
+
+
+def test_a_failing_batch_in_a_group_fails_alone(archive: Archive) -> None:
+    batches = [batch_of(archive, 2) for _ in range(3)]
+    archive.store.discard(batches[1][1].temp)  # its file is gone: that batch cannot be written
+    gateway, outcomes = _submit_while_the_loop_is_busy(archive, batches)
+    assert gateway.groups == 1
+    assert isinstance(outcomes[1], FileNotFoundError)
+    for i in (0, 2):
+        assert [r.outcome for r in outcomes[i]] == [Outcome.STORED] * 2  # type: ignore[attr-defined]
+    assert archive.db.get_int("SELECT count(*) FROM instances") == 4
+    assert sorted(p.name for p in (archive.store.root).rglob("*.dcm")) == sorted(
+        f"{p.parsed.sop_uid}.dcm" for i in (0, 2) for p in batches[i])  # nothing of the failed batch stays

@@ -108,6 +108,50 @@ def test_kill_mid_ingest_loses_nothing_a_sender_was_told_succeeded(daemon: Daemo
     assert sorted(assert_index_and_store_agree(data_dir)) == sorted(sop_uids)
 
 
+def test_kill_during_four_association_ingest_loses_nothing_a_sender_was_told_succeeded(
+        daemon: Daemon, data_dir: Path, tmp_path: Path) -> None:
+    """Four senders at once: answers are given per group commit, so a kill falls between
+    the transactions of several senders; each sender's acknowledged instances are kept."""
+    sources = dicomgen.series(tmp_path / "in", 400, rows=64, columns=64)
+    groups = [sources[i::4] for i in range(4)]
+    daemon.start()
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    senders = [subprocess.Popen(["/usr/bin/storescu", "-v", "-aec", "DICOMFS", "-aet", f"MODALITY{i}", "127.0.0.1",
+                                 str(daemon.port), *group], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=env) for i, group in enumerate(groups)]
+    acknowledged = [0] * 4
+    enough = threading.Event()
+    lock = threading.Lock()
+
+    def follow(i: int) -> None:
+        out = senders[i].stdout
+        assert out is not None
+        for line in out:
+            if "Received Store Response (Success)" in line:
+                with lock:
+                    acknowledged[i] += 1
+                    if sum(acknowledged) >= 120:
+                        enough.set()
+
+    readers = [threading.Thread(target=follow, args=(i,)) for i in range(4)]
+    for reader in readers:
+        reader.start()
+    assert enough.wait(120), f"the senders did not get far: {acknowledged}"
+    kill_hard(daemon)
+    for sender, reader in zip(senders, readers, strict=True):
+        sender.wait(timeout=60)
+        reader.join(timeout=60)
+    assert all(sender.returncode != 0 for sender in senders), "every sender should have lost its peer"
+    assert all(count > 0 for count in acknowledged), acknowledged
+    daemon.start()
+    indexed = set(assert_index_and_store_agree(data_dir))
+    for group, count in zip(groups, acknowledged, strict=True):  # each sender sends in order
+        told = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in group[:count]}
+        assert told <= indexed, f"{len(told - indexed)} acknowledged instances are missing"
+    for path in (data_dir / "store").rglob("*.dcm"):  # indexed or not, no file in the store is partial
+        assert len(pydicom.dcmread(path).PixelData) == 64 * 64 * 2, path
+
+
 def test_kill_mid_read_then_the_mount_answers_again(daemon: Daemon, data_dir: Path, tmp_path: Path) -> None:
     sources = dicomgen.series(tmp_path / "in", 40, rows=256, columns=256)
     run_cli("import", "--data-dir", data_dir, tmp_path / "in")

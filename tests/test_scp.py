@@ -21,9 +21,12 @@ def test_echoscu(daemon: Daemon) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_storescu_many_files_one_association(daemon: Daemon, tmp_path: Path) -> None:
+@pytest.mark.parametrize("parse_workers", [2, 0], ids=["parser-processes", "in-thread"])
+def test_storescu_many_files_one_association(daemon: Daemon, tmp_path: Path, parse_workers: int) -> None:
     paths = dicomgen.series(tmp_path / "in", 20, rows=32, columns=32)
-    daemon.start()
+    config = tmp_path / "node.toml"
+    config.write_text(f"[dicom]\nparse_workers = {parse_workers}\n")
+    daemon.start("--config", str(config))
     result = dcmtk("storescu", "-aec", "DICOMFS", "-aet", "MODALITY", "127.0.0.1", daemon.port, *paths)
     assert result.returncode == 0, result.stderr
     series_dir = daemon.mount / SERIES

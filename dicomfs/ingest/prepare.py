@@ -11,37 +11,58 @@ import contextlib
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from dicomfs.ingest.peek import peek_part10
 from dicomfs.parse import ParsedInstance, parse_instance
 from dicomfs.store import Store
+
+if TYPE_CHECKING:
+    from dicomfs.ingest.parsers import ParserPool
 
 __all__ = ["Batch", "Prepared", "prepare"]
 
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """An instance ready to be indexed: its index values and the durable file that holds its bytes."""
+    """An instance ready to be indexed: its index values and the durable file that holds its bytes.
+
+    ``placed``: the final relative path the file already has in the store too, durably
+    (``Store.place_early``); the index writer adopts it, or ``discard`` takes it back.
+    """
 
     parsed: ParsedInstance
     temp: Path
+    placed: str = ""
+
+
+def discard(store: Store, prepared: Prepared) -> None:
+    """Remove what ``prepare`` wrote for an instance that will not be indexed."""
+    if prepared.placed:
+        store.release_early(prepared.placed, remove=True)
+    store.discard(prepared.temp)
 
 
 Batch = list[Prepared]  # what one index transaction writes
 
 
 def prepare(data: bytes, store: Store, *, source: str, received: bool = False,
-            writer: Executor | None = None) -> Prepared:
+            writer: Executor | None = None, parsers: ParserPool | None = None) -> Prepared:
     """Parse ``data`` and write the bytes to keep durably to a temporary file in ``store``.
 
     ``received``: the bytes came over the network (see ``parse_instance``). ``writer``: a
     thread pool for the durable write (mostly waiting for fsync). When ``data`` already has
     its Part 10 header, those are the bytes kept, so the write runs there while this thread
-    parses; a refused dataset's file is then discarded. ``parsed.data`` is emptied: the bytes
-    are in the file, and no second copy travels on (back from an import worker, say).
+    parses; a refused dataset's file is then discarded. ``parsers``: worker processes to parse
+    in (the node's). ``parsed.data`` is emptied: the bytes are in the file, and no second copy
+    travels on (back from an import worker, say).
 
     Raises ``NotDicomError``/``InvalidInstanceError`` (refused) or ``OSError`` (not written).
     """
+    if parsers is not None and writer is not None and data[128:132] == b"DICM":
+        return _prepare_in_place(data, store, source=source, received=received, writer=writer, parsers=parsers)
     if writer is not None and data[128:132] == b"DICM":
+
         writing = writer.submit(store.write_temp, data)
         try:
             parsed = parse_instance(data, source=source, received=received)
@@ -54,6 +75,33 @@ def prepare(data: bytes, store: Store, *, source: str, received: bool = False,
         temp = store.write_temp(parsed.data)
     parsed.data = b""
     return Prepared(parsed, temp)
+
+
+def _prepare_in_place(data: bytes, store: Store, *, source: str, received: bool, writer: Executor,
+                      parsers: ParserPool) -> Prepared:
+    """The node's way: the bytes go to a temporary file that gets its final name at once (from
+    UIDs peeked at in the bytes), a parser process reads it, and one fsync, in a writer
+    thread meanwhile, makes file and name durable. Parsing must agree with the peeked UIDs,
+    or the early name is taken back and the index writer places the file after all."""
+    temp = store.write_temp(data, durable=False)
+    uids = peek_part10(data)
+    relpath = store.relpath_for(*uids) if uids else ""
+    final = store.place_early(temp, relpath) if relpath else None
+    if final is None:
+        relpath = ""
+    try:
+        syncing = writer.submit(store.sync_file, temp, final.parent if final else None)
+        try:
+            parsed = parsers.parse(temp, source=source, received=received)
+        finally:
+            syncing.result()
+    except BaseException:
+        discard(store, Prepared(None, temp, relpath))  # type: ignore[arg-type]
+        raise
+    if relpath and uids != (parsed.study["study_uid"], parsed.series["series_uid"], parsed.sop_uid):
+        store.release_early(relpath, remove=True)
+        relpath = ""
+    return Prepared(parsed, temp, relpath)
 
 
 def _discard_when_written(store: Store, writing: Future[Path]) -> None:

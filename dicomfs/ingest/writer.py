@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -78,7 +79,9 @@ class IndexWriter:
         """Store and index ``batch`` atomically; its temporary files are consumed.
 
         Files are moved into the store before the transaction commits: a crash in between
-        leaves an unindexed file that the next arrival of the same instance overwrites.
+        leaves an unindexed file that the next arrival of the same instance overwrites. If the
+        transaction fails, every temporary file is where it was (placed ones are moved back),
+        so the caller may discard them, or write the batch again.
         """
         results: list[Ingested] = []
         touched: set[int] = set()
@@ -87,8 +90,9 @@ class IndexWriter:
         try:
             self._add_in_transaction(batch, results, touched, placement, now)
         except BaseException:
-            placement.remove_files()  # the rows were rolled back: nothing names these files
+            placement.undo(self.store)  # the rows were rolled back: nothing names these files
             raise
+        placement.done(self.store)
         return results
 
     def _add_in_transaction(self, batch: Iterable[Prepared], results: list[Ingested], touched: set[int],
@@ -97,7 +101,7 @@ class IndexWriter:
             batch_sources: dict[int, set[str]] = {}
             for prepared in batch:
                 parsed = prepared.parsed
-                result = self._add_one(parsed, prepared.temp, now, placement)
+                result = self._add_one(parsed, prepared.temp, now, placement, prepared.placed)
                 results.append(result)
                 if result.outcome is Outcome.STORED:
                     touched.add(result.series_id)
@@ -117,8 +121,11 @@ class IndexWriter:
                 )
             self.store.sync_dirs(placement)  # the files are durable before the index names them
 
-    def _add_one(self, parsed: ParsedInstance, temp: Path, now: float, placement: _Placement) -> Ingested:
+    def _add_one(self, parsed: ParsedInstance, temp: Path, now: float, placement: _Placement,
+                 placed: str = "") -> Ingested:
         sop_uid = parsed.sop_uid
+        if placed:
+            placement.early.append(placed)  # released once this transaction has ended
         try:
             instance_id, series_id, relpath = self.db.get_row(
                 "SELECT id, series_id, file_path FROM instances WHERE sop_uid = ?", (sop_uid,)
@@ -127,9 +134,9 @@ class IndexWriter:
             pass
         else:
             if relpath == "":  # listed from a remote PACS, arriving now: the row becomes local
-                return self._fill_placeholder(instance_id, series_id, parsed, temp, now, placement)
+                return self._fill_placeholder(instance_id, series_id, parsed, temp, now, placement, placed)
             identical = self.store.same_content(relpath, temp)
-            self.store.discard(temp)
+            placement.duplicates.append(temp)  # removed once the transaction has committed
             if identical:
                 return Ingested(sop_uid, Outcome.IDENTICAL, series_id)
             self.db.execute(
@@ -146,7 +153,7 @@ class IndexWriter:
         study_id = entities.upsert(self.db, "studies", "study_uid", {**parsed.study, "patient_id": patient_id}, now)
         series_id = entities.upsert(self.db, "series", "series_uid", {**parsed.series, "study_id": study_id}, now)
         relpath = self.store.relpath_for(parsed.study["study_uid"], parsed.series["series_uid"], sop_uid)
-        placement.place(self.store, temp, relpath)
+        placement.place(self.store, temp, relpath, placed)
         row = {**parsed.instance, "series_id": series_id, "file_path": relpath, "received_at": now}
         self.db.execute(
             f"INSERT INTO instances ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
@@ -200,10 +207,11 @@ class IndexWriter:
                     log.info("study %d assigned to project %s by a rule", study_id, rule.project)
 
     def _fill_placeholder(
-        self, instance_id: int, series_id: int, parsed: ParsedInstance, temp: Path, now: float, placement: _Placement
+        self, instance_id: int, series_id: int, parsed: ParsedInstance, temp: Path, now: float, placement: _Placement,
+        placed: str,
     ) -> Ingested:
         relpath = self.store.relpath_for(parsed.study["study_uid"], parsed.series["series_uid"], parsed.sop_uid)
-        placement.place(self.store, temp, relpath)
+        placement.place(self.store, temp, relpath, placed)
         row = {**parsed.instance, "file_path": relpath, "received_at": now, "fetched": 1}
         self.db.execute(
             f"UPDATE instances SET {', '.join(f'{k} = ?' for k in row)} WHERE id = ?",
@@ -259,18 +267,42 @@ class IndexWriter:
 
 
 class _Placement(set[Path]):
-    """The folders a batch moved files into (to fsync), and the files themselves: if the
-    transaction that names them fails (a full disk, say), they are removed again, so a
-    refused instance leaves nothing behind."""
+    """What a batch does to the store: the folders it moved files into (to fsync), the moves,
+    the files the node placed early that it adopts, and the temporaries of duplicates. If
+    the transaction that names the files fails (a full disk, say), all of it is undone, so
+    a refused instance leaves nothing in the store and the batch can be written again."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.files: list[Path] = []
+        self.moves: list[tuple[Path, Path]] = []  # (temporary, final)
+        self.adopted: list[tuple[Path, str]] = []  # (temporary, relpath) of files placed early
+        self.early: list[str] = []  # early placements not adopted (yet): released at the end
+        self.duplicates: list[Path] = []
 
-    def place(self, store: Store, temp: Path, relpath: str) -> None:
+    def place(self, store: Store, temp: Path, relpath: str, placed: str = "") -> None:
+        if placed == relpath and store.holds(temp, relpath):
+            self.adopted.append((temp, relpath))  # its name and folder are durable already
+            return
+        if placed:  # placed early under another name, or taken back since: placed as usual
+            store.release_early(placed, remove=placed != relpath)
+            self.early.remove(placed)
         self.add(store.commit(temp, relpath))
-        self.files.append(store.path(relpath))
+        self.moves.append((temp, store.path(relpath)))
 
-    def remove_files(self) -> None:
-        for path in self.files:
-            path.unlink(missing_ok=True)
+    def undo(self, store: Store) -> None:
+        for temp, final in reversed(self.moves):
+            try:
+                os.replace(final, temp)
+            except OSError:
+                final.unlink(missing_ok=True)
+        for relpath in self.early:  # taken back: the temporary keeps the bytes
+            store.release_early(relpath, remove=True)
+
+    def done(self, store: Store) -> None:
+        adopted = {relpath for _, relpath in self.adopted}
+        for relpath in self.early:  # a duplicate's early copy is not kept
+            store.release_early(relpath, remove=relpath not in adopted)
+        for temp, _ in self.adopted:
+            temp.unlink(missing_ok=True)  # the final name stays
+        for temp in self.duplicates:
+            temp.unlink(missing_ok=True)

@@ -17,6 +17,14 @@ request handler, association and DUL (the package itself is left alone):
   more than ``MAX_ASSOCIATE_RQ``, a P-DATA of more than the maximum PDU size we advertise,
   or a DIMSE message beyond ``max_object_mb`` aborts the association. So an association
   holds at most one PDU plus the message being assembled.
+- A C-STORE goes from the association straight to ``on_store``, and a success is answered
+  with a C-STORE-RSP encoded by hand (``net.dimse``); other statuses, and every other
+  request, take pynetdicom's own path.
+- Neither of an association's two threads polls. pynetdicom's DUL thread sleeps 1 ms
+  whenever it finds nothing to do, and its association thread sleeps 1 ms every turn, so
+  each message waits for both in each direction. Here the DUL thread waits in ``select``
+  on the socket and on a wake-up socket written whenever something is queued for sending,
+  and the association thread waits on an event set whenever a message is queued for it.
 """
 
 from __future__ import annotations
@@ -24,24 +32,37 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import queue
 import select
 import socket
 import ssl
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.ae import ApplicationEntity
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.transport import AddressInformation, AssociationSocket, RequestHandler, ThreadedAssociationServer
 
+from dicomfs.net.dimse import c_store_rsp, send_command
+from dicomfs.net.status import SUCCESS
+
 log = logging.getLogger(__name__)
+
+# What the node does with a received instance: a status, or a status data set with a comment.
+StoreHandler = Callable[[Association, C_STORE, PresentationContext], "int | Dataset"]
+_PROCESSING_FAILURE = 0xC211  # what pynetdicom answers when a C-STORE handler raises
 
 # The largest A-ASSOCIATE-RQ accepted: 128 presentation contexts with every transfer syntax,
 # extended negotiation and two 64 KiB user identity fields stay well below it.
@@ -49,6 +70,7 @@ MAX_ASSOCIATE_RQ = 1 << 20
 _SMALL_PDU = 1024  # A-RELEASE-RQ/RP and A-ABORT carry 4 bytes
 _RECV_CHUNK = 1 << 20
 _PENDING_POLL = 0.05  # seconds a pending connection's reader waits for data per turn
+_IDLE_TURN = 0.05  # seconds an idle association's threads wait before they look at their timers again
 
 
 def _a_abort(reason: int) -> bytes:
@@ -165,11 +187,52 @@ class _IdleTimeoutIsOurs(logging.Filter):
 logging.getLogger("pynetdicom.association").addFilter(_IdleTimeoutIsOurs())
 
 
+class _WakingQueue(queue.Queue[Any]):
+    """A queue that calls ``wake`` after each ``put``: its reader waits instead of polling it."""
+
+    def __init__(self, wake: Any) -> None:
+        super().__init__()
+        self._wake = wake
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._wake()
+
+
+class _Wakeup:
+    """A socket pair: a thread blocked in ``select`` on ``fileno()`` returns when ``set`` is called."""
+
+    def __init__(self) -> None:
+        self._reader, self._writer = socket.socketpair()
+        self._reader.setblocking(False)
+        self._writer.setblocking(False)
+
+    def fileno(self) -> int:
+        return self._reader.fileno()
+
+    def set(self) -> None:
+        with contextlib.suppress(OSError):  # BlockingIOError: enough wake-ups are waiting already
+            self._writer.send(b"\0")
+
+    def clear(self) -> None:
+        with contextlib.suppress(OSError):
+            while self._reader.recv(4096):
+                pass
+
+    def close(self) -> None:
+        self._reader.close()
+        self._writer.close()
+
+
 class GuardedDUL(DULServiceProvider):
-    """pynetdicom's upper layer, with every PDU length checked before its body is read."""
+    """pynetdicom's upper layer, with every PDU length checked before its body is read,
+    waiting in ``select`` rather than polling."""
 
     def __init__(self, assoc: GuardedAssociation) -> None:
         super().__init__(assoc)
+        self._wakeup = _Wakeup()
+        self.to_provider_queue = _WakingQueue(self._wakeup.set)  # what the association sends
+        self._run_loop_delay = 0  # the waiting is done in _wait_for_work
         self.connection = assoc.connection
         self.limits = assoc.limits
         self.admission = assoc.admission
@@ -271,7 +334,19 @@ class GuardedDUL(DULServiceProvider):
             return True
         if state == "Sta2" and not self._requested:
             self._wait_readable()
+        elif state != "Sta13" and self.event_queue.empty() and self.to_provider_queue.empty():
+            self._wait_for_work()
         return super()._is_transport_event()
+
+    def _wait_for_work(self) -> None:
+        """Block until the peer sends, something is queued to send, or a turn of the timers."""
+        raw = self._raw
+        if isinstance(raw, ssl.SSLSocket) and raw.pending():
+            return
+        waiting = [self._wakeup] if raw is None or raw.fileno() < 0 else [raw, self._wakeup]
+        with contextlib.suppress(OSError, ValueError):
+            select.select(waiting, [], [], _IDLE_TURN)
+        self._wakeup.clear()
 
     def _wait_readable(self) -> None:
         """Block briefly until the peer sends: pynetdicom polls every millisecond, and many
@@ -290,8 +365,24 @@ class GuardedDUL(DULServiceProvider):
                         self.limits.network_timeout)
         return expired
 
+    def run_reactor(self) -> None:
+        try:
+            super().run_reactor()
+        finally:
+            self._wakeup.close()
+
+    def stop_dul(self) -> bool:
+        if self.state_machine.current_state == "Sta1":
+            self._kill_thread = True
+            self._wakeup.set()
+            if threading.current_thread() is not self and self.is_alive():
+                self.join()
+            return True
+        return False
+
     def kill_dul(self) -> None:
         super().kill_dul()
+        self._wakeup.set()
         if not self._requested and not self._woken:
             # The association thread waits for an A-ASSOCIATE-RQ that will not come: wake it
             # now (None is what its timeout gives) rather than after the whole timeout.
@@ -299,17 +390,72 @@ class GuardedDUL(DULServiceProvider):
             self.to_user_queue.put(None)  # type: ignore[arg-type]
 
 
+class _ReactorGate(threading.Event):
+    """pynetdicom's reactor checkpoint, which the association thread passes once per turn.
+
+    Passing it now also waits, while no message is queued for the thread, until one is
+    (``work`` is set by the queues) or a turn of the timers has passed.
+    """
+
+    def __init__(self, assoc: GuardedAssociation) -> None:
+        super().__init__()
+        self.set()
+        self.work = threading.Event()
+        self._assoc = assoc
+
+    def wait(self, timeout: float | None = None) -> bool:
+        passed = super().wait(timeout)
+        assoc = self._assoc
+        self.work.clear()
+        if assoc.dimse.msg_queue.empty() and assoc.dul.to_user_queue.empty() and not assoc._kill:
+            self.work.wait(_IDLE_TURN)
+        return passed
+
+
 class GuardedAssociation(Association):
     """An acceptor association that uses ``GuardedDUL`` and gives its place back when it ends."""
 
-    def __init__(self, ae: ApplicationEntity, connection: Connection, limits: Limits, admission: Admission) -> None:
+    def __init__(self, ae: ApplicationEntity, connection: Connection, limits: Limits, admission: Admission,
+                 on_store: StoreHandler) -> None:
         self.connection = connection
         self.limits = limits
         self.admission = admission
+        self.on_store = on_store
         super().__init__(ae, MODE_ACCEPTOR)
         self.dul = GuardedDUL(self)
+        gate = self._reactor_checkpoint = _ReactorGate(self)
+        self.dimse.msg_queue = _WakingQueue(gate.work.set)  # requests for this thread to serve
+        self.dul.to_user_queue = _WakingQueue(gate.work.set)  # release and abort requests
         self.acse_timeout = limits.association_timeout  # also the DUL's ARTIM timer
         self.network_timeout = self.network_timeout  # onto the new DUL's idle timer
+
+    def _serve_request(self, msg: Any, context_id: int) -> None:
+        context = self._accepted_cx.get(context_id)
+        if not isinstance(msg, C_STORE) or context is None or self._sent_release or not msg.is_valid_request:
+            super()._serve_request(msg, context_id)
+            return
+        try:
+            status = self.on_store(self, msg, context)
+        except Exception:
+            log.exception("C-STORE failed")
+            status = _PROCESSING_FAILURE
+        if not self.is_established:
+            return
+        message_id = int(msg.MessageID or 0)
+        sop_class, sop_uid = str(msg.AffectedSOPClassUID), str(msg.AffectedSOPInstanceUID)
+        if isinstance(status, int) and status == SUCCESS:
+            send_command(self, context_id, c_store_rsp(message_id, sop_class, sop_uid, SUCCESS))
+            return
+        rsp = C_STORE()  # a failure, maybe with a comment: pynetdicom's own encoding
+        rsp.MessageIDBeingRespondedTo = message_id
+        rsp.AffectedSOPClassUID = sop_class
+        rsp.AffectedSOPInstanceUID = sop_uid
+        rsp = StorageServiceClass(self).validate_status(status, rsp)
+        self.dimse.send_msg(rsp, context_id)
+
+    def kill(self) -> None:
+        self._reactor_checkpoint.work.set()  # type: ignore[attr-defined]
+        super().kill()
 
     def run_reactor(self) -> None:
         try:
@@ -382,7 +528,7 @@ class _RequestHandler(RequestHandler):
     def _associate(self, connection: Connection) -> GuardedAssociation:
         """As pynetdicom's own handler does, with our association class and limits."""
         server, ae = self.server, self.ae
-        assoc = GuardedAssociation(ae, connection, server.limits, server.admission)
+        assoc = GuardedAssociation(ae, connection, server.limits, server.admission, server.on_store)
         assoc._server = server
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"  # pynetdicom finds its threads by name
         assoc.set_socket(AssociationSocket(assoc, client_socket=connection.sock))
@@ -408,9 +554,11 @@ class NodeAssociationServer(ThreadedAssociationServer):
     request_queue_size = 128  # a burst of connections must not overflow the listen backlog
     daemon_threads = True
 
-    def __init__(self, *args: Any, limits: Limits, admission: Admission, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, limits: Limits, admission: Admission, on_store: StoreHandler,
+                 **kwargs: Any) -> None:
         self.limits = limits
         self.admission = admission
+        self.on_store = on_store
         super().__init__(*args, request_handler=_RequestHandler, **kwargs)
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:

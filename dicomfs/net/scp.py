@@ -29,6 +29,8 @@ import trio
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, build_context, evt
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
@@ -44,7 +46,8 @@ from dicomfs.config import DicomSettings
 from dicomfs.errors import UserError
 from dicomfs.index import cfind
 from dicomfs.index.db import Database
-from dicomfs.ingest.prepare import prepare
+from dicomfs.ingest.parsers import ParserPool
+from dicomfs.ingest.prepare import discard, prepare
 from dicomfs.ingest.writer import Submit
 from dicomfs.net import peers
 from dicomfs.net.acceptor import Admission, Limits, NodeAssociationServer
@@ -96,6 +99,7 @@ class NodeServer:
         self._local = threading.local()
         # One writer per association that can be open, so no store waits for another's fsync.
         self.writers = ThreadPoolExecutor(settings.max_associations, thread_name_prefix="dicom-writer")
+        self.parsers: ParserPool | None = None  # started with the node
         self._server: NodeAssociationServer | None = None
         self._thread: threading.Thread | None = None
         self.admission = Admission(settings.max_pending, settings.max_associations)
@@ -131,7 +135,6 @@ class NodeServer:
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, _handle_association_request, [self]),
             (evt.EVT_C_ECHO, _handle_echo),
-            (evt.EVT_C_STORE, _handle_store, [self]),
             (evt.EVT_C_FIND, _handle_find, [self]),
             (evt.EVT_C_GET, _handle_get, [self]),
             (evt.EVT_C_MOVE, _handle_move, [self]),
@@ -142,6 +145,7 @@ class NodeServer:
             self._server = self.ae.make_server(
                 (s.bind, s.port), ae_title=s.ae_title, evt_handlers=handlers, server_class=NodeAssociationServer,
                 ssl_context=self._ssl_context(), limits=limits, admission=self.admission,
+                on_store=self.store_instance,
             )
         except OSError as exc:
             raise NodeError(_listen_problem(s.bind, s.port, exc)) from None
@@ -151,6 +155,8 @@ class NodeServer:
             self._server.server_close()
             self._server = None
             raise
+        if s.parse_workers:
+            self.parsers = ParserPool(s.parse_workers)
         self._server.contexts = _ContextList(self._server.contexts)
         self._thread = threading.Thread(target=self._server.serve_forever, name="dicom-acceptor", daemon=True)
         self._thread.start()
@@ -195,6 +201,8 @@ class NodeServer:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self.writers.shutdown(wait=True)
+        if self.parsers is not None:
+            self.parsers.close()
         log.info("DICOM node stopped")
 
     def reader(self) -> Database:
@@ -205,12 +213,58 @@ class NodeServer:
         return db
 
     def permits(self, group: str, event: evt.Event) -> bool:
-        calling = event.assoc.requestor.ae_title.strip()
-        host = event.assoc.requestor.address
+        return self._permits(group, event.assoc)
+
+    def _permits(self, group: str, assoc: Association) -> bool:
+        calling = assoc.requestor.ae_title.strip()
+        host = assoc.requestor.address
         ok = self.policy.may(group, calling, host)
         if not ok:
             log.warning("refused %s request from %s@%s: not in the %s allow-list", group, calling, host, group)
         return ok
+
+    def store_instance(self, assoc: Association, request: C_STORE, context: PresentationContext) -> int | Dataset:
+        """Store exactly the received bytes; answer success only once durable and indexed.
+
+        Called by the association for every C-STORE request. The durable write (mostly
+        waiting for fsync) runs in a writer thread while this thread parses the same bytes
+        (``prepare`` with the node's writers): the two overlap.
+        """
+        if not self._permits("store", assoc):
+            return NOT_AUTHORIZED
+        calling = assoc.requestor.ae_title.strip()
+        source = f"{calling}@{assoc.requestor.address}"
+        if request.DataSet is None:
+            return _failure(CANNOT_UNDERSTAND, "no data set")
+        header = part10_header(
+            str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID), str(context.transfer_syntax[0]),
+            calling,
+        )
+        with request.DataSet.getbuffer() as dataset:
+            data = b"".join((header, dataset))  # the one copy of the received bytes
+        try:
+            prepared = prepare(data, self.store, source=source, received=True, writer=self.writers,
+                               parsers=self.parsers)
+        except (NotDicomError, InvalidInstanceError) as exc:
+            log.warning("refused C-STORE from %s: %s", source, exc)
+            return _failure(CANNOT_UNDERSTAND, str(exc))
+        except OSError as exc:
+            log.error("cannot store an instance from %s: %s", source, exc)
+            return _failure(OUT_OF_RESOURCES, f"cannot store: {exc.strerror}")
+        try:
+            self.submit([prepared])
+        except trio.RunFinishedError:
+            discard(self.store, prepared)
+            return _failure(OUT_OF_RESOURCES, "the archive is shutting down")
+        except (apsw.FullError, OSError) as exc:  # a full disk: expected, and said in one line
+            discard(self.store, prepared)
+            log.error("cannot index an instance from %s: %s", source, exc)
+            return _failure(OUT_OF_RESOURCES, f"cannot index: {exc}")
+        except Exception as exc:
+            discard(self.store, prepared)
+            log.exception("cannot index an instance from %s", source)
+            return _failure(OUT_OF_RESOURCES, f"cannot index: {exc}")
+        return SUCCESS
 
 
 def _listen_problem(bind: str, port: int, exc: OSError) -> str:
@@ -277,45 +331,6 @@ def _handle_association_request(event: evt.Event, node: NodeServer) -> None:
 
 
 def _handle_echo(event: evt.Event) -> int:
-    return SUCCESS
-
-
-def _handle_store(event: evt.Event, node: NodeServer) -> Any:
-    """Store exactly the received bytes; answer success only once durable and indexed.
-
-    The durable write (mostly waiting for fsync) runs in a writer thread while this thread
-    parses the same bytes (``prepare`` with the node's writers): the two overlap.
-    """
-    if not node.permits("store", event):
-        return NOT_AUTHORIZED
-    calling = event.assoc.requestor.ae_title.strip()
-    source = f"{calling}@{event.assoc.requestor.address}"
-    request = event.request
-    header = part10_header(
-        request.AffectedSOPClassUID, request.AffectedSOPInstanceUID, event.context.transfer_syntax, calling
-    )
-    data = header + event.encoded_dataset(include_meta=False)
-    try:
-        prepared = prepare(data, node.store, source=source, received=True, writer=node.writers)
-    except (NotDicomError, InvalidInstanceError) as exc:
-        log.warning("refused C-STORE from %s: %s", source, exc)
-        return _failure(CANNOT_UNDERSTAND, str(exc))
-    except OSError as exc:
-        log.error("cannot store an instance from %s: %s", source, exc)
-        return _failure(OUT_OF_RESOURCES, f"cannot store: {exc.strerror}")
-    try:
-        node.submit([prepared])
-    except trio.RunFinishedError:
-        node.store.discard(prepared.temp)
-        return _failure(OUT_OF_RESOURCES, "the archive is shutting down")
-    except (apsw.FullError, OSError) as exc:  # a full disk: expected, and said in one line
-        node.store.discard(prepared.temp)
-        log.error("cannot index an instance from %s: %s", source, exc)
-        return _failure(OUT_OF_RESOURCES, f"cannot index: {exc}")
-    except Exception as exc:
-        node.store.discard(prepared.temp)
-        log.exception("cannot index an instance from %s", source)
-        return _failure(OUT_OF_RESOURCES, f"cannot index: {exc}")
     return SUCCESS
 
 

@@ -39,7 +39,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, build_context, build_
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu import A_ASSOCIATE_RJ
-from pynetdicom.pdu_primitives import A_ASSOCIATE, P_DATA, SOPClassExtendedNegotiation
+from pynetdicom.pdu_primitives import A_ASSOCIATE, SOPClassExtendedNegotiation
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
@@ -52,6 +52,7 @@ from pynetdicom.transport import AddressInformation, AssociationSocket
 
 from dicomfs.config import RemoteNode
 from dicomfs.errors import UserError
+from dicomfs.net.dimse import c_store_rsp, send_command
 from dicomfs.net.status import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, PENDING_CODES, SOP_CLASS_NOT_SUPPORTED, SUCCESS
 from dicomfs.parse import part10_header
 
@@ -298,16 +299,6 @@ def _silence(assoc: Association) -> str:
 # ----------------------------------------------------------------------------- C-STORE on a C-GET
 
 
-def _element(element: int, value: bytes) -> bytes:
-    """A command element (group 0000, Implicit VR Little Endian)."""
-    return struct.pack("<HHI", 0, element, len(value)) + value
-
-
-def _ui(uid: str) -> bytes:
-    value = uid.encode("ascii")
-    return value + b"\0" if len(value) % 2 else value
-
-
 class _StoreReplier:
     """Stands in for ``Association._c_store_scp`` on a C-GET association: keep the instance, answer.
 
@@ -357,18 +348,8 @@ class _StoreReplier:
         return SUCCESS
 
     def _reply(self, context_id: int, message_id: int, sop_class: str, sop_uid: str, status: int) -> None:
-        body = b"".join((
-            _element(0x0002, _ui(sop_class)),  # Affected SOP Class UID
-            _element(0x0100, struct.pack("<H", 0x8001)),  # Command Field: C-STORE-RSP
-            _element(0x0120, struct.pack("<H", message_id)),  # Message ID Being Responded To
-            _element(0x0800, struct.pack("<H", 0x0101)),  # Command Data Set Type: none
-            _element(0x0900, struct.pack("<H", status)),
-            _element(0x1000, _ui(sop_uid)),  # Affected SOP Instance UID
-        ))
-        command = _element(0x0000, struct.pack("<I", len(body))) + body  # group length first
-        primitive = P_DATA()
-        primitive.presentation_data_value_list.append((context_id, b"\x03" + command))  # last command fragment
-        self.assoc.dul.send_pdu(primitive)  # which wakes the DUL thread (``_Socket``)
+        # dul.send_pdu, which wakes the DUL thread (``_Socket``)
+        send_command(self.assoc, context_id, c_store_rsp(message_id, sop_class, sop_uid, status))
 
 
 # ----------------------------------------------------------------------------- associations

@@ -56,6 +56,7 @@ from pydicom.pixels import (
     convert_color_space,
     get_decoder,
 )
+from pydicom.pixels.decoders.base import DecodeRunner
 from pydicom.pixels.utils import as_pixel_options
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -99,7 +100,14 @@ def renders_image(ds: pydicom.Dataset) -> bool:
     if not has_renderable_pixels(ds):
         return False
     try:
-        _decode(ds, 0)
+        tsyntax = _transfer_syntax(ds)
+        if tsyntax.is_compressed or "PixelData" not in ds:  # float pixel data: decoding checks more
+            _decode(ds, 0)
+        else:  # what decoding native integer data can fail on, checked without copying the pixels
+            runner = DecodeRunner(tsyntax)
+            runner.set_source(ds)
+            runner.set_options(**as_pixel_options(ds))
+            runner.validate()
     except Exception:
         return False
     return True
