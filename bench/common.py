@@ -424,7 +424,7 @@ class Profiler:
         self.output = self.out_dir / f"{self.name}.collapsed"
         self.process = subprocess.Popen(
             ["py-spy", "record", "--pid", str(self.daemon.pid), "--format", "raw", "--rate",
-             str(self.rate), "--threads", "--output", str(self.output), "--nonblocking"],
+             str(self.rate), "--threads", "--subprocesses", "--output", str(self.output), "--nonblocking"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         time.sleep(1.0)  # let it attach before the measurement starts

@@ -53,6 +53,11 @@ class RemoteNode:
     # far as C-FIND carries it (remote/terms.py, e.g. "StudyDate>=20240101 and Modality=CT"). Empty: none shown.
     listing: list[str] = field(default_factory=list)
     timeout: float = 30.0  # seconds for any one request to this node, and for an open() to fetch
+    associations: int = 4  # C-GET associations at once for one series (the remote must accept as many)
+    tls: bool = False  # DICOM TLS (PS3.15 BCP 195) to this node
+    ca: str = ""  # TLS: the CA that signed the node's certificate (default: the system's)
+    cert: str = ""  # TLS: our client certificate and its key, for a node that asks for one
+    key: str = ""
 
 
 @dataclass(slots=True)
@@ -112,6 +117,7 @@ class DicomSettings:
     tls: TlsSettings = field(default_factory=TlsSettings)
     remotes: list[RemoteNode] = field(default_factory=list)
     refresh_minutes: float = 15.0  # how often saved remote queries are run again (0: only on demand)
+    relist_minutes: float = 5.0  # a remote study entered this long after its series were listed: list them again
     cache_mb: float = 10_240.0  # fetched remote data kept locally; least recently used series are evicted
 
     def remote(self, name: str) -> RemoteNode | None:
@@ -303,6 +309,12 @@ def _remote(item: Any, where: str) -> RemoteNode:
     _apply(remote, item, where, {})
     if not (remote.name and remote.ae_title and remote.host):
         raise ConfigError(f"{where}: a remote needs name, ae_title and host")
+    if (remote.cert or remote.key or remote.ca) and not remote.tls:
+        raise ConfigError(f"{where}: remote {remote.name!r}: ca, cert and key need tls = true")
+    if bool(remote.cert) != bool(remote.key):
+        raise ConfigError(f"{where}: remote {remote.name!r}: cert and key go together")
+    if remote.associations < 1:
+        raise ConfigError(f"{where}: remote {remote.name!r}: associations must be at least 1")
     if remote.retrieve not in ("get", "move"):
         raise ConfigError(f"{where}: remote {remote.name!r}: retrieve must be \"get\" or \"move\"")
     return remote

@@ -1,5 +1,6 @@
-"""Fetch-on-open in process: the real ``Fetcher``, gateway, pipeline and writer over a temporary
-archive; only the network is replaced (``scu.get`` by a fake PACS that sends from its own thread)."""
+"""Fetch-on-open in process: the real ``Fetcher``, gateway, group index and writer over a temporary
+archive; only the network is replaced (``scu.get`` by a fake PACS that sends from its own thread,
+the retrieve workers running as threads of this process)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ from remotegen import list_on_remote
 
 from dicomfs.archive import Archive, open_archive
 from dicomfs.config import DicomSettings, RemoteNode
+from dicomfs.index.db import Database
 from dicomfs.ingest.gateway import IndexGateway
 from dicomfs.net import scu
 from dicomfs.remote.fetch import Fetcher, FetchError
+from dicomfs.remote.retrieve import Plan
 
 TIMEOUT = 5.0  # the remote's timeout; tests that wait for a timeout set their own
 
@@ -27,8 +30,9 @@ TIMEOUT = 5.0  # the remote's timeout; tests that wait for a timeout set their o
 class FakePacs:
     """Stands in for ``scu.get``: sends what it holds that matches the keys, as a remote would.
 
-    ``gate``: a SERIES-level retrieve sends instances up to ``hold_before``, then waits for
-    the gate. ``fail``: the next retrieve raises it instead.
+    ``gate``: a retrieve of more than one instance sends instances up to ``hold_before``, then
+    waits for the gate. ``fail``: the next retrieve raises it instead. An IMAGE-level
+    retrieve names a list of SOP Instance UIDs (PS3.4 C.4.3.2.1), as the fetcher's parts do.
     """
 
     def __init__(self, datasets: list[Dataset]) -> None:
@@ -37,7 +41,10 @@ class FakePacs:
         self.gate = threading.Event()
         self.gate.set()
         self.hold_before: str | None = None
+        self.hold_alone = False  # hold ``hold_before`` even when it is asked for alone
         self.fail: Exception | None = None
+        self.indexed: Callable[[str], bool] | None = None  # asked as each C-STORE is answered
+        self.answered: list[tuple[str, bool]] = []  # (SOP Instance UID, was it indexed by then)
 
     def get(self, remote: RemoteNode, level: str, keys: dict[str, str], *, calling_ae: str, timeout: float,
             sop_classes: list[str], on_instance: Callable[[bytes], None]) -> scu.RetrieveResult:
@@ -46,12 +53,14 @@ class FakePacs:
             error, self.fail = self.fail, None
             raise error
         sent = 0
-        for sop_uid, (series_uid, data) in self.data.items():
-            if series_uid != keys["SeriesInstanceUID"] or (level == "IMAGE" and sop_uid != keys["SOPInstanceUID"]):
-                continue
-            if level == "SERIES" and sop_uid == self.hold_before:
+        asked = keys.get("SOPInstanceUID", "").split("\\")
+        matches = [(sop_uid, data) for sop_uid, (series_uid, data) in self.data.items()
+                   if series_uid == keys["SeriesInstanceUID"] and (level == "SERIES" or sop_uid in asked)]
+        for sop_uid, data in matches:
+            if sop_uid == self.hold_before and (len(matches) > 1 or self.hold_alone):
                 self.gate.wait()
-            on_instance(data)
+            on_instance(data)  # returns when we would answer the C-STORE
+            self.answered.append((sop_uid, self.indexed is not None and self.indexed(sop_uid)))
             sent += 1
         return scu.RetrieveResult(completed=sent, failed=0, warning=0, status=0)
 
@@ -75,7 +84,7 @@ def serve(archive: Archive, settings: DicomSettings, pacs: FakePacs, monkeypatch
     monkeypatch.setattr(scu, "get", pacs.get)
 
     async def main() -> None:
-        fetcher = Fetcher(settings, archive.remote, archive.store, IndexGateway(archive.writer))
+        fetcher = Fetcher(settings, archive.remote, archive.store, IndexGateway(archive.writer), in_process=True)
         async with trio.open_nursery() as nursery:
             await nursery.start(fetcher.run)
             with trio.fail_after(30):
@@ -113,7 +122,7 @@ def test_concurrent_opens_share_one_retrieve_of_the_series(
             for _ in range(3):
                 for instance_id in ids.values():
                     opens.start_soon(fetcher.make_local, instance_id)
-            while not pacs.calls or pacs.calls[-1][0] != "SERIES":
+            while len(pacs.calls) < 2:  # the opened instance alone, and the rest
                 await trio.sleep(0.005)
             assert len(fetcher.retrievals) == 1
             pacs.gate.set()
@@ -122,10 +131,54 @@ def test_concurrent_opens_share_one_retrieve_of_the_series(
             await fetcher.make_local(instance_id)  # local now: no retrieve
 
     serve(archive, settings, pacs, monkeypatch, body)
-    first = pacs.calls[0][1]
-    assert pacs.calls == [("IMAGE", first), ("SERIES", "1.2.3.4")]  # the opened instance first, then the rest
-    assert first in ids
+    alone, rest = sorted(pacs.calls, key=lambda call: len(call[1]))
+    assert alone[0] == rest[0] == "IMAGE"
+    assert alone[1] in ids  # the opened instance alone on one association, the rest on another
+    assert sorted(rest[1].split("\\")) == sorted(set(ids) - {alone[1]})
     assert all(local(archive, instance_id) for instance_id in ids.values())
+
+
+def test_each_c_store_is_answered_only_once_its_instance_is_durable_and_indexed(
+        archive: Archive, settings: DicomSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    datasets = [dicomgen.make_dataset(StudyInstanceUID="1.2.3", SeriesInstanceUID="1.2.3.4", InstanceNumber=n)
+                for n in range(1, 21)]
+    ids = list_on_remote(archive.remote, "pacs", datasets)
+    pacs = FakePacs(datasets)
+    reader = Database(archive.db.path, readonly=True)  # another connection: sees only what was committed
+
+    def indexed(sop_uid: str) -> bool:
+        file_path = reader.get_str("SELECT file_path FROM instances WHERE sop_uid = ?", (sop_uid,))
+        return bool(file_path) and archive.store.path(file_path).is_file()
+
+    pacs.indexed = indexed
+
+    async def body(fetcher: Fetcher) -> None:
+        await fetcher.make_local(next(iter(ids.values())))
+        await retrieves_done(fetcher)
+
+    try:
+        serve(archive, settings, pacs, monkeypatch, body)
+    finally:
+        reader.close()
+    assert len(pacs.answered) == len(datasets)
+    assert all(was_indexed for _, was_indexed in pacs.answered), pacs.answered
+    assert sorted(level for level, _ in pacs.calls) == ["IMAGE"] * len(pacs.calls)  # parts, never the series
+    assert len(pacs.calls) >= 2
+
+
+def test_the_rest_of_a_series_is_asked_for_in_reading_order_from_the_opened_file() -> None:
+    missing = [f"1.{n}" for n in range(1, 101)]
+    plan = Plan.of(missing, "1.41", associations=4)
+    assert plan.parts[0] == ["1.41"]
+    asked = [uid for part in plan.parts[1:] for uid in part]
+    assert asked == missing[41:] + missing[:40]  # from there on, then the files before it
+    assert all(8 <= len(part) <= 64 for part in plan.parts[1:-1])  # the last one: what is left
+    assert plan.take() == ["1.41"]
+    plan.promote("1.20")  # an open waits for it: its part is asked for next
+    promoted = plan.take()
+    assert promoted is not None and "1.20" in promoted
+    rest = [uid for part in plan.parts for uid in part]
+    assert sorted(rest + promoted) == sorted(asked)
 
 
 def test_each_open_wakes_when_its_own_instance_arrives(
@@ -178,7 +231,7 @@ def test_a_failed_retrieve_gives_eio_with_the_reason_and_the_next_open_retries(
         await fetcher.make_local(instance_id)
 
     serve(archive, settings, pacs, monkeypatch, body)
-    assert [level for level, _ in pacs.calls] == ["SERIES", "SERIES"]
+    assert [level for level, _ in pacs.calls] == ["IMAGE", "IMAGE"]
     assert local(archive, instance_id)
 
 
@@ -190,6 +243,7 @@ def test_a_remote_that_never_answers_gives_etimedout_within_the_timeout(
     pacs = FakePacs([ds])
     pacs.gate.clear()  # released only at teardown
     pacs.hold_before = ds.SOPInstanceUID
+    pacs.hold_alone = True
     waited: list[float] = []
 
     async def body(fetcher: Fetcher) -> None:
@@ -246,7 +300,7 @@ def test_the_least_recently_used_fetched_series_is_evicted_never_the_one_just_fe
     serve(archive, settings, pacs, monkeypatch, body)
     assert archive.db.get_int("SELECT complete FROM remote_series WHERE series_id = ?", (series[id2],)) == 1
     assert archive.db.get_int("SELECT complete FROM remote_series WHERE series_id = ?", (series[id1],)) == 0
-    assert [level for level, _ in pacs.calls] == ["SERIES"] * 4
+    assert [level for level, _ in pacs.calls] == ["IMAGE"] * 4
 
 
 class StuckOnce(FakePacs):
@@ -254,7 +308,7 @@ class StuckOnce(FakePacs):
 
     def get(self, remote: RemoteNode, level: str, keys: dict[str, str], **kwargs: object) -> scu.RetrieveResult:
         if not self.calls:
-            self.calls.append((level, keys["SeriesInstanceUID"]))
+            self.calls.append((level, keys.get("SOPInstanceUID") or keys["SeriesInstanceUID"]))
             self.gate.wait()
             raise scu.RemoteError(remote, "C-GET", f"no answer within {remote.timeout:g} s")
         return super().get(remote, level, keys, **kwargs)  # type: ignore[arg-type]
@@ -290,7 +344,7 @@ def test_an_open_after_a_timeout_asks_the_remote_again(
 
     serve(archive, settings, pacs, monkeypatch, body)
     assert all(0.5 <= w < 1.5 for w in waited), waited
-    assert [level for level, _ in pacs.calls] == ["SERIES", "SERIES"]
+    assert [level for level, _ in pacs.calls] == ["IMAGE", "IMAGE"]
 
 
 def test_opens_that_joined_a_failing_retrieve_share_one_new_retrieve(
@@ -323,4 +377,8 @@ def test_opens_that_joined_a_failing_retrieve_share_one_new_retrieve(
 
     serve(archive, settings, pacs, monkeypatch, body)
     assert all(local(archive, instance_id) for instance_id in ids.values())
-    assert [level for level, _ in pacs.calls] == ["IMAGE", "IMAGE", "SERIES"]  # stuck, then one new retrieve
+    # the opened one alone, stuck (so the rest was never asked for); then one new retrieve:
+    # the instance its first open waits for alone, then the other
+    assert [level for level, _ in pacs.calls] == ["IMAGE", "IMAGE", "IMAGE"]
+    assert pacs.calls[0][1] == archive.db.get_str("SELECT sop_uid FROM instances WHERE id = ?", (first,))
+    assert sorted(sop for _, sop in pacs.calls[1:]) == sorted(ids)

@@ -349,3 +349,16 @@ def test_saved_queries_are_refreshed_on_schedule_and_on_demand(
     time.sleep(1.0)  # past the mount's poll interval and one scheduled refresh: still three
     assert len([p for p in patient.iterdir() if p.is_dir()]) == 3
     assert all("2023" not in p.name for p in patient.iterdir())
+
+
+def test_a_series_that_came_to_the_remote_later_shows_up_once_the_listing_is_old(
+    daemon: Daemon, pacs: Orthanc, remote_series: list[Path], tmp_path: Path
+) -> None:
+    serve_remote(daemon, pacs, remote_series[:6], tmp_path, extra="relist_minutes = 0.01")  # 0.6 s
+    study = series_dir(daemon.mount, 3).parent
+    assert not any(p.name.startswith("004 ") for p in study.iterdir())
+    pacs.upload(remote_series[6:])  # a second series of the same study, after the first listing
+    wait_for(lambda: any(p.name.startswith("004 ") for p in study.iterdir()), 10.0, "the new series in the study")
+    assert sorted(p.name for p in series_dir(daemon.mount, 4).iterdir() if p.suffix == ".dcm") == [
+        "001.dcm", "002.dcm", "003.dcm"]
+    assert daemon.log().count("not listed again") == 0

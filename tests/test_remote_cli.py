@@ -102,3 +102,10 @@ def test_terms_a_remote_cannot_be_sent_and_a_study_it_does_not_have(orthanc: Ort
                                     "project:Trial", "--config", config, check=False), 2)
     assert line == "dicomfs: 'project:Trial' cannot be sent to a remote: tags, projects and has:derived belong to " \
                    "this archive"
+
+
+def test_a_remote_with_no_associations_is_a_setting_to_correct(tmp_path: Path) -> None:
+    config = config_for(tmp_path, free_port())
+    config.write_text(config.read_text() + "associations = 0\n")
+    line = one_line_failure(run_cli("remote", "echo", "pacs", "--config", config, check=False), 2)
+    assert "remote 'pacs': associations must be at least 1" in line

@@ -5,11 +5,15 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import dicomgen
 import pytest
 from conftest import Daemon, dcmtk
+
+from dicomfs.config import RemoteNode
+from dicomfs.net import scu
 
 
 def _openssl(*args: str | Path) -> None:
@@ -84,3 +88,32 @@ def test_idle_connections_do_not_hold_up_tls_peers(tls_node: tuple[Daemon, dict[
         for sock in idle:
             sock.close()
     assert "TLS handshake failed (timed out)" in daemon.log()
+
+
+def test_a_remote_that_requires_tls_is_queried_and_retrieved_from(
+        tls_node: tuple[Daemon, dict[str, tuple[Path, Path]]], tmp_path: Path) -> None:
+    """Our SCU against a node that takes TLS only (our own node, with the certificates above)."""
+    daemon, certs = tls_node
+    ds = dicomgen.make_dataset()
+    path = dicomgen.write(tmp_path / "a.dcm", ds)
+    tls = ["+tls", certs["client"][0], certs["client"][1], "+cf", certs["ca"][1]]
+    assert dcmtk("storescu", *tls, "-aec", "DICOMFS", "127.0.0.1", daemon.port, path).returncode == 0
+    remote = RemoteNode(name="secure", ae_title="DICOMFS", host="127.0.0.1", port=daemon.port, timeout=10,
+                        tls=True, ca=str(certs["ca"][1]), cert=str(certs["client"][1]), key=str(certs["client"][0]))
+    scu.echo(remote, calling_ae="CLIENT", timeout=10)
+    keys = {"StudyInstanceUID": ds.StudyInstanceUID, "SeriesInstanceUID": ds.SeriesInstanceUID}
+    [found] = scu.find(remote, "IMAGE", {**keys, "SOPInstanceUID": ""}, calling_ae="CLIENT", timeout=10)
+    assert found.SOPInstanceUID == ds.SOPInstanceUID
+    received: list[bytes] = []
+    result = scu.get(remote, "SERIES", keys, calling_ae="CLIENT", timeout=10, sop_classes=[ds.SOPClassUID],
+                     on_instance=received.append)
+    assert result.completed == 1
+    [data] = received
+    assert data.endswith(path.read_bytes()[-len(ds.PixelData):])  # the same bytes, through TLS
+
+    for refused in (replace(remote, tls=False, ca="", cert="", key=""),  # plain to a TLS-only node
+                    replace(remote, cert="", key="")):  # TLS, but no client certificate for a node that asks
+        started = time.monotonic()
+        with pytest.raises(scu.RemoteError):
+            scu.echo(refused, calling_ae="CLIENT", timeout=3)
+        assert time.monotonic() - started < 8

@@ -1,4 +1,6 @@
-"""Storing what a retrieve brings in, beside the network thread instead of in it.
+"""Storing what ``dicomfs remote pull`` brings in, beside the network thread instead of in it.
+
+(Fetch-on-open answers each C-STORE only once durable and indexed: ``remote/workers.py``.)
 
 pynetdicom answers each C-STORE of a C-GET only when our callback returns. Parsing, the
 durable write and indexing there (~4 ms per 512x512 instance) would double the transfer

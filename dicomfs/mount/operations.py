@@ -104,12 +104,13 @@ class Operations(pyfuse3.Operations):
         self._placeholders: set[tuple[str, int]] = set()  # (SOP instance UID, frame) of failed .jpg, logged once
         if remote is not None:
             remote.on_filled = self._note_filled
+            tree.filling = remote.retrievals
 
     def _note_filled(self, filled: list[Ingested]) -> None:
         """Instances fetched with the rest of their series: on the loop, right after they were indexed."""
         self._filled.update(result.sop_uid for result in filled)
         # Lookups until the change watcher comes must not hand out the old size 0 again.
-        self.tree.forget_series({result.series_id for result in filled})
+        self.tree.refill(self.tree.instance_ids(result.sop_uid for result in filled))
 
     # ---------------------------------------------------------------- names and attributes
 
@@ -141,16 +142,19 @@ class Operations(pyfuse3.Operations):
         return inode
 
     async def _prepare(self, inode: int) -> None:
-        """Before a remote study's or series' folder is first listed, ask the remote what is in it."""
-        if self.remote is None or self.tree.is_cached(inode):
+        """Before a remote study's or series' folder is first listed, ask the remote what is in it;
+        a study's, again once that listing is old (``relist_minutes``)."""
+        if self.remote is None:
             return
         origin = self.tree.origin(inode)
         if origin is None:
             return
         level, row_id = origin
         if level == "study":
-            await self.remote.prepare_study(row_id)
-        else:
+            listed = await self.remote.prepare_study(row_id)
+            if listed:
+                self.tree.forget_series(listed)  # this very listing shows what came
+        elif not self.tree.is_cached(inode):
             await self.remote.prepare_series(row_id)
 
     @_fuse_errors

@@ -7,8 +7,9 @@ and where each folder name was handed out, and drops what the change log says is
 
 from __future__ import annotations
 
+import bisect
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 
 import pyfuse3
@@ -103,6 +104,7 @@ class Tree:
         # How many volumes each series was listed with: a change must make the kernel forget them all.
         self._volume_counts: dict[int, int] = {}
         self.attributes_of = KernelAttributes()
+        self.filling: Container[int] = ()  # series ids being fetched (the fetcher's retrieves)
         # Where each folder was listed (folder inode → parent inode, name): the kernel may hold
         # these names long after the listing left the cache, and a deletion must drop them.
         self._folder_names: dict[int, tuple[int, bytes]] = {}
@@ -235,7 +237,10 @@ class Tree:
     def refresh(self, changes: Changes) -> Refresh:
         """Forget what these changes touched; returns what the kernel must forget too."""
         gone = self._removed_names(changes.removed) if changes.removed else []
-        stale = self._stale(changes.series, everything=changes.everything)
+        # A series being fetched changes with every instance: its files' sizes are kept right by
+        # ``refill``, the rest waits for the note the fetcher makes once the retrieve has ended.
+        series = [s for s in changes.series if s not in self.filling]
+        stale = self._stale(series, everything=changes.everything)
         self._drop(stale)
         # An instance's views are the same bytes whether fetched, evicted or fetched again: only
         # their sizes change. Dropping their pages would race with readers of a fetch under way.
@@ -245,6 +250,42 @@ class Tree:
         attributes = [inode for inode in stale if split_inode(inode)[0].content not in _NEW_BYTES]
         contents = [inode for inode in stale if split_inode(inode)[0].content in _NEW_BYTES]
         return Refresh(attributes, contents, gone)
+
+    def instance_ids(self, sop_uids: Iterable[str]) -> list[tuple[int, int]]:
+        """(series id, instance id) of the instances with these SOP Instance UIDs."""
+        found = []
+        for sop_uid in sop_uids:
+            try:
+                series_id, instance_id = self.db.get_row(
+                    "SELECT series_id, id FROM instances WHERE sop_uid = ?", (sop_uid,))
+            except NoSuchRowError:
+                continue
+            found.append((int(series_id), int(instance_id)))
+        return found
+
+    def refill(self, instances: Iterable[tuple[int, int]]) -> None:
+        """Fetched just now, (series id, instance id): their files' sizes in the cached series listings.
+
+        Cheaper than ``forget_series`` (a series listing is rebuilt from the index), as often as
+        a fetch indexes; what else the instances change (summaries, new ``.jpg`` entries) the
+        change watcher drops a moment later.
+        """
+        for series_id, instance_id in instances:
+            targets = [inode_of(k, instance_id) for k in _INSTANCE_FILES]
+            for folder in (inode_of(k, series_id) for k in _SERIES_FOLDERS):
+                listing = self._listings.get(folder)
+                if listing is None:
+                    continue
+                for target in targets:
+                    at = bisect.bisect_left(listing.inodes, target)
+                    if at == len(listing.inodes) or listing.inodes[at] != target:
+                        continue
+                    entry = listing.entries[at]
+                    try:
+                        node = self.model.node(target)
+                    except NotFoundError:
+                        continue
+                    listing.entries[at] = listing.by_name[entry.name] = Entry(entry.name, self.attributes_of(node))
 
     def forget_series(self, series_ids: Iterable[int]) -> None:
         """Drop what shows these series from the caches now (the kernel is told by the watcher)."""

@@ -26,11 +26,12 @@ from dicomfs.config import DicomSettings, RemoteNode
 from dicomfs.index.db import NoSuchRowError
 from dicomfs.index.query_language import QuerySyntaxError
 from dicomfs.ingest.gateway import IndexGateway
-from dicomfs.ingest.pipeline import StorePipeline
 from dicomfs.ingest.writer import Ingested
 from dicomfs.net import scu
 from dicomfs.remote import catalog, terms
+from dicomfs.remote.retrieve import GroupIndex, Plan, WorkerPool
 from dicomfs.remote.rows import RemoteRows
+from dicomfs.remote.workers import Job, JobFailed
 from dicomfs.store import Store
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class _Retrieval:
     received: int = 0
     started: float = field(default_factory=time.time)  # wall clock, for `dicomfs status`
     began: float = 0.0  # trio.current_time() at its start
+    plan: Plan | None = None  # by C-GET: the parts not asked for yet
 
 
 class Fetcher:
@@ -59,7 +61,7 @@ class Fetcher:
     """
 
     def __init__(self, settings: DicomSettings, rows: RemoteRows, store: Store, gateway: IndexGateway,
-                 status_path: Path | None = None) -> None:
+                 status_path: Path | None = None, *, in_process: bool = False) -> None:
         self.settings = settings
         self.status_path = status_path
         self._published = 0.0
@@ -74,12 +76,19 @@ class Fetcher:
         self._listing_locks: dict[tuple[str, int], trio.Lock] = {}
         self._deprecations_logged: set[tuple[str, str]] = set()  # (remote, saved query) in the old form
         self._nursery: trio.Nursery | None = None
+        self._group_index = GroupIndex(gateway, store)
+        self.pool: WorkerPool | None = None  # started by run() when a remote retrieves by C-GET
+        self._in_process = in_process  # C-GETs in threads, not worker processes (tests that replace scu.get)
         gateway.listen(self.arrived)
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the retrieves' nursery and refresh the saved queries on schedule."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            getters = [remote.associations for remote in self.settings.remotes if remote.retrieve == "get"]
+            if getters:
+                self.pool = WorkerPool(str(self.store.root), max(getters), in_process=self._in_process)
+                await nursery.start(self.pool.run)
             self.publish_status(force=True)
             task_status.started()
             interval = self.settings.refresh_minutes * 60
@@ -118,17 +127,37 @@ class Fetcher:
             log.warning("remote %s: saved query %s", remote.name, terms.deprecation(saved, found))
         return found.keys
 
-    async def prepare_study(self, study_id: int) -> None:
-        """List a remote study's series the first time its folder is entered."""
-        if self.rows.unlisted_study(study_id) is None:
-            return
+    async def prepare_study(self, study_id: int) -> list[int]:
+        """List a remote study's series when its folder is entered: the first time, and again once
+        that listing is ``relist_minutes`` old (series may have come since). Returns the ids of
+        the series listed now; [] when the listing stands. A first listing that fails raises
+        FetchError; a re-listing that fails leaves the old one, with a warning."""
+        if not self._listing_due(study_id):
+            return []
         async with self._listing_lock("study", study_id):
-            study = self.rows.unlisted_study(study_id)
-            if study is None:
-                return  # listed while we waited
+            listed = self.rows.study_listing(study_id)
+            if listed is None or not self._listing_due(study_id):
+                return []  # listed while we waited
+            study, listed_at = listed
             remote = self._remote(study.remote)
-            series = await self._in_thread(catalog.find_series, remote, study.study_uid, self.settings.ae_title)
-            self.rows.add_series(remote.name, study_id, series)
+            try:
+                series = await self._in_thread(catalog.find_series, remote, study.study_uid, self.settings.ae_title)
+            except FetchError as exc:
+                if listed_at is None:
+                    raise
+                log.warning("remote %s: study %s not listed again (%s); its earlier listing stands",
+                            remote.name, study.study_uid, exc)
+                self.rows.series_listed(study_id)
+                return []
+            return self.rows.add_series(remote.name, study_id, series)
+
+    def _listing_due(self, study_id: int) -> bool:
+        listed = self.rows.study_listing(study_id)
+        if listed is None:
+            return False
+        listed_at = listed[1]
+        age = self.settings.relist_minutes * 60
+        return listed_at is None or (age > 0 and time.time() - listed_at >= age)
 
     async def prepare_series(self, series_id: int) -> None:
         """List a remote series' instances the first time its folder is entered."""
@@ -184,6 +213,8 @@ class Fetcher:
         with trio.move_on_at(opened + remote.timeout) as scope:
             while True:
                 retrieval = self._retrieval(remote, series_id, sop_uid)
+                if retrieval.plan is not None:
+                    retrieval.plan.promote(sop_uid)
                 await _first_of(arrived.wait, retrieval.done.wait)
                 if arrived.is_set():
                     return
@@ -227,8 +258,8 @@ class Fetcher:
         """Retrieve the instance that was opened first, then the rest of its series.
 
         The remote sends a series in its own order: asked for at once, the opened file may
-        come last. One instance first costs an extra association (~10 ms) and gives the
-        first open its bytes in the time of one instance.
+        come last. By C-GET the series is asked for in parts, the opened instance alone
+        first (``retrieve.Plan``); by C-MOVE the opened instance, then the whole series.
         """
         ref = self.rows.series_ref(series_id)
         series_uid = ref.series_uid
@@ -236,14 +267,10 @@ class Fetcher:
         started = time.monotonic()
         log.info("remote %s: retrieving series %s (C-%s)", remote.name, series_uid, remote.retrieve.upper())
         try:
-            if remote.retrieve == "move" and not self.settings.enabled:
-                raise scu.RemoteError(remote, "C-MOVE", "needs this node's DICOM service ([dicom] enabled)")
-            if self.rows.missing(series_id) > 1:
-                await trio.to_thread.run_sync(
-                    self._retrieve_call(remote, series_id, "IMAGE", {**keys, "SOPInstanceUID": first}),
-                    abandon_on_cancel=True)
-            result = await trio.to_thread.run_sync(
-                self._retrieve_call(remote, series_id, "SERIES", keys), abandon_on_cancel=True)
+            if remote.retrieve == "move":
+                result = await self._move(remote, series_id, keys, first)
+            else:
+                result = await self._get(remote, series_id, keys, first, retrieval)
             log.info("remote %s: series %s retrieved: %d completed, %d failed, %d warnings in %.1f s",
                      remote.name, series_uid, result.completed, result.failed, result.warning,
                      time.monotonic() - started)
@@ -253,32 +280,81 @@ class Fetcher:
             log.error("remote %s: retrieve of series %s failed: %s", remote.name, series_uid, exc)
             retrieval.error = str(exc)
             retrieval.timed_out = isinstance(exc, scu.RemoteTimeoutError)
+        except JobFailed as exc:
+            log.error("remote %s: retrieve of series %s failed: %s", remote.name, series_uid, exc)
+            retrieval.error = str(exc)
+            retrieval.timed_out = exc.timed_out
         except Exception as exc:
             log.exception("remote %s: retrieve of series %s failed", remote.name, series_uid)
             retrieval.error = f"{type(exc).__name__}: {exc}"
         finally:
             del self.retrievals[series_id]
+            self.rows.changes.note_series([series_id])  # the mount refreshes the series once, now
             retrieval.done.set()
             self.publish_status(force=True)
         await self.enforce_cache(keep=series_id)
 
-    def _retrieve_call(self, remote: RemoteNode, series_id: int, level: str, keys: dict[str, str],
-                       ) -> Callable[[], scu.RetrieveResult]:
-        if remote.retrieve == "move":  # the instances arrive through our own C-STORE service
-            return functools.partial(scu.move, remote, level, keys, destination_ae=self.settings.ae_title,
+    async def _move(self, remote: RemoteNode, series_id: int, keys: dict[str, str], first: str) -> scu.RetrieveResult:
+        """The instances arrive through our own C-STORE service, which answers once they are durable."""
+        if not self.settings.enabled:
+            raise scu.RemoteError(remote, "C-MOVE", "needs this node's DICOM service ([dicom] enabled)")
+
+        def call(level: str, level_keys: dict[str, str]) -> Callable[[], scu.RetrieveResult]:
+            return functools.partial(scu.move, remote, level, level_keys, destination_ae=self.settings.ae_title,
                                      calling_ae=self.settings.ae_title, timeout=remote.timeout)
-        sop_classes = self.rows.sop_classes(series_id)
 
-        def run() -> scu.RetrieveResult:
-            pipeline = StorePipeline(self.store, self.gateway.submit_from_thread, source=f"remote {remote.name}")
-            try:
-                result = scu.get(remote, level, keys, calling_ae=self.settings.ae_title, timeout=remote.timeout,
-                                 sop_classes=sop_classes, on_instance=pipeline.put)
-            finally:
-                pipeline.close()
-            return result.with_unkept(pipeline.failed)
+        if self.rows.missing(series_id) > 1:
+            await trio.to_thread.run_sync(call("IMAGE", {**keys, "SOPInstanceUID": first}), abandon_on_cancel=True)
+        return await trio.to_thread.run_sync(call("SERIES", keys), abandon_on_cancel=True)
 
-        return run
+    async def _get(self, remote: RemoteNode, series_id: int, keys: dict[str, str], first: str,
+                   retrieval: _Retrieval) -> scu.RetrieveResult:
+        """Parts of the series on up to ``remote.associations`` associations at once, by the workers.
+
+        A remote that answers a part with a failure status (one that takes no UID lists, say)
+        gets one SERIES C-GET for whatever is still missing once the other parts are done.
+        """
+        plan = retrieval.plan = Plan.of(self.rows.missing_uids(series_id), first, remote.associations)
+        sop_classes = tuple(self.rows.sop_classes(series_id))
+        keep = self._group_index.keep_from_thread(trio.lowlevel.current_trio_token())
+        failures: list[JobFailed] = []
+
+        async def run(job: Job) -> None:
+            async with self._pool().worker() as worker:
+                try:
+                    with self._group_index.job():
+                        result = await trio.to_thread.run_sync(worker.run, job, keep, abandon_on_cancel=True)
+                    plan.count(result)
+                except JobFailed as exc:
+                    if exc.result is not None:
+                        plan.count(exc.result)
+                    failures.append(exc)
+
+        async def runner() -> None:
+            while not failures and (part := plan.take()) is not None:
+                await run(Job(remote, "IMAGE", {**keys, "SOPInstanceUID": "\\".join(part)},
+                              self.settings.ae_title, sop_classes))
+
+        opened = plan.take()  # alone, before the rest competes with it for the CPU and the remote
+        if opened is not None:
+            await run(Job(remote, "IMAGE", {**keys, "SOPInstanceUID": opened[0]}, self.settings.ae_title, sop_classes))
+        async with trio.open_nursery() as nursery:
+            for _ in range(min(remote.associations, len(plan.parts))):
+                nursery.start_soon(runner)
+        retrieval.plan = None
+        if failures and failures[0].status is not None and self.rows.missing(series_id):
+            log.warning("remote %s: a part of series %s failed (%s); asking for the series at once",
+                        remote.name, keys["SeriesInstanceUID"], failures[0])
+            failures.clear()
+            await run(Job(remote, "SERIES", keys, self.settings.ae_title, sop_classes))
+        if failures and self.rows.missing(series_id):
+            raise failures[-1]
+        return scu.RetrieveResult(completed=plan.completed, failed=plan.failed, warning=plan.warning,
+                                  status=0xB000 if plan.failed or plan.warning else 0x0000)
+
+    def _pool(self) -> WorkerPool:
+        assert self.pool is not None, "Fetcher.run is not running"
+        return self.pool
 
     # ------------------------------------------------------------------ cache and status
 

@@ -124,8 +124,10 @@ class RemoteRows:
                 self.changes.note_everything(now)  # above any series: the mount rebuilds all
         return new
 
-    def add_series(self, remote: str, study_id: int, series: Iterable[RemoteSeries]) -> None:
+    def add_series(self, remote: str, study_id: int, series: Iterable[RemoteSeries]) -> list[int]:
+        """Record a study's series as the remote listed them; returns their ids."""
         now = time.time()
+        ids = []
         with self.db.transaction():
             for found in series:
                 series_id = entities.upsert(self.db, "series", "series_uid", {**found.series, "study_id": study_id},
@@ -136,7 +138,23 @@ class RemoteRows:
                     (series_id, remote, found.num_instances),
                 )
                 self.changes.note_series([series_id], now)
+                ids.append(series_id)
             self.db.execute("UPDATE remote_studies SET series_listed_at = ? WHERE study_id = ?", (now, study_id))
+        return ids
+
+    def study_listing(self, study_id: int) -> tuple[RemoteStudyRef, float | None] | None:
+        """A remote study and when its series were listed (None: not yet); None if not remote."""
+        rows = self.db.query(
+            "SELECT r.remote, st.study_uid, r.series_listed_at FROM remote_studies r "
+            "JOIN studies st ON st.id = r.study_id WHERE r.study_id = ?", (study_id,))
+        if not rows:
+            return None
+        remote, study_uid, listed_at = rows[0]
+        return RemoteStudyRef(remote, study_uid), listed_at
+
+    def series_listed(self, study_id: int) -> None:
+        """The study's series were asked for now (a failed re-listing waits as long as a good one)."""
+        self.db.execute("UPDATE remote_studies SET series_listed_at = ? WHERE study_id = ?", (time.time(), study_id))
 
     def add_instances(self, remote: str, series_id: int, instances: Iterable[dict[str, Any]]) -> None:
         """Rows for a remote series' instances; file_path '' until each is fetched."""
@@ -193,6 +211,12 @@ class RemoteRows:
     def missing(self, series_id: int) -> int:
         """How many of the series' listed instances are not local."""
         return self.db.get_int("SELECT count(*) FROM instances WHERE series_id = ? AND file_path = ''", (series_id,))
+
+    def missing_uids(self, series_id: int) -> list[str]:
+        """The SOP Instance UIDs of the series' instances that are not local, in reading order."""
+        return [str(uid) for (uid,) in self.db.query(
+            "SELECT sop_uid FROM instances WHERE series_id = ? AND file_path = '' ORDER BY instance_number, id",
+            (series_id,))]
 
     def sop_classes(self, series_id: int) -> list[str]:
         """The SOP classes a listing named for the series (what a C-GET must accept)."""
