@@ -26,6 +26,7 @@ from dicomfs.parse import InvalidInstanceError
 @pytest.fixture(scope="module")
 def parsers() -> Iterator[ParserPool]:
     pool = ParserPool(1)
+    pool.start(wait=True)
     yield pool
     pool.close()
 

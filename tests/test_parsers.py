@@ -19,6 +19,7 @@ from dicomfs.parse import InvalidInstanceError, NotDicomError, parse_instance
 @pytest.fixture
 def pool() -> Iterator[ParserPool]:
     parsers = ParserPool(2)
+    parsers.start(wait=True)
     yield parsers
     parsers.close()
 
@@ -27,6 +28,18 @@ def _file(tmp_path: Path, data: bytes, name: str = "in.dcm") -> Path:
     path = tmp_path / name
     path.write_bytes(data)
     return path
+
+
+def test_the_first_instances_do_not_wait_for_the_workers(tmp_path: Path) -> None:
+    parsers = ParserPool(1)
+    try:
+        parsed = parsers.parse(_file(tmp_path, dicomgen.encode(dicomgen.make_dataset())), source="x", received=True)
+        assert parsed.data == b"" and parsed.sop_uid  # parsed here: the worker was still starting
+        parsers.start(wait=True)
+        assert parsers._ready_pool() is not None  # from now on, in the worker
+    finally:
+        parsers.close()
+    assert parsers._ready_pool() is None  # closed: parsing falls back to the caller's thread
 
 
 def test_a_worker_gives_what_parsing_in_process_gives(pool: ParserPool, tmp_path: Path) -> None:

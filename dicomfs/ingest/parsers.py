@@ -8,6 +8,10 @@ worker reads them from the temporary file they were just written to (in the page
 while the node's thread waits for that file's fsync. A decoder
 that crashes on a hostile object takes down its worker, not the daemon: the pool is made
 again, the object is tried once more in the new pool, and refused if it breaks that too.
+
+The workers start with the first instance received, not with the daemon (a daemon that
+never receives costs no processes); until they are up, instances are parsed in the calling
+thread, so the first one does not wait for them.
 """
 
 from __future__ import annotations
@@ -50,20 +54,41 @@ class ParserPool:
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self._lock = threading.Lock()
-        self._pool = self._new_pool()
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._starting: list[concurrent.futures.Future[None]] = []
+        self._closed = False
+
+    def start(self, *, wait: bool = False) -> None:
+        """Start the workers (``parse`` does it the first time); ``wait`` until they are up."""
+        with self._lock:
+            if self._pool is None and not self._closed:
+                self._pool = self._new_pool()
+            starting = list(self._starting)
+        if wait:
+            concurrent.futures.wait(starting)
 
     def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
         pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=self.workers, mp_context=multiprocessing.get_context("forkserver"), initializer=_start_worker)
-        for _ in range(self.workers):
-            pool.submit(_ready)
+        self._starting = [pool.submit(_ready) for _ in range(self.workers)]
         return pool
+
+    def _ready_pool(self) -> concurrent.futures.ProcessPoolExecutor | None:
+        """The pool once its workers are up, else None (and the workers are started)."""
+        self.start()
+        with self._lock:
+            if self._starting and not all(f.done() for f in self._starting):
+                return None
+            self._starting = []
+            return self._pool
 
     def parse(self, path: Path, *, source: str, received: bool) -> ParsedInstance:
         """``parse_instance`` of the file at ``path`` in a worker; raises what it raises
         (NotDicomError, InvalidInstanceError, OSError)."""
         for attempt in (1, 2):
-            pool = self._pool
+            pool = self._ready_pool()
+            if pool is None:  # the workers are still starting (or the node is stopping)
+                return _parse_file(str(path), source, received)
             try:
                 return pool.submit(_parse_file, str(path), source, received).result()
             except BrokenProcessPool:
@@ -78,9 +103,13 @@ class ParserPool:
 
     def _replace(self, broken: concurrent.futures.ProcessPoolExecutor) -> None:
         with self._lock:
-            if self._pool is broken:
+            if self._pool is broken and not self._closed:
                 self._pool = self._new_pool()
         broken.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
