@@ -124,18 +124,26 @@ def _padded(value: bytes) -> bytes:
 
 
 def send_message(assoc: Association, context_id: int, command: bytes, dataset: bytes | None) -> None:
-    """Queue a command and its data set, the data set in fragments that fit the peer's PDUs."""
-    send_command(assoc, context_id, command)
+    """Queue a command and its data set: in one PDU when both fit the peer's limit (a P-DATA-TF
+    may carry several PDVs, PS3.8 9.3.5), else the data set in fragments that fit."""
     if dataset is None:
+        send_command(assoc, context_id, command)
         return
     peer_max = assoc.requestor.maximum_length if assoc.is_acceptor else assoc.acceptor.maximum_length
-    room = max((peer_max or 0) - 12, 1024) if peer_max else len(dataset) or 1  # PDU and PDV headers: 12 bytes
-    for start in range(0, max(len(dataset), 1), room):
-        last = start + room >= len(dataset)
-        primitive = P_DATA()
-        primitive.presentation_data_value_list.append(
-            (context_id, (_LAST_DATA_FRAGMENT if last else _DATA_FRAGMENT) + dataset[start:start + room]))
+    primitive = P_DATA()
+    primitive.presentation_data_value_list.append((context_id, _LAST_COMMAND_FRAGMENT + command))
+    if not peer_max or len(command) + len(dataset) + 12 <= peer_max:  # two PDV headers of 6 bytes
+        primitive.presentation_data_value_list.append((context_id, _LAST_DATA_FRAGMENT + dataset))
         assoc.dul.send_pdu(primitive)
+        return
+    assoc.dul.send_pdu(primitive)
+    room = max(peer_max - 6, 1024)  # one PDV header
+    for start in range(0, len(dataset), room):
+        last = start + room >= len(dataset)
+        fragment = P_DATA()
+        fragment.presentation_data_value_list.append(
+            (context_id, (_LAST_DATA_FRAGMENT if last else _DATA_FRAGMENT) + dataset[start:start + room]))
+        assoc.dul.send_pdu(fragment)
 
 
 def send_command(assoc: Association, context_id: int, command: bytes) -> None:
