@@ -7,8 +7,7 @@ failed counts). What comes out goes, in batches, to ``IndexWriter.add_batch``.
 
 from __future__ import annotations
 
-import contextlib
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,37 +50,28 @@ def prepare(data: bytes, store: Store, *, source: str, received: bool = False,
     """Parse ``data`` and write the bytes to keep durably to a temporary file in ``store``.
 
     ``received``: the bytes came over the network (see ``parse_instance``). ``writer``: a
-    thread pool for the durable write (mostly waiting for fsync). When ``data`` already has
-    its Part 10 header, those are the bytes kept, so the write runs there while this thread
-    parses; a refused dataset's file is then discarded. ``parsers``: worker processes to parse
-    in (the node's). ``parsed.data`` is emptied: the bytes are in the file, and no second copy
-    travels on (back from an import worker, say).
+    thread pool for the durable write (mostly waiting for fsync), the node's. When ``data``
+    already has its Part 10 header, those are the bytes kept, placed early, and made durable
+    there while they are parsed (``_prepare_in_place``); a refused dataset's file is then
+    discarded. ``parsers``: worker processes to parse in, else this thread parses.
+    ``parsed.data`` is emptied: the bytes are in the file, and no second copy travels on
+    (back from an import worker, say).
 
     Raises ``NotDicomError``/``InvalidInstanceError`` (refused) or ``OSError`` (not written).
     """
-    if parsers is not None and writer is not None and data[128:132] == b"DICM":
-        return _prepare_in_place(data, store, source=source, received=received, writer=writer, parsers=parsers)
     if writer is not None and data[128:132] == b"DICM":
-
-        writing = writer.submit(store.write_temp, data)
-        try:
-            parsed = parse_instance(data, source=source, received=received)
-        except BaseException:
-            _discard_when_written(store, writing)
-            raise
-        temp = writing.result()
-    else:
-        parsed = parse_instance(data, source=source, received=received)
-        temp = store.write_temp(parsed.data)
+        return _prepare_in_place(data, store, source=source, received=received, writer=writer, parsers=parsers)
+    parsed = parse_instance(data, source=source, received=received)
+    temp = store.write_temp(parsed.data)
     parsed.data = b""
     return Prepared(parsed, temp)
 
 
 def _prepare_in_place(data: bytes, store: Store, *, source: str, received: bool, writer: Executor,
-                      parsers: ParserPool) -> Prepared:
+                      parsers: ParserPool | None) -> Prepared:
     """The node's way: the bytes go to a temporary file that gets its final name at once (from
-    UIDs peeked at in the bytes), a parser process reads it, and one fsync, in a writer
-    thread meanwhile, makes file and name durable. Parsing must agree with the peeked UIDs,
+    UIDs peeked at in the bytes), a parser process (or this thread) parses them, and one
+    fsync, in a writer thread meanwhile, makes file and name durable. Parsing must agree with the peeked UIDs,
     or the early name is taken back and the index writer places the file after all."""
     temp = store.write_temp(data, durable=False)
     uids = peek_part10(data)
@@ -92,7 +82,10 @@ def _prepare_in_place(data: bytes, store: Store, *, source: str, received: bool,
     try:
         syncing = writer.submit(store.sync_file, temp, final.parent if final else None)
         try:
-            parsed = parsers.parse(temp, source=source, received=received)
+            if parsers is not None:
+                parsed = parsers.parse(temp, source=source, received=received)
+            else:
+                parsed = parse_instance(data, source=source, received=received)
         finally:
             syncing.result()
     except BaseException:
@@ -101,9 +94,5 @@ def _prepare_in_place(data: bytes, store: Store, *, source: str, received: bool,
     if relpath and uids != (parsed.study["study_uid"], parsed.series["series_uid"], parsed.sop_uid):
         store.release_early(relpath, remove=True)
         relpath = ""
+    parsed.data = b""
     return Prepared(parsed, temp, relpath)
-
-
-def _discard_when_written(store: Store, writing: Future[Path]) -> None:
-    with contextlib.suppress(OSError):  # nothing was written
-        store.discard(writing.result())

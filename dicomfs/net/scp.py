@@ -96,6 +96,8 @@ class NodeServer:
         # One writer per association that can be open, so no store waits for another's fsync.
         self.writers = ThreadPoolExecutor(settings.max_associations, thread_name_prefix="dicom-writer")
         self.parsers: ParserPool | None = None  # started with the node
+        self._storing = 0  # C-STOREs being prepared now, over all associations
+        self._storing_lock = threading.Lock()
         self._server: NodeAssociationServer | None = None
         self._thread: threading.Thread | None = None
         self.admission = Admission(settings.max_pending, settings.max_associations)
@@ -240,15 +242,23 @@ class NodeServer:
         )
         with request.DataSet.getbuffer() as dataset:
             data = b"".join((header, dataset))  # the one copy of the received bytes
+        with self._storing_lock:
+            self._storing += 1
+            alone = self._storing == 1
         try:
+            # One sender at a time: parsed here, sooner than a worker answers. Several: in the
+            # workers, where they do not compete for this process's interpreter lock.
             prepared = prepare(data, self.store, source=source, received=True, writer=self.writers,
-                               parsers=self.parsers)
+                               parsers=None if alone else self.parsers)
         except (NotDicomError, InvalidInstanceError) as exc:
             log.warning("refused C-STORE from %s: %s", source, exc)
             return _failure(CANNOT_UNDERSTAND, str(exc))
         except OSError as exc:
             log.error("cannot store an instance from %s: %s", source, exc)
             return _failure(OUT_OF_RESOURCES, f"cannot store: {exc.strerror}")
+        finally:
+            with self._storing_lock:
+                self._storing -= 1
         try:
             self.submit([prepared])
         except trio.RunFinishedError:
