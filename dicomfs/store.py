@@ -15,7 +15,6 @@ import hashlib
 import itertools
 import os
 import re
-import sys
 import threading
 from pathlib import Path
 
@@ -89,7 +88,7 @@ class Store:
 
         For the node: done before the file's fsync, which on journaling filesystems (ext4,
         XFS) then makes the name durable too, so that the fsync of its folder after it
-        (``sync_file(..., folder=True)``) costs next to nothing. The file is not indexed
+        (``sync_file`` with the folder) costs next to nothing. The file is not indexed
         yet: the index writer adopts it (``holds``) or moves the temporary over it.
         Returns the final path, or None when a file is there already.
         """
@@ -101,10 +100,11 @@ class Store:
         try:
             self._make_folder(final.parent)
             os.link(temp, final)
+        except FileExistsError:
+            self.release_early(relpath)
+            return None
         except BaseException:
             self.release_early(relpath)
-            if isinstance(sys.exc_info()[1], FileExistsError):
-                return None
             raise
         return final
 

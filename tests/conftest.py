@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from orthanc import Orthanc
 
+from dicomfs.archive import Archive, open_archive
+
 DICOMFS = [sys.executable, "-m", "dicomfs"]
 MOUNT_TIMEOUT = 20.0
 
@@ -217,3 +219,11 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
     finally:
         status = server.stop()
     assert status in (None, 0), f"Orthanc exited {status}:\n{server.log()}"
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Iterator[Archive]:
+    """A new, empty archive in process (its index writer, store and remote rows)."""
+    a = open_archive(tmp_path / "data")
+    yield a
+    a.close()

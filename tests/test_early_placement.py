@@ -15,7 +15,7 @@ import pydicom
 import pydicom.data
 import pytest
 
-from dicomfs.archive import Archive, open_archive
+from dicomfs.archive import Archive
 from dicomfs.ingest.parsers import ParserPool
 from dicomfs.ingest.peek import peek_part10
 from dicomfs.ingest.prepare import Prepared, discard, prepare
@@ -29,13 +29,6 @@ def parsers() -> Iterator[ParserPool]:
     pool.start(wait=True)
     yield pool
     pool.close()
-
-
-@pytest.fixture
-def archive(tmp_path: Path) -> Iterator[Archive]:
-    a = open_archive(tmp_path / "data")
-    yield a
-    a.close()
 
 
 @pytest.fixture

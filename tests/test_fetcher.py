@@ -7,7 +7,7 @@ from __future__ import annotations
 import errno
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import dicomgen
@@ -16,7 +16,7 @@ import trio
 from pydicom.dataset import Dataset
 from remotegen import list_on_remote
 
-from dicomfs.archive import Archive, open_archive
+from dicomfs.archive import Archive
 from dicomfs.config import DicomSettings, RemoteNode
 from dicomfs.index.db import Database
 from dicomfs.ingest.gateway import IndexGateway
@@ -63,13 +63,6 @@ class FakePacs:
             self.answered.append((sop_uid, self.indexed is not None and self.indexed(sop_uid)))
             sent += 1
         return scu.RetrieveResult(completed=sent, failed=0, warning=0, status=0)
-
-
-@pytest.fixture
-def archive(tmp_path: Path) -> Iterator[Archive]:
-    a = open_archive(tmp_path / "data")
-    yield a
-    a.close()
 
 
 @pytest.fixture

@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import dicomgen
 import pytest
 import trio
 
-from dicomfs.archive import Archive, open_archive
+from dicomfs.archive import Archive
 from dicomfs.ingest.gateway import IndexGateway
 from dicomfs.ingest.prepare import Batch, prepare
 from dicomfs.ingest.writer import Ingested, Outcome
-
-
-@pytest.fixture
-def archive(tmp_path: Path) -> Iterator[Archive]:
-    a = open_archive(tmp_path / "data")
-    yield a
-    a.close()
 
 
 def batch_of(archive: Archive, count: int) -> Batch:

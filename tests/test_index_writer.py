@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import dicomgen
@@ -14,13 +13,6 @@ from dicomfs.archive import Archive, open_archive
 from dicomfs.config import ProjectRule
 from dicomfs.ingest.prepare import Prepared, prepare
 from dicomfs.ingest.writer import Outcome
-
-
-@pytest.fixture
-def archive(tmp_path: Path) -> Iterator[Archive]:
-    a = open_archive(tmp_path / "data")
-    yield a
-    a.close()
 
 
 def prepared(archive: Archive, ds: Dataset, source: str = "test") -> Prepared:

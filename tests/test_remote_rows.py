@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import dicomgen
-import pytest
 from remotegen import list_on_remote
 
-from dicomfs.archive import Archive, open_archive
+from dicomfs.archive import Archive
 from dicomfs.ingest.prepare import prepare
 from dicomfs.parse import patient_values, study_values
 from dicomfs.remote.rows import Evicted, InstanceState, RemoteSeriesRef, RemoteStudy
-
-
-@pytest.fixture
-def archive(tmp_path: Path) -> Iterator[Archive]:
-    a = open_archive(tmp_path / "data")
-    yield a
-    a.close()
 
 
 def test_a_listing_announces_new_studies_only(archive: Archive) -> None:

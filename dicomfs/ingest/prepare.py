@@ -71,8 +71,9 @@ def _prepare_in_place(data: bytes, store: Store, *, source: str, received: bool,
                       parsers: ParserPool | None) -> Prepared:
     """The node's way: the bytes go to a temporary file that gets its final name at once (from
     UIDs peeked at in the bytes), a parser process (or this thread) parses them, and one
-    fsync, in a writer thread meanwhile, makes file and name durable. Parsing must agree with the peeked UIDs,
-    or the early name is taken back and the index writer places the file after all."""
+    fsync, in a writer thread meanwhile, makes file and name durable. Parsing must agree with
+    the peeked UIDs, or the early name is taken back and the index writer places the file
+    after all."""
     temp = store.write_temp(data, durable=False)
     uids = peek_part10(data)
     relpath = store.relpath_for(*uids) if uids else ""
@@ -89,7 +90,9 @@ def _prepare_in_place(data: bytes, store: Store, *, source: str, received: bool,
         finally:
             syncing.result()
     except BaseException:
-        discard(store, Prepared(None, temp, relpath))  # type: ignore[arg-type]
+        if relpath:
+            store.release_early(relpath, remove=True)
+        store.discard(temp)
         raise
     if relpath and uids != (parsed.study["study_uid"], parsed.series["series_uid"], parsed.sop_uid):
         store.release_early(relpath, remove=True)

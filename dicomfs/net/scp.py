@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import errno
+import functools
 import logging
 import socket
 import ssl
@@ -487,7 +488,7 @@ def _answer_elements(level: Any, row: dict[str, Any], unknown: list[Any], retrie
     for keyword, value in row.items():
         if keyword in _MULTI_VALUED and isinstance(value, str):
             value = [v for v in value.split("\\") if v]
-        elements.append((_TAGS[keyword], dictionary_VR(keyword), value))
+        elements.append((*_tag_and_vr(keyword), value))
     for element in unknown:  # requested but not kept by the index: answered empty
         elements.append((int(element.tag), element.VR, None))
     if retrieve_ae:
@@ -495,13 +496,9 @@ def _answer_elements(level: Any, row: dict[str, Any], unknown: list[Any], retrie
     return elements
 
 
-class _Tags(dict[str, int]):
-    def __missing__(self, keyword: str) -> int:
-        tag = self[keyword] = int(tag_for_keyword(keyword))  # type: ignore[arg-type]
-        return tag
-
-
-_TAGS = _Tags()
+@functools.cache
+def _tag_and_vr(keyword: str) -> tuple[int, str]:
+    return int(tag_for_keyword(keyword)), dictionary_VR(keyword)  # type: ignore[arg-type]
 
 
 def _answer(level: Any, row: dict[str, Any], unknown: list[Any], retrieve_ae: str) -> Dataset:
