@@ -72,8 +72,7 @@ _FIND_FAILURE = 0xC311  # and when a C-FIND handler does
 MAX_ASSOCIATE_RQ = 1 << 20
 _SMALL_PDU = 1024  # A-RELEASE-RQ/RP and A-ABORT carry 4 bytes
 _RECV_CHUNK = 1 << 20
-_PENDING_POLL = 0.05  # seconds a pending connection's reader waits for data per turn
-_IDLE_TURN = 0.05  # seconds an idle association's threads wait before they look at their timers again
+_IDLE_TURN = 0.05  # seconds an idle connection's threads wait before they look at their timers again
 
 
 def _a_abort(reason: int) -> bytes:
@@ -335,14 +334,14 @@ class GuardedDUL(DULServiceProvider):
         if self._refused and state == "Sta13":
             self.socket.close()  # type: ignore[union-attr]  # the rest of an oversized PDU stays unread
             return True
-        if state == "Sta2" and not self._requested:
-            self._wait_readable()
-        elif state != "Sta13" and self.event_queue.empty() and self.to_provider_queue.empty():
+        if state != "Sta13" and self.event_queue.empty() and self.to_provider_queue.empty():
             self._wait_for_work()
         return super()._is_transport_event()
 
     def _wait_for_work(self) -> None:
-        """Block until the peer sends, something is queued to send, or a turn of the timers."""
+        """Block until the peer sends, something is queued to send, or a turn of the timers:
+        pynetdicom polls every millisecond, and many idle connections polling (pending ones
+        too) would take the CPU that real associations need."""
         raw = self._raw
         if isinstance(raw, ssl.SSLSocket) and raw.pending():
             return
@@ -350,15 +349,6 @@ class GuardedDUL(DULServiceProvider):
         with contextlib.suppress(OSError, ValueError):
             select.select(waiting, [], [], _IDLE_TURN)
         self._wakeup.clear()
-
-    def _wait_readable(self) -> None:
-        """Block briefly until the peer sends: pynetdicom polls every millisecond, and many
-        idle connections polling would take the CPU that real associations need."""
-        raw = self._raw
-        if raw is None or (isinstance(raw, ssl.SSLSocket) and raw.pending()):
-            return
-        with contextlib.suppress(OSError, ValueError):
-            select.select([raw], [], [], _PENDING_POLL)
 
     def idle_timer_expired(self) -> bool:
         expired = super().idle_timer_expired()
