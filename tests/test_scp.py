@@ -41,6 +41,57 @@ def test_storescu_many_files_one_association(daemon: Daemon, tmp_path: Path, par
         assert pydicom.dcmread(series_dir / f"{n:03d}.dcm").SOPInstanceUID == sent.SOPInstanceUID
 
 
+def test_a_data_set_in_many_small_pdus_is_kept_exactly(daemon: Daemon, tmp_path: Path) -> None:
+    """storescu limited to 4 KiB PDUs: each 128x128 image arrives in nine P-DATA PDUs."""
+    paths = dicomgen.series(tmp_path / "in", 5, rows=128, columns=128)
+    daemon.start()
+    result = dcmtk("storescu", "--max-send-pdu", "4096", "-aec", "DICOMFS", "127.0.0.1", daemon.port, *paths)
+    assert result.returncode == 0, result.stderr
+    series_dir = daemon.mount / SERIES
+    wait_for(lambda: len(list(series_dir.glob("*.dcm"))) == 5, 2.0, "the series")
+    for n, path in enumerate(paths, start=1):
+        original = path.read_bytes()
+        assert (series_dir / f"{n:03d}.dcm").read_bytes().endswith(original[original.index(b"\x08\x00\x05\x00"):])
+
+
+def test_one_association_mixing_echo_store_and_find(daemon: Daemon, tmp_path: Path) -> None:
+    """Requests we answer in the reading thread (C-ECHO, C-STORE) between pynetdicom's (C-FIND),
+    with a refused C-STORE and its reason on the way."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelFind, Verification
+
+    daemon.start()
+    ae = AE(ae_title="MIXED")
+    for context in (Verification, CTImageStorage, StudyRootQueryRetrieveInformationModelFind):
+        ae.add_requested_context(context)
+    good = [dicomgen.make_dataset(rows=64, columns=64, InstanceNumber=n) for n in (1, 2)]
+    bad = dicomgen.make_dataset(StudyInstanceUID=dicomgen.REMOVE)
+    for ds in (*good, bad):
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    query = pydicom.Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = ""
+    query.PatientName = "DOE*"
+    assoc = ae.associate("127.0.0.1", daemon.port, ae_title="DICOMFS")
+    assert assoc.is_established
+    try:
+        assert assoc.send_c_echo().Status == 0x0000
+        assert assoc.send_c_store(good[0]).Status == 0x0000
+        answers = [identifier.StudyInstanceUID for status, identifier in
+                   assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind) if status.Status == 0xFF00]
+        refused = assoc.send_c_store(bad)
+        assert assoc.send_c_echo().Status == 0x0000
+        assert assoc.send_c_store(good[1]).Status == 0x0000
+    finally:
+        assoc.release()
+    assert answers == [good[0].StudyInstanceUID]
+    assert refused.Status == 0xC000 and "StudyInstanceUID" in refused.ErrorComment
+    for ds in good:
+        wait_for(lambda ds=ds: _find(daemon, f"{ds.SOPInstanceUID}.dcm") is not None, 2.0, "the stored instance")
+    assert "refused C-STORE" in daemon.log()
+
+
 @pytest.mark.parametrize(
     ("option", "files", "stored_as"),
     [

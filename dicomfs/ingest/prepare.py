@@ -7,7 +7,8 @@ failed counts). What comes out goes, in batches, to ``IndexWriter.add_batch``.
 
 from __future__ import annotations
 
-from concurrent.futures import Executor
+import threading
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from dicomfs.ingest.parsers import ParserPool
 
 __all__ = ["Batch", "Prepared", "prepare"]
+
+_SYNC_START_WAIT = 0.05  # seconds: a busy writer pool must not hold the parse up for long
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +84,7 @@ def _prepare_in_place(data: bytes, store: Store, *, source: str, received: bool,
     if final is None:
         relpath = ""
     try:
-        syncing = writer.submit(store.sync_file, temp, final.parent if final else None)
+        syncing = _start_sync(writer, store, temp, final.parent if final else None)
         try:
             if parsers is not None:
                 parsed = parsers.parse(temp, source=source, received=received)
@@ -99,3 +102,19 @@ def _prepare_in_place(data: bytes, store: Store, *, source: str, received: bool,
         relpath = ""
     parsed.data = b""
     return Prepared(parsed, temp, relpath)
+
+
+def _start_sync(writer: Executor, store: Store, temp: Path, folder: Path | None) -> Future[None]:
+    """Start the fsync of ``temp`` (and ``folder``) in a writer thread, and return once it is
+    under way: the parse that follows holds the interpreter lock, and a thread still waiting
+    for that lock would begin its fsync only when the parse is over."""
+    started = threading.Event()
+
+    def sync() -> None:
+        started.set()
+        store.sync_file(temp, folder)
+
+    syncing = writer.submit(sync)
+    started.wait(_SYNC_START_WAIT)
+    return syncing
+

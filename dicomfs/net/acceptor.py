@@ -44,27 +44,27 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.ae import ApplicationEntity
 from pynetdicom.association import Association
-from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_STORE
+from pynetdicom.dimse_primitives import C_FIND
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.transport import AddressInformation, AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from dicomfs.net.dimse import c_echo_rsp, c_find_rsp, c_store_rsp, send_command, send_message
-from dicomfs.net.status import SUCCESS
+from dicomfs.net.receive import C_ECHO_RQ, C_STORE_RQ, Command, MessageRouter, Request, p_data_tf
 
 log = logging.getLogger(__name__)
 
-# What the node does with a received instance: a status, or a status data set with a comment.
-StoreHandler = Callable[[Association, C_STORE, PresentationContext], "int | Dataset"]
+# What the node does with a received instance: a status, and an error comment for a failure.
+StoreReply = tuple[int, str]
+StoreHandler = Callable[[Association, Request, PresentationContext], StoreReply]
 # How the node answers a C-FIND: (status, encoded identifier of a match, error comment)...
 FindHandler = Callable[[Association, C_FIND, PresentationContext], Iterator[tuple[int, "bytes | None", str]]]
 _PROCESSING_FAILURE = 0xC211  # what pynetdicom answers when a C-STORE handler raises
+_VERIFICATION = "1.2.840.10008.1.1"
 _FIND_FAILURE = 0xC311  # and when a C-FIND handler does
 
 # The largest A-ASSOCIATE-RQ accepted: 128 presentation contexts with every transfer syntax,
@@ -243,6 +243,8 @@ class GuardedDUL(DULServiceProvider):
         self._woken = False
         self._idle_reported = False
         self._message_bytes = [0, 0]  # bytes of the data set [0] and command [1] being assembled
+        self.node_assoc = assoc
+        self._router = MessageRouter(assoc.claims, self._serve)
 
     def _read_pdu_data(self) -> None:
         pending = not self._requested
@@ -262,6 +264,14 @@ class GuardedDUL(DULServiceProvider):
         if refusal is not None:
             self._refuse(refusal, pending)
             return
+        if pdu_type == 0x04 and self.state_machine.current_state == "Sta6":
+            passed = self._router.feed(pdu)  # our requests are served on the way
+            if self._router.error:
+                self._refuse(self._router.error, pending)
+                return
+            if passed is None:
+                return
+            pdu = passed
         try:
             decoded, event = self._decode_pdu(pdu)
         except Exception as exc:
@@ -322,6 +332,11 @@ class GuardedDUL(DULServiceProvider):
                 self._message_bytes[kind] = 0
             offset += 4 + item_length
         return None
+
+    def _serve(self, request: Request) -> None:
+        """Answer a request the router took, here: its response goes out before the next PDU
+        is read, and this thread is the one that writes to the socket."""
+        self.socket.send(p_data_tf(request.context_id, 0x03, self.node_assoc.answer(request)))  # type: ignore[union-attr]
 
     def _refuse(self, reason: str, pending: bool) -> None:
         what = "a connection" if pending else "the association"
@@ -423,35 +438,37 @@ class GuardedAssociation(Association):
         self.acse_timeout = limits.association_timeout  # also the DUL's ARTIM timer
         self.network_timeout = self.network_timeout  # onto the new DUL's idle timer
 
-    def _serve_request(self, msg: Any, context_id: int) -> None:
+    def claims(self, command: Command, context_id: int) -> bool:
+        """Whether the DUL thread serves this request itself (``answer``): a well-formed C-STORE
+        or C-ECHO request on an accepted context while the association is not being released.
+        Anything else, pynetdicom validates and answers."""
         context = self._accepted_cx.get(context_id)
-        if context is not None and isinstance(msg, C_ECHO) and not self._sent_release and msg.is_valid_request:
-            send_command(self, context_id, c_echo_rsp(int(msg.MessageID or 0)))  # Verification: always success
-            return
+        if context is None or self._sent_release or not self.is_established:
+            return False
+        if command.field == C_ECHO_RQ:
+            return not command.has_data_set and context.abstract_syntax == _VERIFICATION
+        return command.field == C_STORE_RQ and command.has_data_set and bool(command.sop_class and command.sop_uid)
+
+    def answer(self, request: Request) -> bytes:
+        """The encoded response to a C-ECHO (always success) or a C-STORE request (``on_store``)."""
+        command = request.command
+        if command.field == C_ECHO_RQ:
+            return c_echo_rsp(command.message_id)
+        try:
+            status, comment = self.on_store(self, request, self._accepted_cx[request.context_id])
+        except Exception:
+            log.exception("C-STORE failed")
+            status, comment = _PROCESSING_FAILURE, "the archive failed to store it"
+        return c_store_rsp(command.message_id, command.sop_class, command.sop_uid, status, comment)
+
+    def _serve_request(self, msg: Any, context_id: int) -> None:
+        """What the router passed on (``claims`` said no): a C-FIND is answered by hand, the
+        rest by pynetdicom."""
+        context = self._accepted_cx.get(context_id)
         if context is not None and isinstance(msg, C_FIND) and not self._sent_release and msg.is_valid_request:
             self._serve_find(msg, context_id, context)
             return
-        if not isinstance(msg, C_STORE) or context is None or self._sent_release or not msg.is_valid_request:
-            super()._serve_request(msg, context_id)
-            return
-        try:
-            status = self.on_store(self, msg, context)
-        except Exception:
-            log.exception("C-STORE failed")
-            status = _PROCESSING_FAILURE
-        if not self.is_established:
-            return
-        message_id = int(msg.MessageID or 0)
-        sop_class, sop_uid = str(msg.AffectedSOPClassUID), str(msg.AffectedSOPInstanceUID)
-        if isinstance(status, int) and status == SUCCESS:
-            send_command(self, context_id, c_store_rsp(message_id, sop_class, sop_uid, SUCCESS))
-            return
-        rsp = C_STORE()  # a failure, maybe with a comment: pynetdicom's own encoding
-        rsp.MessageIDBeingRespondedTo = message_id
-        rsp.AffectedSOPClassUID = sop_class
-        rsp.AffectedSOPInstanceUID = sop_uid
-        rsp = StorageServiceClass(self).validate_status(status, rsp)
-        self.dimse.send_msg(rsp, context_id)
+        super()._serve_request(msg, context_id)
 
     def _serve_find(self, msg: C_FIND, context_id: int, context: PresentationContext) -> None:
         message_id, sop_class = int(msg.MessageID or 0), str(msg.AffectedSOPClassUID)

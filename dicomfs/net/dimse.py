@@ -38,17 +38,25 @@ def _ui(uid: str) -> bytes:
     return value + b"\0" if len(value) % 2 else value
 
 
-def c_store_rsp(message_id: int, sop_class: str, sop_uid: str, status: int) -> bytes:
-    """The encoded command set of a C-STORE-RSP without a data set."""
-    body = b"".join((
+def c_store_rsp(message_id: int, sop_class: str, sop_uid: str, status: int, comment: str = "") -> bytes:
+    """The encoded command set of a C-STORE-RSP (PS3.7 9.3.1.2), with an Error Comment if given."""
+    elements = [
         _element(0x0002, _ui(sop_class)),  # Affected SOP Class UID
         _element(0x0100, struct.pack("<H", _C_STORE_RSP)),  # Command Field
         _element(0x0120, struct.pack("<H", message_id)),  # Message ID Being Responded To
         _element(0x0800, struct.pack("<H", _NO_DATA_SET)),  # Command Data Set Type
         _element(0x0900, struct.pack("<H", status)),  # Status
-        _element(0x1000, _ui(sop_uid)),  # Affected SOP Instance UID
-    ))
+    ]
+    if comment:
+        elements.append(_error_comment(comment))
+    elements.append(_element(0x1000, _ui(sop_uid)))  # Affected SOP Instance UID
+    body = b"".join(elements)
     return _element(0x0000, struct.pack("<I", len(body))) + body  # Command Group Length first
+
+
+def _error_comment(comment: str) -> bytes:
+    """(0000,0902) Error Comment: LO, at most 64 characters of the default repertoire."""
+    return _element(0x0902, _padded(comment[:64].encode("ascii", "replace")))
 
 
 def c_echo_rsp(message_id: int) -> bytes:
@@ -74,7 +82,7 @@ def c_find_rsp(message_id: int, sop_class: str, status: int, *, identifier: bool
         _element(0x0900, struct.pack("<H", status)),  # Status
     ]
     if comment:
-        elements.append(_element(0x0902, _padded(comment[:64].encode("ascii", "replace"))))  # Error Comment
+        elements.append(_error_comment(comment))
     body = b"".join(elements)
     return _element(0x0000, struct.pack("<I", len(body))) + body
 
