@@ -17,7 +17,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["C_ECHO_RQ", "C_STORE_RQ", "Command", "MessageRouter", "Request", "decode_command", "p_data_tf"]
+__all__ = ["C_ECHO_RQ", "C_STORE_RQ", "Claim", "Command", "MessageRouter", "Request", "decode_command", "p_data_tf"]
 
 C_STORE_RQ = 0x0001
 C_ECHO_RQ = 0x0030

@@ -51,7 +51,7 @@ from dicomfs.errors import UserError
 from dicomfs.index import cfind
 from dicomfs.index.db import Database
 from dicomfs.ingest.parsers import ParserPool
-from dicomfs.ingest.prepare import discard, prepare
+from dicomfs.ingest.prepare import SWITCH_INTERVAL, discard, prepare
 from dicomfs.ingest.writer import Submit
 from dicomfs.net import outgoing, peers
 from dicomfs.net.acceptor import Admission, Limits, NodeAssociationServer, StoreReply
@@ -71,12 +71,6 @@ from dicomfs.parse import InvalidInstanceError, NotDicomError, part10_header
 from dicomfs.store import Store
 
 log = logging.getLogger(__name__)
-
-# The interpreter's default of 5 ms lets a thread that parses a received instance keep the
-# lock that the thread waiting on its fsync, and the loop that indexes it, need for a few
-# microseconds each: every instance then waited up to 5 ms per hand-over (measured: one
-# association 100/s at 5 ms, 130/s at 0.5 ms). Set for the daemon's process when the node starts.
-SWITCH_INTERVAL = 0.0005
 
 
 class NodeError(UserError):
@@ -164,7 +158,7 @@ class NodeServer:
             raise
         if s.parse_workers:
             self.parsers = ParserPool(s.parse_workers)
-        sys.setswitchinterval(SWITCH_INTERVAL)
+        sys.setswitchinterval(SWITCH_INTERVAL)  # see ingest.prepare
         self._thread = threading.Thread(target=self._server.serve_forever, name="dicom-acceptor", daemon=True)
         self._thread.start()
         self.ae._servers.append(self._server)  # as AE.start_server does; shutdown() expects it

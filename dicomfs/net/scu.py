@@ -22,6 +22,7 @@ What remains is mostly pynetdicom decoding two command sets per instance (~0.5 m
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import select
 import socket
@@ -53,6 +54,7 @@ from pynetdicom.transport import AddressInformation, AssociationSocket
 from dicomfs.config import RemoteNode
 from dicomfs.errors import UserError
 from dicomfs.net.dimse import c_store_rsp, send_command
+from dicomfs.net.receive import C_STORE_RQ, Claim, Command, MessageRouter, Request, p_data_tf
 from dicomfs.net.status import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, PENDING_CODES, SOP_CLASS_NOT_SUPPORTED, SUCCESS
 from dicomfs.parse import part10_header
 
@@ -184,6 +186,7 @@ def get(
     with _association(remote, "C-GET", contexts, calling_ae, timeout, roles) as assoc:
         replier = _StoreReplier(assoc, remote, on_instance)
         assoc._c_store_scp = replier  # type: ignore[method-assign]
+        assoc.dul.socket.route(replier.claims, replier.answer)  # type: ignore[union-attr]
         return _retrieve_result(remote, "C-GET", assoc, assoc.send_c_get(identifier, model), replier.counted)
 
 
@@ -300,11 +303,12 @@ def _silence(assoc: Association) -> str:
 
 
 class _StoreReplier:
-    """Stands in for ``Association._c_store_scp`` on a C-GET association: keep the instance, answer.
+    """Keeps each instance a C-GET brings (``on_instance``) and answers its C-STORE.
 
-    pynetdicom's version goes through its event machinery and encodes the response as a
-    pydicom dataset; this one calls ``on_instance`` directly and encodes the C-STORE-RSP
-    (PS3.7 9.3.1.2) by hand. Both run in the thread that iterates the C-GET responses.
+    The requests are taken from the P-DATA stream in the DUL thread (``net.receive``;
+    ``_Socket.route``), so pynetdicom neither assembles nor decodes them; one it passes on
+    after all comes to ``__call__``, which stands in for ``Association._c_store_scp``. The
+    C-STORE-RSP (PS3.7 9.3.1.2) is encoded by hand either way.
     """
 
     def __init__(self, assoc: Association, remote: RemoteNode, on_instance: Callable[[bytes], None]) -> None:
@@ -317,25 +321,35 @@ class _StoreReplier:
     def counted(self) -> tuple[int, int]:
         return self.kept, self.refused
 
-    def __call__(self, request: C_STORE) -> None:
-        context_id = int(request._context_id or 0)
-        sop_class, sop_uid = str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)
-        context = self.assoc._accepted_cx.get(context_id)
-        if context is None or context.abstract_syntax != sop_class or request.DataSet is None:
+    def claims(self, command: Command, context_id: int) -> bool:
+        return command.field == C_STORE_RQ and command.has_data_set and self.assoc.is_established
+
+    def answer(self, request: Request) -> bytes:
+        """Keep the instance; the encoded C-STORE-RSP."""
+        command = request.command
+        context = self.assoc._accepted_cx.get(request.context_id)
+        if context is None or context.abstract_syntax != command.sop_class:
             status = SOP_CLASS_NOT_SUPPORTED
         else:
-            with request.DataSet.getbuffer() as dataset:
-                status = self._keep(sop_class, sop_uid, str(context.transfer_syntax[0]), dataset)
+            status = self._keep(command.sop_class, command.sop_uid, str(context.transfer_syntax[0]), request)
         if status == SUCCESS:
             self.kept += 1
         else:
             self.refused += 1
-        self._reply(context_id, int(request.MessageID or 0), sop_class, sop_uid, status)
+        return c_store_rsp(command.message_id, command.sop_class, command.sop_uid, status)
 
-    def _keep(self, sop_class: str, sop_uid: str, transfer_syntax: str, dataset: memoryview) -> int:
+    def __call__(self, request: C_STORE) -> None:
+        context_id = int(request._context_id or 0)
+        command = Command(C_STORE_RQ, int(request.MessageID or 0), str(request.AffectedSOPClassUID),
+                          str(request.AffectedSOPInstanceUID), request.DataSet is not None)
+        with (request.DataSet or io.BytesIO()).getbuffer() as dataset:
+            response = self.answer(Request(command, context_id, [dataset]))
+        send_command(self.assoc, context_id, response)  # dul.send_pdu, which wakes the DUL thread (``_Socket``)
+
+    def _keep(self, sop_class: str, sop_uid: str, transfer_syntax: str, request: Request) -> int:
         header = part10_header(sop_class, sop_uid, transfer_syntax, source_ae=self.remote.ae_title)
         try:
-            self.on_instance(b"".join((header, dataset)))  # the one copy of the received bytes
+            self.on_instance(request.data_set(header))  # the one copy of the received bytes
         except OSError as exc:
             log.error("cannot keep %s from %s: %s", sop_uid, self.remote.name, exc)
             return OUT_OF_RESOURCES
@@ -346,10 +360,6 @@ class _StoreReplier:
             log.exception("cannot keep %s from %s", sop_uid, self.remote.name)
             return CANNOT_UNDERSTAND
         return SUCCESS
-
-    def _reply(self, context_id: int, message_id: int, sop_class: str, sop_uid: str, status: int) -> None:
-        # dul.send_pdu, which wakes the DUL thread (``_Socket``)
-        send_command(self.assoc, context_id, c_store_rsp(message_id, sop_class, sop_uid, status))
 
 
 # ----------------------------------------------------------------------------- associations
@@ -440,30 +450,76 @@ class _Socket(AssociationSocket):
             return False
         return sock in readable
 
-    def recv(self, nr_bytes: int) -> bytearray:
-        """Fill one buffer in place (pynetdicom appends 4 KiB reads); short only if the peer closed."""
+    def recv(self, nr_bytes: int, prefix: bytes = b"") -> bytearray:
+        """Fill one buffer in place (pynetdicom appends 4 KiB reads), after ``prefix``; short only
+        if the peer closed."""
         assert self.socket is not None
-        buffer = bytearray(nr_bytes)
+        start = len(prefix)
+        buffer = bytearray(start + nr_bytes)
+        buffer[:start] = prefix
         with memoryview(buffer) as view:
-            done = 0
-            while done < nr_bytes:
+            done = start
+            while done < len(buffer):
                 count = self.socket.recv_into(view[done:])
                 if not count:
                     break
                 done += count
         now = time.monotonic()
-        if done < nr_bytes:
+        if done < len(buffer):
             # after our own give-up (we abort after `timeout` of silence) the close is no news
             self.peer_closed |= now - self.last_received < self.timeout
             return buffer[:done]
         self.last_received = now
         # pynetdicom reads each PDU's type and length first, then its body
         if self._header[:1] == bytes([_A_ASSOCIATE_RJ]):
-            self.rejection = _decoded_rejection(self._header + buffer)
-        self._header = bytes(buffer) if nr_bytes == 6 else b""
+            self.rejection = _decoded_rejection(self._header + buffer[start:])
+        self._header = bytes(buffer) if nr_bytes == 6 and not prefix else b""
         if self._header[:1] == bytes([_A_ABORT]):
             self.peer_aborted = True
         return buffer
+
+    def route(self, claims: Claim, answer: Callable[[Request], bytes]) -> None:
+        """From now on, P-DATA goes through a router before pynetdicom sees it (``_read_pdu``):
+        the requests ``claims`` takes get ``answer``'s response."""
+
+        def serve(request: Request) -> None:
+            self.send(p_data_tf(request.context_id, 0x03, answer(request)))
+
+        self._router = MessageRouter(claims, serve)
+        self.assoc.dul._read_pdu_data = self._read_pdu  # type: ignore[method-assign]
+
+    def _read_pdu(self) -> None:
+        """The DUL's ``_read_pdu_data``, with the requests the router takes answered here: in the
+        DUL thread, the one that writes to the socket, before the next PDU is read."""
+        dul = self.assoc.dul
+        header = self.recv(6)
+        if len(header) < 6:
+            dul.event_queue.put("Evt17")  # transport closed
+            return
+        pdu_type, _, length = struct.unpack(">BBL", header)
+        if not 0x01 <= pdu_type <= 0x07:
+            dul.event_queue.put("Evt19")  # unrecognised PDU: A-ABORT
+            return
+        pdu = self.recv(length, prefix=header)
+        if len(pdu) < 6 + length:
+            dul.event_queue.put("Evt17")
+            return
+        if pdu_type == 0x04 and dul.state_machine.current_state == "Sta6":
+            passed = self._router.feed(pdu)
+            if self._router.error:
+                log.warning("aborted the association with %s: %s", self.assoc.acceptor.ae_title, self._router.error)
+                dul.event_queue.put("Evt19")
+                return
+            if passed is None:
+                return
+            pdu = passed
+        try:
+            decoded, event = dul._decode_pdu(pdu)
+        except Exception:
+            dul.event_queue.put("Evt19")
+            return
+        dul.event_queue.put(event)
+        dul._recv_pdu.put(decoded)
 
     def wake(self) -> None:
         """Bring the DUL thread out of ``select``: there is something to send."""

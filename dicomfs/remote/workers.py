@@ -22,6 +22,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dicomfs.config import RemoteNode
-from dicomfs.ingest.prepare import Prepared, prepare
+from dicomfs.ingest.prepare import SWITCH_INTERVAL, Prepared, prepare
 from dicomfs.net import scu
 from dicomfs.parse import quiet_pydicom
 from dicomfs.store import Store
@@ -144,6 +145,7 @@ class _Forward(logging.Handler):
 
 def _serve(conn: Connection, store_root: str) -> None:
     quiet_pydicom()
+    sys.setswitchinterval(SWITCH_INTERVAL)  # parse and fsync overlap (see ingest.prepare)
     lock = threading.Lock()  # pynetdicom's DUL thread may log too
 
     def send(message: Any) -> None:
