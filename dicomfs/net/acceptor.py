@@ -17,10 +17,10 @@ request handler, association and DUL (the package itself is left alone):
   more than ``MAX_ASSOCIATE_RQ``, a P-DATA of more than the maximum PDU size we advertise,
   or a DIMSE message beyond ``max_object_mb`` aborts the association. So an association
   holds at most one PDU plus the message being assembled.
-- A C-STORE goes from the association straight to ``on_store``, and a success is answered
-  with a C-STORE-RSP encoded by hand (``net.dimse``), as is every C-ECHO and every C-FIND
-  response (``on_find`` gives the matches encoded); other statuses of a C-STORE, and every
-  other request, take pynetdicom's own path.
+- C-STORE and C-ECHO requests are taken from the P-DATA stream by the DUL thread as it
+  reads it (``net.receive``) and answered there, with responses encoded by hand
+  (``net.dimse``); so is every C-FIND response (``on_find`` gives the matches encoded).
+  Every other message takes pynetdicom's own path.
 - Neither of an association's two threads polls. pynetdicom's DUL thread sleeps 1 ms
   whenever it finds nothing to do, and its association thread sleeps 1 ms every turn, so
   each message waits for both in each direction. Here the DUL thread waits in ``select``
